@@ -1,0 +1,125 @@
+/** Builds an agent from its config: every dependency is created here and nowhere else. */
+import type { FastifyInstance } from 'fastify';
+import type { Registry } from 'prom-client';
+import {
+  connectMesh,
+  createRegistry,
+  type EventPublisher,
+  type Logger,
+  type MeshConnection,
+  natsEventPublisher,
+} from '@shoal/mesh';
+import { buildAgentApp } from './app.js';
+import type { AgentConfig } from './config.js';
+import { createHashPool, type HashPool } from './hash-pool.js';
+import { MeshClient } from './mesh-client.js';
+import { agentMetrics } from './metrics.js';
+import { PeerClient } from './peers.js';
+import { ChunkStore } from './store.js';
+import { Transfers } from './transfer.js';
+import { parseRegistries, Upstream } from './upstream.js';
+
+export interface Agent {
+  app: FastifyInstance;
+  registry: Registry;
+  store: ChunkStore;
+  events: EventPublisher;
+  /** Starts background work (NATS, announcements); the caller decides where the app listens. */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+export async function createAgent(
+  config: AgentConfig,
+  log: Logger,
+  advertiseUrl: () => string,
+): Promise<Agent> {
+  const registry = createRegistry('agent');
+  const metrics = agentMetrics(registry);
+  const store = new ChunkStore(config.cacheDir);
+  await store.open();
+  metrics.cacheBytes.set(store.totalBytes);
+  const upstream = new Upstream({
+    registries: parseRegistries(config.registries),
+    timeoutMs: config.upstreamTimeoutMs,
+    authCacheMs: config.authCacheMs,
+  });
+  const mesh: MeshConnection = connectMesh({
+    servers: config.natsServers,
+    name: `shoal-agent-${config.nodeId}`,
+    log,
+    user: config.natsUser || undefined,
+    pass: config.natsPassword || undefined,
+    token: config.natsToken || undefined,
+  });
+  const events = natsEventPublisher(mesh, config.nodeId);
+  const startedAt = Date.now();
+  const meshClient = new MeshClient(
+    mesh,
+    store,
+    {
+      nodeId: config.nodeId,
+      schedulerTimeoutMs: config.schedulerTimeoutMs,
+      announceIntervalMs: config.announceIntervalMs,
+      heartbeatIntervalMs: config.heartbeatIntervalMs,
+      self: () => ({
+        id: config.nodeId,
+        url: advertiseUrl(),
+        zone: config.zone,
+        vswitch: config.vswitch,
+        pool: config.pool,
+        startedAt,
+      }),
+    },
+    metrics,
+    log,
+  );
+  const hashes: HashPool = createHashPool(config.hashWorkers);
+  const peers = new PeerClient(config.peerTimeoutMs);
+  const transfers = new Transfers(
+    {
+      nodeId: config.nodeId,
+      chunkPolicy: {
+        fixedSize: config.chunkSize,
+        minSize: config.chunkMinSize,
+        maxSize: config.chunkMaxSize,
+        targetCount: config.chunkTargetCount,
+      },
+      concurrency: config.downloadConcurrency,
+      planAhead: config.planAhead,
+      originWaitMs: config.originWaitMs,
+      originRetries: config.originRetries,
+    },
+    { store, upstream, peers, mesh: meshClient, hashes, metrics, events, log },
+  );
+  const utilization = setInterval(() => metrics.hashPoolUtilization.set(hashes.utilization()), 5_000);
+  utilization.unref();
+  const app = buildAgentApp({
+    nodeId: config.nodeId,
+    store,
+    upstream,
+    transfers,
+    metrics,
+    registry,
+    events,
+    log,
+    health: () => ({ ok: true, node: config.nodeId, nats: meshClient.usable, downloads: transfers.size }),
+  });
+
+  return {
+    app,
+    registry,
+    store,
+    events,
+    async start() {
+      meshClient.start();
+    },
+    async stop() {
+      clearInterval(utilization);
+      await app.close();
+      await meshClient.stop();
+      await mesh.close();
+      await Promise.allSettled([peers.close(), upstream.close(), hashes.close()]);
+    },
+  };
+}

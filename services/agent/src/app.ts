@@ -1,0 +1,317 @@
+/**
+ * The agent's HTTP face: the registry mirror API for the container runtime (containerd hosts.toml with
+ * `?ns=`, or clients naming the agent directly), the peer chunk API, /metrics and /healthz. The builder
+ * never listens, so tests drive it with inject() or listen on a port of their choosing.
+ */
+import { createReadStream } from 'node:fs';
+import { Readable } from 'node:stream';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import type { Registry } from 'prom-client';
+import {
+  assertRepositoryName,
+  chunkRange,
+  type ChunkSourceKind,
+  type EventPublisher,
+  isShoalError,
+  type Logger,
+  ociErrorBody,
+  parseDigest,
+  ShoalError,
+} from '@shoal/mesh';
+import type { AgentMetrics } from './metrics.js';
+import { type ByteRange, parseRange } from './ranges.js';
+import type { ChunkStore } from './store.js';
+import type { Download, Transfers } from './transfer.js';
+import { pickHeaders, type RegistryTarget, type Upstream } from './upstream.js';
+
+export interface HttpDeps {
+  nodeId: string;
+  store: ChunkStore;
+  upstream: Upstream;
+  transfers: Transfers;
+  metrics: AgentMetrics;
+  registry: Registry;
+  events: EventPublisher;
+  log: Logger;
+  health: () => Record<string, unknown> & { ok: boolean };
+}
+
+const blobPath = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
+const otherPath = /^\/v2\/(.+)\/(manifests\/[^/]+|tags\/list|referrers\/[^/]+)$/;
+
+interface ParsedV2 {
+  kind: 'blob' | 'passthrough' | 'base';
+  repository?: string;
+  digest?: string;
+  upstreamPath: string;
+}
+
+function parseV2Path(rawPath: string, search: string): ParsedV2 {
+  let path: string;
+  try {
+    path = decodeURIComponent(rawPath);
+  } catch {
+    throw new ShoalError('SHOAL_ERR_NAME_INVALID', 'malformed URL encoding in path');
+  }
+  if (path === '/v2' || path === '/v2/') return { kind: 'base', upstreamPath: '/v2/' };
+  const blob = blobPath.exec(path);
+  if (blob?.[1] && blob[2]) {
+    assertRepositoryName(blob[1]);
+    parseDigest(blob[2]);
+    return {
+      kind: 'blob',
+      repository: blob[1],
+      digest: blob[2],
+      upstreamPath: `/v2/${blob[1]}/blobs/${blob[2]}`,
+    };
+  }
+  const other = otherPath.exec(path);
+  if (other?.[1] && other[2]) {
+    assertRepositoryName(other[1]);
+    const rest = other[2];
+    if (rest.startsWith('manifests/')) {
+      const reference = rest.slice('manifests/'.length);
+      if (!/^([A-Za-z0-9_][A-Za-z0-9._-]{0,127}|sha256:[a-f0-9]{64})$/.test(reference)) {
+        throw new ShoalError(
+          'SHOAL_ERR_NAME_INVALID',
+          `invalid manifest reference "${reference.slice(0, 80)}"`,
+        );
+      }
+    }
+    // Query parameters other than the mirror's own `ns` belong to the registry (tag pagination).
+    const params = new URLSearchParams(search);
+    params.delete('ns');
+    const query = params.toString();
+    return {
+      kind: 'passthrough',
+      repository: other[1],
+      upstreamPath: `/v2/${other[1]}/${rest}${query ? `?${query}` : ''}`,
+    };
+  }
+  throw new ShoalError('SHOAL_ERR_NAME_INVALID', 'not a registry API path this mirror serves');
+}
+
+export function buildAgentApp(deps: HttpDeps): FastifyInstance {
+  const app = Fastify({
+    logger: false,
+    // Registry paths carry slashes inside repository names; they are parsed by hand below.
+    routerOptions: { ignoreDuplicateSlashes: false, maxParamLength: 1024 },
+    bodyLimit: 1024,
+    exposeHeadRoutes: false,
+  });
+
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    deps.metrics.requestDuration.observe(
+      { route, method: request.method, status: String(reply.statusCode) },
+      reply.elapsedTime / 1000,
+    );
+  });
+
+  app.setErrorHandler(async (error, request, reply) => {
+    const shoal = isShoalError(error)
+      ? error
+      : (error as { statusCode?: number }).statusCode === 404
+        ? new ShoalError('SHOAL_ERR_BLOB_UNKNOWN', 'not found')
+        : new ShoalError('SHOAL_ERR_INTERNAL', 'internal error', { cause: error });
+    if (shoal.code === 'SHOAL_ERR_INTERNAL')
+      deps.log.error({ err: error, url: request.url }, 'request failed');
+    if (shoal.code === 'SHOAL_ERR_RANGE_INVALID' && typeof shoal.details?.size === 'number') {
+      void reply.header('content-range', `bytes */${shoal.details.size}`);
+    }
+    void reply.code(shoal.status).header('content-type', 'application/json');
+    return ociErrorBody(shoal);
+  });
+
+  app.setNotFoundHandler(async (_request, reply) => {
+    void reply.code(404).header('content-type', 'application/json');
+    return ociErrorBody(new ShoalError('SHOAL_ERR_BLOB_UNKNOWN', 'not found'));
+  });
+
+  app.get('/metrics', async (_request, reply) => {
+    void reply.header('content-type', deps.registry.contentType);
+    return deps.registry.metrics();
+  });
+
+  app.get('/healthz', async (_request, reply) => {
+    const state = deps.health();
+    void reply.code(state.ok ? 200 : 503);
+    return state;
+  });
+
+  app.get<{ Params: { hex: string; index: string } }>(
+    '/peer/v1/blobs/sha256/:hex/chunks/:index',
+    async (request, reply) => {
+      const { hex, index: indexText } = request.params;
+      if (!/^[a-f0-9]{64}$/.test(hex) || !/^\d{1,7}$/.test(indexText)) {
+        throw new ShoalError('SHOAL_ERR_DIGEST_INVALID', 'invalid blob or chunk index');
+      }
+      const index = Number(indexText);
+      const blob = deps.store.get(hex);
+      if (!blob?.have.has(index))
+        throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', 'chunk not held by this node');
+      const { start, end } = chunkRange(blob.meta.size, blob.meta.chunkSize, index);
+      const stream = createReadStream(deps.store.chunkPath(hex, index));
+      stream.on('data', (piece) => deps.metrics.peerUploadBytes.inc(piece.length));
+      void reply
+        .header('content-type', 'application/octet-stream')
+        .header('content-length', String(end - start));
+      return reply.send(stream);
+    },
+  );
+
+  const unsupported = async () => {
+    throw new ShoalError('SHOAL_ERR_UNSUPPORTED', 'this mirror is read-only; push to the registry itself');
+  };
+  for (const method of ['PUT', 'POST', 'PATCH', 'DELETE'] as const) {
+    app.route({ method, url: '/v2/*', handler: unsupported });
+  }
+
+  const handleV2 = async (request: FastifyRequest<{ Querystring: { ns?: string } }>, reply: FastifyReply) => {
+    const queryIndex = request.url.indexOf('?');
+    const rawPath = queryIndex === -1 ? request.url : request.url.slice(0, queryIndex);
+    const search = queryIndex === -1 ? '' : request.url.slice(queryIndex);
+    const parsed = parseV2Path(rawPath, search);
+    const target = deps.upstream.resolve(request.query.ns);
+    const authorization = request.headers.authorization;
+    if (parsed.kind === 'blob' && parsed.repository && parsed.digest) {
+      return serveBlob(request, reply, target, parsed.repository, parsed.digest, authorization);
+    }
+    return passThrough(
+      request,
+      reply,
+      target,
+      parsed.upstreamPath,
+      parsed.kind === 'base' ? 'base' : 'manifest',
+    );
+  };
+  app.get('/v2/*', handleV2);
+  app.head('/v2/*', handleV2);
+  app.get('/v2', handleV2);
+
+  async function passThrough(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    target: RegistryTarget,
+    path: string,
+    kind: 'manifest' | 'base',
+  ) {
+    const headers: Record<string, string> = {};
+    for (const name of ['accept', 'authorization', 'if-none-match', 'user-agent'] as const) {
+      const value = request.headers[name];
+      if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
+    }
+    const method = request.method === 'HEAD' ? 'HEAD' : 'GET';
+    const res = await deps.upstream.send(target, method, path, headers);
+    deps.metrics.originRequests.inc({ kind, status: `${Math.floor(res.status / 100)}xx` });
+    void reply.code(res.status).headers(pickHeaders(res.headers));
+    if (method === 'HEAD') {
+      await res.body.dump();
+      return reply.send();
+    }
+    return reply.send(res.body);
+  }
+
+  async function serveBlob(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    target: RegistryTarget,
+    repository: string,
+    digest: string,
+    authorization: string | undefined,
+  ) {
+    // Every blob read is authorised by the registry with the client's own credentials, even when the
+    // bytes are cached here: a private layer never reaches a client the registry would refuse.
+    const auth = await deps.upstream.authorizeBlob(target, repository, digest, authorization);
+    deps.metrics.originRequests.inc({
+      kind: 'authorize',
+      status: auth.ok ? '2xx' : `${Math.floor(auth.status / 100)}xx`,
+    });
+    if (!auth.ok) {
+      void reply.code(auth.status).headers(auth.headers).header('content-type', 'application/json');
+      return reply.send(auth.body);
+    }
+    const size = auth.size;
+    const range = parseRange(request.headers.range, size);
+    const { start, end } = range ?? { start: 0, end: size };
+    void reply
+      .header('docker-content-digest', digest)
+      .header('accept-ranges', 'bytes')
+      .header('content-type', 'application/octet-stream')
+      .header('content-length', String(end - start));
+    if (range) void reply.code(206).header('content-range', `bytes ${start}-${end - 1}/${size}`);
+    if (request.method === 'HEAD' || size === 0) return reply.send();
+
+    const hex = digest.slice('sha256:'.length);
+    const began = performance.now();
+    deps.events.publish({
+      type: 'pull_started',
+      node: deps.nodeId,
+      blob: digest,
+      registry: target.name,
+      repository,
+      size,
+    });
+    const stored = deps.store.get(hex);
+    const cachedAtStart = new Set(stored && stored.meta.size === size ? stored.have.indices() : []);
+    const download =
+      stored?.complete && stored.meta.size === size
+        ? undefined
+        : deps.transfers.get({ target, repository, digest, size, authorization });
+    const layout = download ?? { chunkSize: stored?.meta.chunkSize ?? 0 };
+    if (download) await download.ready;
+    const chunkSize = layout.chunkSize;
+    const first = Math.floor(start / chunkSize);
+    const last = Math.floor((end - 1) / chunkSize);
+    // Wait for the first chunk before answering: if the mesh and the registry both fail this early, a
+    // 5xx lets the runtime fall back to the registry by itself instead of seeing a broken stream.
+    if (download) await download.waitChunk(first);
+
+    const bytes: Record<ChunkSourceKind, number> = { peer: 0, origin: 0, cache: 0 };
+    const chunks: Record<ChunkSourceKind, number> = { peer: 0, origin: 0, cache: 0 };
+    const finish = (ok: boolean, error?: string) => {
+      deps.events.publish({
+        type: 'pull_finished',
+        node: deps.nodeId,
+        blob: digest,
+        size: end - start,
+        ms: Math.round(performance.now() - began),
+        ok,
+        bytes,
+        chunks,
+        ...(error ? { error } : {}),
+      });
+    };
+    async function* body(): AsyncGenerator<Buffer> {
+      try {
+        for (let index = first; index <= last; index++) {
+          if (download) await download.waitChunk(index);
+          const chunkStart = index * chunkSize;
+          const from = Math.max(start, chunkStart) - chunkStart;
+          const to = Math.min(end, chunkStart + chunkSize) - chunkStart;
+          const data = await deps.store.readChunkRange(hex, index, from, to);
+          const source: ChunkSourceKind = cachedAtStart.has(index)
+            ? 'cache'
+            : (sourceOf(download, index) ?? 'cache');
+          bytes[source] += data.length;
+          chunks[source] += 1;
+          deps.metrics.clientBytes.inc({ source }, data.length);
+          yield data;
+        }
+        finish(true);
+      } catch (err) {
+        finish(false, err instanceof Error ? err.message : String(err));
+        throw err;
+      }
+    }
+    return reply.send(Readable.from(body(), { objectMode: false }));
+  }
+
+  return app;
+}
+
+function sourceOf(download: Download | undefined, index: number): ChunkSourceKind | undefined {
+  return download?.fetchedFrom.get(index);
+}
+
+export type { ByteRange };

@@ -1,0 +1,112 @@
+/** Every option of the agent, defined once. */
+import { hostname } from 'node:os';
+import { type ConfigOf, logOptions, MiB, natsOptions, opt } from '@shoal/mesh';
+
+const defaultNodeId =
+  hostname()
+    .replace(/[^A-Za-z0-9_-]/g, '-')
+    .slice(0, 64) || 'node';
+
+export const agentSpec = {
+  host: opt.string('host', '0.0.0.0', 'Address the mirror and peer API listen on.'),
+  port: opt.int('port', 65001, 'Port of the mirror API (for the container runtime) and the peer API.', {
+    min: 0,
+    max: 65535,
+  }),
+  advertiseUrl: opt.string(
+    'advertise.url',
+    '',
+    'URL other agents use to reach this one; defaults to http://<host>:<port> (set it when host is 0.0.0.0).',
+    { pattern: /^(|https?:\/\/[^\s/]+)$/, hint: 'http(s)://host:port URL' },
+  ),
+  nodeId: opt.string(
+    'node.id',
+    defaultNodeId,
+    'Unique name of this node in the mesh; defaults to the host name.',
+    {
+      pattern: /^[A-Za-z0-9_-]{1,64}$/,
+      hint: 'node id of 1-64 [A-Za-z0-9_-]',
+    },
+  ),
+  zone: opt.string('node.zone', '', 'Zone of this node (topology.kubernetes.io/zone).'),
+  vswitch: opt.string(
+    'node.vswitch',
+    '',
+    'vSwitch (subnet) of this node; peers on the same vSwitch are preferred.',
+  ),
+  pool: opt.string('node.pool', '', 'Node pool of this node.'),
+  registries: opt.list(
+    'registries',
+    [],
+    'Registries this agent mirrors, as URL or name=URL (e.g. docker.io=https://registry-1.docker.io). The first is used when a request names none.',
+    { pattern: /^([A-Za-z0-9.:_-]+=)?https?:\/\/[^\s/]+$/, hint: 'registry [name=]http(s)://host[:port]' },
+  ),
+  cacheDir: opt.string('cache.dir', '/var/lib/shoal/cache', 'Directory of the chunk cache.'),
+  chunkSize: opt.bytes('chunk.size', '0', 'Fixed chunk size; 0 derives it from the blob size.', {
+    min: 64 * 1024,
+    max: 1024 * MiB,
+  }),
+  chunkMinSize: opt.bytes('chunk.minSize', '1MiB', 'Smallest chunk size when derived from the blob size.', {
+    min: 64 * 1024,
+  }),
+  chunkMaxSize: opt.bytes('chunk.maxSize', '64MiB', 'Largest chunk size when derived from the blob size.', {
+    max: 1024 * MiB,
+  }),
+  chunkTargetCount: opt.int(
+    'chunk.targetCount',
+    256,
+    'Chunks per blob to aim for when deriving the chunk size.',
+    { min: 1 },
+  ),
+  hashWorkers: opt.int('hash.workers', 2, 'Worker threads that hash chunks.', { min: 1, max: 64 }),
+  downloadConcurrency: opt.int('download.concurrency', 6, 'Chunks of one blob fetched at once.', {
+    min: 1,
+    max: 256,
+  }),
+  planAhead: opt.int('download.planAhead', 16, 'Chunks asked of the scheduler in one request.', {
+    min: 1,
+    max: 4096,
+  }),
+  schedulerTimeoutMs: opt.duration(
+    'scheduler.timeout',
+    '1s',
+    'How long to wait for a scheduler reply before fetching from the registry directly.',
+    { minMs: 10 },
+  ),
+  originWaitMs: opt.duration(
+    'origin.waitTimeout',
+    '10s',
+    'How long a chunk may wait for a peer before this agent fetches it from the registry itself.',
+  ),
+  originRetries: opt.int(
+    'origin.retries',
+    3,
+    'Attempts per chunk against the registry before the pull fails.',
+    { min: 1 },
+  ),
+  upstreamTimeoutMs: opt.duration('upstream.timeout', '30s', 'Timeout for the registry to start answering.'),
+  peerTimeoutMs: opt.duration(
+    'peer.timeout',
+    '3s',
+    'Timeout for a peer to start answering, and between body bytes.',
+  ),
+  authCacheMs: opt.duration(
+    'auth.cacheTtl',
+    '30s',
+    'How long a registry decision that a credential may read a blob is remembered.',
+  ),
+  announceIntervalMs: opt.duration(
+    'announce.interval',
+    '50ms',
+    'How often new chunks are announced, batched.',
+  ),
+  heartbeatIntervalMs: opt.duration(
+    'heartbeat.interval',
+    '3s',
+    'How often the agent tells discovery it is alive.',
+  ),
+  ...natsOptions,
+  ...logOptions,
+};
+
+export type AgentConfig = ConfigOf<typeof agentSpec>;

@@ -1,0 +1,11 @@
+export { createAgent } from './agent.js';
+export type { Agent } from './agent.js';
+export { buildAgentApp } from './app.js';
+export { agentCommand } from './command.js';
+export { agentSpec } from './config.js';
+export type { AgentConfig } from './config.js';
+export { createHashPool } from './hash-pool.js';
+export type { HashPool } from './hash-pool.js';
+export { parseRange } from './ranges.js';
+export { ChunkStore } from './store.js';
+export { parseRegistries, Upstream } from './upstream.js';

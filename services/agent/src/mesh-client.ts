@@ -1,0 +1,184 @@
+/**
+ * The agent's side of the control plane: asking the scheduler for plans, announcing chunks in batches,
+ * and heartbeating to discovery. Every call checks that NATS is usable first, so a dead control plane
+ * costs nothing but a fallback to the registry.
+ */
+import { jetstream } from '@nats-io/jetstream';
+import {
+  type Assignment,
+  decode,
+  encode,
+  isShoalError,
+  type Logger,
+  type MeshConnection,
+  type NodeRecord,
+  type ScheduleRequest,
+  scheduleReply,
+  ShoalError,
+  subjects,
+} from '@shoal/mesh';
+import type { AgentMetrics } from './metrics.js';
+import type { ChunkStore } from './store.js';
+
+export interface Plan {
+  chunkSize: number;
+  assignments: Assignment[];
+}
+
+export interface MeshClientOptions {
+  nodeId: string;
+  schedulerTimeoutMs: number;
+  announceIntervalMs: number;
+  heartbeatIntervalMs: number;
+  self: () => Omit<NodeRecord, 'seenAt'>;
+}
+
+interface PendingAnnounce {
+  hashes: Record<string, string>;
+  withdraw: boolean;
+  invalid: boolean;
+}
+
+export class MeshClient {
+  private seq = Date.now() * 1000;
+  private readonly pending = new Map<string, PendingAnnounce>();
+  private announceTimer: NodeJS.Timeout | undefined;
+  private heartbeatTimer: NodeJS.Timeout | undefined;
+  private flushing = false;
+
+  constructor(
+    private readonly mesh: MeshConnection,
+    private readonly store: ChunkStore,
+    private readonly options: MeshClientOptions,
+    private readonly metrics: AgentMetrics,
+    private readonly log: Logger,
+  ) {}
+
+  start(): void {
+    this.announceTimer = setInterval(() => void this.flush(), this.options.announceIntervalMs);
+    this.heartbeatTimer = setInterval(() => this.heartbeat(), this.options.heartbeatIntervalMs);
+    // After every (re)connect, tell the mesh who we are and everything we hold: the index may have been
+    // rebuilt or may have dropped us while we were away.
+    this.mesh.onConnect(() => {
+      this.heartbeat();
+      for (const [hex] of this.store.all()) this.markDirty(`sha256:${hex}`);
+      void this.flush();
+    });
+  }
+
+  get usable(): boolean {
+    return this.mesh.connection() !== undefined;
+  }
+
+  /** Asks the scheduler for sources of `need`; throws SHOAL_ERR_MESH_UNAVAILABLE when it cannot answer. */
+  async plan(request: Omit<ScheduleRequest, 'v' | 'node'>): Promise<Plan> {
+    const nc = this.mesh.connection();
+    if (!nc) throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', 'nats is not connected');
+    let msg;
+    try {
+      msg = await nc.request(subjects.schedule, encode({ v: 1, node: this.options.nodeId, ...request }), {
+        timeout: this.options.schedulerTimeoutMs,
+      });
+    } catch (cause) {
+      const text = cause instanceof Error ? cause.message : String(cause);
+      const reason = /no responders/i.test(text)
+        ? 'no scheduler'
+        : /timeout/i.test(text)
+          ? 'scheduler timeout'
+          : text;
+      throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', reason, { cause });
+    }
+    const reply = decode(scheduleReply, msg.data, 'schedule reply');
+    if (!reply.ok)
+      throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', `scheduler refused: ${reply.error.message}`);
+    return { chunkSize: reply.chunkSize, assignments: reply.assignments };
+  }
+
+  /** Queues an announcement of the blob's current chunks; `hashes` are origin-fetched chunk hashes. */
+  markDirty(blob: string, hashes?: Record<string, string>): void {
+    const entry = this.pending.get(blob) ?? { hashes: {}, withdraw: false, invalid: false };
+    entry.withdraw = false;
+    if (hashes) Object.assign(entry.hashes, hashes);
+    this.pending.set(blob, entry);
+  }
+
+  withdraw(blob: string, invalid: boolean): void {
+    this.pending.set(blob, { hashes: {}, withdraw: true, invalid });
+  }
+
+  /** Publishes every pending announcement; on failure they stay pending for the next tick. */
+  async flush(): Promise<void> {
+    if (this.flushing || this.pending.size === 0) return;
+    const nc = this.mesh.connection();
+    if (!nc) return;
+    this.flushing = true;
+    const js = jetstream(nc, { timeout: 2_000 });
+    try {
+      for (const [blob, entry] of [...this.pending]) {
+        this.pending.delete(blob);
+        const hex = blob.slice('sha256:'.length);
+        const stored = this.store.get(hex);
+        const seq = ++this.seq;
+        let payload: unknown;
+        if (entry.withdraw || !stored) {
+          payload = { type: 'withdraw', node: this.options.nodeId, blob, seq, invalid: entry.invalid };
+        } else {
+          payload = {
+            type: 'chunks',
+            node: this.options.nodeId,
+            blob,
+            size: stored.meta.size,
+            chunkSize: stored.meta.chunkSize,
+            seq,
+            have: stored.have.toBase64(),
+            ...(Object.keys(entry.hashes).length ? { hashes: entry.hashes } : {}),
+            complete: stored.complete,
+          };
+        }
+        try {
+          await js.publish(subjects.announce(this.options.nodeId), encode(payload));
+          this.metrics.announcements.inc({ outcome: 'published' });
+        } catch (err) {
+          this.metrics.announcements.inc({ outcome: 'failed' });
+          // Keep it for the next tick unless a newer entry for the same blob arrived meanwhile.
+          const newer = this.pending.get(blob);
+          if (newer) {
+            if (!newer.withdraw) newer.hashes = { ...entry.hashes, ...newer.hashes };
+          } else {
+            this.pending.set(blob, entry);
+          }
+          this.log.debug(
+            { err: isShoalError(err) ? err.message : String(err) },
+            'announce failed; will retry',
+          );
+          break;
+        }
+      }
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  heartbeat(): void {
+    const nc = this.mesh.connection();
+    if (!nc) return;
+    nc.publish(
+      subjects.heartbeat(this.options.nodeId),
+      encode({ ...this.options.self(), seenAt: Date.now() }),
+    );
+  }
+
+  async leave(): Promise<void> {
+    const nc = this.mesh.connection();
+    if (!nc) return;
+    nc.publish(subjects.leave(this.options.nodeId), encode({ node: this.options.nodeId, at: Date.now() }));
+    await nc.flush().catch(() => undefined);
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.announceTimer);
+    clearInterval(this.heartbeatTimer);
+    await this.flush();
+    await this.leave();
+  }
+}

@@ -1,0 +1,85 @@
+/** The agent's metrics, declared once on an injected registry. */
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+
+export function agentMetrics(registry: Registry) {
+  return {
+    clientBytes: new Counter({
+      name: 'shoal_agent_client_bytes_total',
+      help: 'Blob bytes served to clients (the container runtime), by where the chunk came from.',
+      labelNames: ['source'] as const,
+      registers: [registry],
+    }),
+    fetchBytes: new Counter({
+      name: 'shoal_agent_fetch_bytes_total',
+      help: 'Chunk bytes fetched and verified, by source (peer or origin).',
+      labelNames: ['source'] as const,
+      registers: [registry],
+    }),
+    fetchDuration: new Histogram({
+      name: 'shoal_agent_chunk_fetch_duration_seconds',
+      help: 'Time to fetch and verify one chunk, by source.',
+      labelNames: ['source'] as const,
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+      registers: [registry],
+    }),
+    peerUploadBytes: new Counter({
+      name: 'shoal_agent_peer_upload_bytes_total',
+      help: 'Chunk bytes uploaded to other agents.',
+      registers: [registry],
+    }),
+    verifyFailures: new Counter({
+      name: 'shoal_agent_chunk_verify_failures_total',
+      help: 'Chunks (or whole blobs) whose sha256 did not match, by source.',
+      labelNames: ['source'] as const,
+      registers: [registry],
+    }),
+    chunkFailures: new Counter({
+      name: 'shoal_agent_chunk_failures_total',
+      help: 'Chunk fetches that failed, by source and reason.',
+      labelNames: ['source', 'reason'] as const,
+      registers: [registry],
+    }),
+    fallbacks: new Counter({
+      name: 'shoal_agent_fallbacks_total',
+      help: 'Times the agent went to the registry itself because the mesh could not serve, by reason.',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    requestDuration: new Histogram({
+      name: 'shoal_agent_http_request_duration_seconds',
+      help: 'HTTP request durations, by route, method and status.',
+      labelNames: ['route', 'method', 'status'] as const,
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60],
+      registers: [registry],
+    }),
+    originRequests: new Counter({
+      name: 'shoal_agent_origin_requests_total',
+      help: 'Requests sent to the registry, by kind (manifest, authorize, chunk) and status class.',
+      labelNames: ['kind', 'status'] as const,
+      registers: [registry],
+    }),
+    cacheBytes: new Gauge({
+      name: 'shoal_agent_cache_bytes',
+      help: 'Bytes of verified chunks in the disk cache.',
+      registers: [registry],
+    }),
+    activeDownloads: new Gauge({
+      name: 'shoal_agent_active_downloads',
+      help: 'Blobs being downloaded right now.',
+      registers: [registry],
+    }),
+    hashPoolUtilization: new Gauge({
+      name: 'shoal_agent_hash_pool_utilization_ratio',
+      help: 'Utilisation of the chunk-hashing worker pool (0-1).',
+      registers: [registry],
+    }),
+    announcements: new Counter({
+      name: 'shoal_agent_announcements_total',
+      help: 'Chunk announcements published, by outcome.',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
+  };
+}
+
+export type AgentMetrics = ReturnType<typeof agentMetrics>;

@@ -1,0 +1,67 @@
+/** Fetching chunks from other agents over HTTP, with one keep-alive pool per peer. */
+import { Agent } from 'undici';
+import { ShoalError } from '@shoal/mesh';
+
+export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha256/${hex}/chunks/${index}`;
+
+export class PeerClient {
+  private readonly dispatcher: Agent;
+
+  constructor(timeoutMs: number) {
+    this.dispatcher = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: 16,
+      headersTimeout: timeoutMs,
+      bodyTimeout: timeoutMs,
+      connectTimeout: timeoutMs,
+    });
+  }
+
+  /** Fetches one chunk; the caller verifies it. Throws SHOAL_ERR_CHUNK_UNAVAILABLE when the peer lacks it. */
+  async fetchChunk(baseUrl: string, hex: string, index: number, length: number): Promise<Buffer> {
+    const url = new URL(peerChunkPath(hex, index), baseUrl);
+    let res;
+    try {
+      res = await this.dispatcher.request({ origin: url.origin, path: url.pathname, method: 'GET' });
+    } catch (cause) {
+      throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin}: ${(cause as Error).message}`, {
+        cause,
+      });
+    }
+    if (res.statusCode !== 200) {
+      await res.body.dump();
+      throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin} answered ${res.statusCode}`, {
+        details: { status: res.statusCode },
+      });
+    }
+    const out = Buffer.allocUnsafeSlow(length);
+    let filled = 0;
+    try {
+      for await (const piece of res.body) {
+        const buf = piece as Buffer;
+        if (filled + buf.length > length) {
+          res.body.destroy();
+          throw new ShoalError(
+            'SHOAL_ERR_CHUNK_CORRUPT',
+            `peer ${url.origin} sent more than ${length} bytes`,
+          );
+        }
+        buf.copy(out, filled);
+        filled += buf.length;
+      }
+    } catch (cause) {
+      if (cause instanceof ShoalError) throw cause;
+      throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin}: ${(cause as Error).message}`, {
+        cause,
+      });
+    }
+    if (filled !== length) {
+      throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', `peer ${url.origin} sent ${filled} of ${length} bytes`);
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+}

@@ -1,0 +1,426 @@
+/**
+ * Blob downloads through the mesh. One download per blob however many clients ask (single flight); each
+ * chunk comes from a peer or the origin as the scheduler plans, is verified against its sha256 in a
+ * worker before it is stored, served or announced, and wakes the clients waiting for it, so bytes
+ * stream to the runtime in order as soon as the next chunk is verified. Whenever the mesh cannot help
+ * (no NATS, no scheduler, peers failing, waiting too long) the chunk is fetched from the origin directly:
+ * a pull that works without Shoal never fails with it.
+ */
+import {
+  type Assignment,
+  type ChunkPolicy,
+  chooseChunkSize,
+  chunkCount,
+  chunkRange,
+  type EventPublisher,
+  isShoalError,
+  type Logger,
+  ShoalError,
+} from '@shoal/mesh';
+import type { HashPool } from './hash-pool.js';
+import type { MeshClient } from './mesh-client.js';
+import type { AgentMetrics } from './metrics.js';
+import type { PeerClient } from './peers.js';
+import type { ChunkStore } from './store.js';
+import type { RegistryTarget, Upstream } from './upstream.js';
+
+export interface BlobRequest {
+  target: RegistryTarget;
+  repository: string;
+  digest: string;
+  size: number;
+  authorization: string | undefined;
+}
+
+export interface TransferOptions {
+  nodeId: string;
+  chunkPolicy: ChunkPolicy;
+  concurrency: number;
+  planAhead: number;
+  originWaitMs: number;
+  originRetries: number;
+}
+
+export interface TransferDeps {
+  store: ChunkStore;
+  upstream: Upstream;
+  peers: PeerClient;
+  mesh: MeshClient;
+  hashes: HashPool;
+  metrics: AgentMetrics;
+  events: EventPublisher;
+  log: Logger;
+}
+
+type Waiter = { resolve: () => void; reject: (err: Error) => void };
+export type FetchedFrom = 'peer' | 'origin';
+
+/** How long to stop asking the control plane for this download after it failed to answer. */
+const MESH_BACKOFF_MS = 3_000;
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)));
+
+export class Download {
+  readonly hex: string;
+  chunkSize = 0;
+  count = 0;
+  /** Where each chunk fetched by this download came from. */
+  readonly fetchedFrom = new Map<number, FetchedFrom>();
+  private readonly waiters = new Map<number, Waiter[]>();
+  private failure: Error | undefined;
+  private readonly avoid = new Set<string>();
+  readonly ready: Promise<void>;
+  readonly finished: Promise<void>;
+  private markReady!: () => void;
+
+  constructor(
+    private readonly request: BlobRequest,
+    private readonly options: TransferOptions,
+    private readonly deps: TransferDeps,
+  ) {
+    this.hex = request.digest.slice('sha256:'.length);
+    this.ready = new Promise<void>((resolve) => {
+      this.markReady = resolve;
+    });
+    this.finished = this.run().then(
+      () => undefined,
+      (err: unknown) => {
+        const error = err instanceof Error ? err : new Error(String(err));
+        this.fail(error);
+      },
+    );
+  }
+
+  get digest(): string {
+    return this.request.digest;
+  }
+
+  get failed(): Error | undefined {
+    return this.failure;
+  }
+
+  /** Resolves once chunk `index` is verified and on disk. */
+  waitChunk(index: number): Promise<void> {
+    if (this.deps.store.has(this.hex, index)) return Promise.resolve();
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise<void>((resolve, reject) => {
+      const list = this.waiters.get(index) ?? [];
+      list.push({ resolve, reject });
+      this.waiters.set(index, list);
+    });
+  }
+
+  private notify(index: number): void {
+    const list = this.waiters.get(index);
+    this.waiters.delete(index);
+    for (const waiter of list ?? []) waiter.resolve();
+  }
+
+  private fail(err: Error): void {
+    this.failure = err;
+    this.markReady();
+    for (const list of this.waiters.values()) for (const waiter of list) waiter.reject(err);
+    this.waiters.clear();
+  }
+
+  private async layout(): Promise<void> {
+    const stored = this.deps.store.get(this.hex);
+    if (stored && stored.meta.size === this.request.size) {
+      this.chunkSize = stored.meta.chunkSize;
+    } else {
+      this.chunkSize = chooseChunkSize(this.request.size, this.options.chunkPolicy);
+      // The blob's manifest in the mesh fixes the chunk size; an empty request just asks for it.
+      if (this.deps.mesh.usable) {
+        try {
+          const plan = await this.deps.mesh.plan({
+            blob: this.request.digest,
+            size: this.request.size,
+            chunkSize: this.chunkSize,
+            need: [],
+            avoid: [],
+          });
+          this.chunkSize = plan.chunkSize;
+        } catch {
+          // The control plane is unreachable: the local choice is as good as any.
+        }
+      }
+      await this.deps.store.ensure({
+        digest: this.request.digest,
+        size: this.request.size,
+        chunkSize: this.chunkSize,
+      });
+    }
+    this.count = chunkCount(this.request.size, this.chunkSize);
+    this.markReady();
+  }
+
+  private async run(): Promise<void> {
+    await this.layout();
+    const { store } = this.deps;
+    const missing = new Set<number>();
+    for (let i = 0; i < this.count; i++) if (!store.has(this.hex, i)) missing.add(i);
+    const inflight = new Map<number, Promise<void>>();
+    const waitUntil = new Map<number, number>();
+    const waitingSince = new Map<number, number>();
+    const originFailures = new Map<number, number>();
+    let meshDownUntil = 0;
+
+    const start = (assignment: Assignment) => {
+      const index = assignment.index;
+      const task = this.fetchChunk(assignment, originFailures)
+        .then((ok) => {
+          if (ok) missing.delete(index);
+        })
+        .finally(() => inflight.delete(index));
+      inflight.set(index, task);
+    };
+
+    while (missing.size > 0) {
+      const now = Date.now();
+      if (inflight.size < this.options.concurrency) {
+        const candidates = [...missing]
+          .filter((i) => !inflight.has(i) && (waitUntil.get(i) ?? 0) <= now)
+          .sort((a, b) => a - b)
+          .slice(0, this.options.planAhead);
+        if (candidates.length > 0) {
+          let assignments: Assignment[];
+          if (now < meshDownUntil || !this.deps.mesh.usable) {
+            if (now >= meshDownUntil) this.fallback('nats unavailable');
+            meshDownUntil = Math.max(meshDownUntil, now + MESH_BACKOFF_MS);
+            assignments = candidates.map((index) => originAssignment(index));
+          } else {
+            try {
+              const plan = await this.deps.mesh.plan({
+                blob: this.request.digest,
+                size: this.request.size,
+                chunkSize: this.chunkSize,
+                need: candidates,
+                avoid: [...this.avoid],
+              });
+              assignments = plan.assignments;
+            } catch (err) {
+              this.fallback(isShoalError(err) ? err.message : String(err));
+              meshDownUntil = Date.now() + MESH_BACKOFF_MS;
+              assignments = candidates.map((index) => originAssignment(index));
+            }
+          }
+          assignments.sort((a, b) => a.index - b.index);
+          for (const assignment of assignments) {
+            if (inflight.size >= this.options.concurrency) break;
+            const index = assignment.index;
+            if (!missing.has(index) || inflight.has(index)) continue;
+            if (assignment.source.kind === 'wait') {
+              const since = waitingSince.get(index) ?? Date.now();
+              waitingSince.set(index, since);
+              if (Date.now() - since < this.options.originWaitMs) {
+                waitUntil.set(index, Date.now() + assignment.source.retryMs);
+                continue;
+              }
+              this.fallback('waited too long for a peer');
+              start(originAssignment(index, assignment.sha256));
+              continue;
+            }
+            start(assignment);
+          }
+        }
+      }
+      const wakes = [...waitUntil.entries()]
+        .filter(([i]) => missing.has(i) && !inflight.has(i))
+        .map(([, t]) => t);
+      const nextWake = wakes.length > 0 ? Math.min(...wakes) - Date.now() : 250;
+      if (inflight.size > 0) {
+        await Promise.race([...inflight.values(), sleep(Math.min(nextWake, 250))]);
+      } else {
+        await sleep(Math.min(Math.max(nextWake, 5), 250));
+      }
+    }
+    await this.verifyWhole();
+  }
+
+  private fallback(reason: string): void {
+    this.deps.metrics.fallbacks.inc({ reason: reasonLabel(reason) });
+    this.deps.events.publish({
+      type: 'fallback',
+      node: this.options.nodeId,
+      blob: this.request.digest,
+      reason,
+    });
+    this.deps.log.info({ blob: this.request.digest, reason }, 'fetching from the registry directly');
+  }
+
+  /** Fetches one chunk as assigned. Resolves true when stored, false when it must be planned again. */
+  private async fetchChunk(assignment: Assignment, originFailures: Map<number, number>): Promise<boolean> {
+    const { index, source } = assignment;
+    const { start, end } = chunkRange(this.request.size, this.chunkSize, index);
+    const length = end - start;
+    if (source.kind === 'peer') {
+      const candidates = [{ node: source.node, url: source.url }, ...assignment.alternates];
+      for (const peer of candidates) {
+        if (this.avoid.has(peer.node)) continue;
+        const began = performance.now();
+        try {
+          if (!assignment.sha256)
+            throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', 'no known hash for this chunk');
+          const raw = await this.deps.peers.fetchChunk(peer.url, this.hex, index, length);
+          const { sha256, chunk } = await this.deps.hashes.hashChunk(raw);
+          if (sha256 !== assignment.sha256) {
+            this.deps.metrics.verifyFailures.inc({ source: 'peer' });
+            throw new ShoalError(
+              'SHOAL_ERR_CHUNK_CORRUPT',
+              `chunk ${index} from ${peer.node} failed sha256 verification`,
+            );
+          }
+          await this.store(index, chunk, 'peer', began, peer.node);
+          return true;
+        } catch (err) {
+          const reason = err instanceof Error ? err.message : String(err);
+          // A peer that fails once is not asked again for this blob; the scheduler is told via `avoid`.
+          this.avoid.add(peer.node);
+          this.deps.metrics.chunkFailures.inc({
+            source: 'peer',
+            reason: isShoalError(err, 'SHOAL_ERR_CHUNK_CORRUPT') ? 'corrupt' : 'unavailable',
+          });
+          this.deps.events.publish({
+            type: 'chunk_failed',
+            node: this.options.nodeId,
+            blob: this.request.digest,
+            index,
+            source: 'peer',
+            peer: peer.node,
+            reason,
+          });
+        }
+      }
+      return false;
+    }
+    if (source.kind === 'wait') return false;
+    const began = performance.now();
+    try {
+      const raw = await this.deps.upstream.fetchRange(
+        this.request.target,
+        this.request.repository,
+        this.request.digest,
+        start,
+        end,
+        this.request.authorization,
+      );
+      const { sha256, chunk } = await this.deps.hashes.hashChunk(raw);
+      if (assignment.sha256 && sha256 !== assignment.sha256) {
+        this.deps.metrics.verifyFailures.inc({ source: 'origin' });
+        throw new ShoalError(
+          'SHOAL_ERR_CHUNK_CORRUPT',
+          `chunk ${index} from the registry does not match the mesh's hash`,
+        );
+      }
+      await this.store(index, chunk, 'origin', began, undefined, sha256);
+      return true;
+    } catch (err) {
+      const failures = (originFailures.get(index) ?? 0) + 1;
+      originFailures.set(index, failures);
+      const reason = err instanceof Error ? err.message : String(err);
+      this.deps.metrics.chunkFailures.inc({ source: 'origin', reason: 'error' });
+      this.deps.events.publish({
+        type: 'chunk_failed',
+        node: this.options.nodeId,
+        blob: this.request.digest,
+        index,
+        source: 'origin',
+        reason,
+      });
+      if (failures >= this.options.originRetries) {
+        throw err instanceof ShoalError ? err : new ShoalError('SHOAL_ERR_UPSTREAM', reason, { cause: err });
+      }
+      await sleep(100 * 2 ** failures * (0.5 + Math.random()));
+      return false;
+    }
+  }
+
+  private async store(
+    index: number,
+    chunk: Buffer,
+    from: FetchedFrom,
+    began: number,
+    peer?: string,
+    originHash?: string,
+  ): Promise<void> {
+    await this.deps.store.writeChunk(this.hex, index, chunk);
+    const ms = performance.now() - began;
+    this.fetchedFrom.set(index, from);
+    this.deps.metrics.fetchBytes.inc({ source: from }, chunk.length);
+    this.deps.metrics.fetchDuration.observe({ source: from }, ms / 1000);
+    this.deps.metrics.cacheBytes.set(this.deps.store.totalBytes);
+    this.notify(index);
+    this.deps.mesh.markDirty(this.request.digest, originHash ? { [String(index)]: originHash } : undefined);
+    this.deps.events.publish({
+      type: 'chunk_fetched',
+      node: this.options.nodeId,
+      blob: this.request.digest,
+      index,
+      source: from,
+      ...(peer ? { peer } : {}),
+      bytes: chunk.length,
+      ms: Math.round(ms * 10) / 10,
+    });
+  }
+
+  /** The whole blob must match its digest before it is marked complete; a mismatch discards it. */
+  private async verifyWhole(): Promise<void> {
+    const sha256 = await this.deps.hashes.hashFiles(this.deps.store.chunkPaths(this.hex));
+    if (sha256 === this.hex) {
+      await this.deps.store.markComplete(this.hex);
+      this.deps.mesh.markDirty(this.request.digest);
+      return;
+    }
+    this.deps.metrics.verifyFailures.inc({ source: 'blob' });
+    this.deps.events.publish({
+      type: 'blob_invalid',
+      node: this.options.nodeId,
+      blob: this.request.digest,
+      reason: `content hashes to sha256:${sha256}`,
+    });
+    await this.deps.store.remove(this.hex);
+    this.deps.mesh.withdraw(this.request.digest, true);
+    throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', `blob ${this.request.digest} failed digest verification`);
+  }
+}
+
+function originAssignment(index: number, sha256: string | null = null): Assignment {
+  return { index, sha256, source: { kind: 'origin', leaseMs: 0 }, alternates: [] };
+}
+
+function reasonLabel(reason: string): string {
+  if (/nats/i.test(reason)) return 'nats_unavailable';
+  if (/no scheduler/i.test(reason)) return 'no_scheduler';
+  if (/timeout/i.test(reason)) return 'scheduler_timeout';
+  if (/waited/i.test(reason)) return 'peer_wait_timeout';
+  return 'scheduler_error';
+}
+
+/** All downloads of this agent, one per blob. */
+export class Transfers {
+  private readonly active = new Map<string, Download>();
+
+  constructor(
+    private readonly options: TransferOptions,
+    private readonly deps: TransferDeps,
+  ) {}
+
+  /** Returns the running download of the blob, or starts one. */
+  get(request: BlobRequest): Download {
+    const hex = request.digest.slice('sha256:'.length);
+    const existing = this.active.get(hex);
+    if (existing && !existing.failed) return existing;
+    const download = new Download(request, this.options, this.deps);
+    this.active.set(hex, download);
+    this.deps.metrics.activeDownloads.set(this.active.size);
+    void download.finished.finally(() => {
+      if (this.active.get(hex) === download) this.active.delete(hex);
+      this.deps.metrics.activeDownloads.set(this.active.size);
+    });
+    return download;
+  }
+
+  get size(): number {
+    return this.active.size;
+  }
+}

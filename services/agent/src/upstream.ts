@@ -1,0 +1,245 @@
+/**
+ * The agent's client for origin registries: manifest pass-through, blob authorisation with the client's
+ * own credentials, and ranged chunk fetches. Only registries named in config are reachable, so the
+ * agent cannot be used as an open proxy.
+ */
+import { createHash } from 'node:crypto';
+import { Agent, type Dispatcher } from 'undici';
+import { ShoalError } from '@shoal/mesh';
+
+export interface RegistryTarget {
+  /** The name clients use for the registry: the `ns` query parameter containerd sends. */
+  name: string;
+  /** Base URL, e.g. https://registry.example.com. */
+  url: string;
+}
+
+export function parseRegistries(entries: readonly string[]): RegistryTarget[] {
+  return entries.map((entry) => {
+    const eq = entry.indexOf('=');
+    const url = (eq === -1 ? entry : entry.slice(eq + 1)).replace(/\/+$/, '');
+    const name = eq === -1 ? new URL(url).host : entry.slice(0, eq);
+    return { name, url };
+  });
+}
+
+export interface UpstreamResponse {
+  status: number;
+  headers: Record<string, string | string[] | undefined>;
+  body: Dispatcher.ResponseData['body'];
+}
+
+export type Authorization =
+  { ok: true; size: number } | { ok: false; status: number; headers: Record<string, string>; body: string };
+
+/** Headers worth passing back to the client from a registry answer. */
+export const passHeaders = [
+  'content-type',
+  'content-length',
+  'docker-content-digest',
+  'docker-distribution-api-version',
+  'www-authenticate',
+  'etag',
+  'link',
+  'location',
+  'oci-subject',
+  'oci-filters-applied',
+];
+
+export function pickHeaders(
+  headers: Record<string, string | string[] | undefined>,
+  names = passHeaders,
+): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of names) {
+    const value = headers[name];
+    if (value !== undefined) out[name] = Array.isArray(value) ? value.join(', ') : value;
+  }
+  return out;
+}
+
+export interface UpstreamOptions {
+  registries: RegistryTarget[];
+  timeoutMs: number;
+  authCacheMs: number;
+  onRequest?: (kind: 'manifest' | 'authorize' | 'chunk' | 'base', status: number) => void;
+}
+
+export class Upstream {
+  private readonly dispatcher: Agent;
+  private readonly byName = new Map<string, RegistryTarget>();
+  private readonly authCache = new Map<string, { until: number; value: Authorization }>();
+
+  constructor(private readonly options: UpstreamOptions) {
+    this.dispatcher = new Agent({
+      keepAliveTimeout: 30_000,
+      connections: 64,
+      headersTimeout: options.timeoutMs,
+      bodyTimeout: options.timeoutMs,
+      connectTimeout: Math.min(options.timeoutMs, 10_000),
+    });
+    for (const target of options.registries) this.byName.set(target.name, target);
+  }
+
+  /** The registry a request is for: `ns` when given (containerd), else the first configured one. */
+  resolve(ns: string | undefined): RegistryTarget {
+    if (ns === undefined || ns === '') {
+      const first = this.options.registries[0];
+      if (!first)
+        throw new ShoalError('SHOAL_ERR_REGISTRY_UNKNOWN', 'no registry is configured (set registries)');
+      return first;
+    }
+    const target = this.byName.get(ns);
+    if (!target) {
+      throw new ShoalError(
+        'SHOAL_ERR_REGISTRY_UNKNOWN',
+        `registry "${ns.slice(0, 100)}" is not mirrored by this agent`,
+      );
+    }
+    return target;
+  }
+
+  /** Sends a request to the registry, following redirects; credentials never follow to another host. */
+  async send(
+    target: RegistryTarget,
+    method: 'GET' | 'HEAD',
+    path: string,
+    headers: Record<string, string>,
+  ): Promise<UpstreamResponse> {
+    let url = new URL(path, `${target.url}/`);
+    let sendHeaders = { ...headers };
+    for (let hop = 0; hop < 6; hop++) {
+      let res: Dispatcher.ResponseData;
+      try {
+        res = await this.dispatcher.request({
+          origin: url.origin,
+          path: `${url.pathname}${url.search}`,
+          method,
+          headers: sendHeaders,
+        });
+      } catch (cause) {
+        const timeout = cause instanceof Error && /timeout/i.test(cause.name + cause.message);
+        throw new ShoalError(
+          timeout ? 'SHOAL_ERR_UPSTREAM_TIMEOUT' : 'SHOAL_ERR_UPSTREAM',
+          `registry ${target.name}: ${cause instanceof Error ? cause.message : String(cause)}`,
+          { cause },
+        );
+      }
+      const location = res.headers.location;
+      if ([301, 302, 303, 307, 308].includes(res.statusCode) && typeof location === 'string') {
+        await res.body.dump();
+        const next = new URL(location, url);
+        if (next.origin !== url.origin) {
+          const { authorization: _dropped, ...rest } = sendHeaders;
+          sendHeaders = rest;
+        }
+        url = next;
+        continue;
+      }
+      return { status: res.statusCode, headers: res.headers, body: res.body };
+    }
+    throw new ShoalError('SHOAL_ERR_UPSTREAM', `registry ${target.name}: too many redirects`);
+  }
+
+  /**
+   * Asks the registry whether this credential may read the blob (a HEAD with the client's own
+   * Authorization), remembering the answer briefly per credential, repository and digest.
+   */
+  async authorizeBlob(
+    target: RegistryTarget,
+    repository: string,
+    digest: string,
+    authorization: string | undefined,
+  ): Promise<Authorization> {
+    const credential = authorization ? createHash('sha256').update(authorization).digest('hex') : '-';
+    const key = `${target.name}\n${repository}\n${digest}\n${credential}`;
+    const now = Date.now();
+    const cached = this.authCache.get(key);
+    if (cached && cached.until > now) return cached.value;
+    const headers: Record<string, string> = {};
+    if (authorization) headers.authorization = authorization;
+    const res = await this.send(target, 'HEAD', `/v2/${repository}/blobs/${digest}`, headers);
+    await res.body.dump();
+    this.options.onRequest?.('authorize', res.status);
+    let value: Authorization;
+    if (res.status === 200) {
+      const size = Number(res.headers['content-length']);
+      if (!Number.isSafeInteger(size) || size < 0) {
+        throw new ShoalError('SHOAL_ERR_UPSTREAM', `registry ${target.name} gave no size for ${digest}`);
+      }
+      value = { ok: true, size };
+    } else {
+      const body =
+        res.status === 404
+          ? 'BLOB_UNKNOWN'
+          : res.status === 401
+            ? 'UNAUTHORIZED'
+            : res.status === 403
+              ? 'DENIED'
+              : 'UNKNOWN';
+      value = {
+        ok: false,
+        status: res.status,
+        headers: pickHeaders(res.headers, ['www-authenticate', 'docker-distribution-api-version']),
+        body: JSON.stringify({
+          errors: [{ code: body, message: `registry answered ${res.status} for ${digest}` }],
+        }),
+      };
+    }
+    // Refusals are not cached: a client that just fetched a token retries at once and must succeed.
+    if (value.ok) this.authCache.set(key, { until: now + this.options.authCacheMs, value });
+    if (this.authCache.size > 10_000) this.pruneAuthCache(now);
+    return value;
+  }
+
+  private pruneAuthCache(now: number): void {
+    for (const [key, entry] of this.authCache) if (entry.until <= now) this.authCache.delete(key);
+  }
+
+  /** Fetches bytes [start, end) of a blob from the registry. */
+  async fetchRange(
+    target: RegistryTarget,
+    repository: string,
+    digest: string,
+    start: number,
+    end: number,
+    authorization: string | undefined,
+  ): Promise<Buffer> {
+    const headers: Record<string, string> = { range: `bytes=${start}-${end - 1}` };
+    if (authorization) headers.authorization = authorization;
+    const res = await this.send(target, 'GET', `/v2/${repository}/blobs/${digest}`, headers);
+    this.options.onRequest?.('chunk', res.status);
+    if (res.status !== 206 && !(res.status === 200 && start === 0)) {
+      await res.body.dump();
+      throw new ShoalError(
+        'SHOAL_ERR_UPSTREAM',
+        `registry ${target.name} answered ${res.status} for a range of ${digest}`,
+        {
+          details: { status: res.status },
+        },
+      );
+    }
+    const length = end - start;
+    const out = Buffer.allocUnsafeSlow(length);
+    let filled = 0;
+    for await (const piece of res.body) {
+      const buf = piece as Buffer;
+      const take = Math.min(buf.length, length - filled);
+      buf.copy(out, filled, 0, take);
+      filled += take;
+      if (filled >= length) break;
+    }
+    if (res.status === 200) res.body.destroy();
+    if (filled !== length) {
+      throw new ShoalError(
+        'SHOAL_ERR_UPSTREAM',
+        `registry ${target.name} sent ${filled} of ${length} bytes of ${digest}`,
+      );
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {
+    await this.dispatcher.close();
+  }
+}

@@ -1,0 +1,63 @@
+export { Bitmap, MiB, chooseChunkSize, chunkCount, chunkRange, defaultChunkPolicy } from './chunks.js';
+export type { ChunkPolicy } from './chunks.js';
+export { instanceOption, logOptions, metricsPortOption, natsOptions } from './common-options.js';
+export { envName, flagName, loadConfig, opt, renderHelp, renderReference } from './config.js';
+export type { ConfigOf, ConfigSpec, LoadOptions, Loaded, OptionSpec } from './config.js';
+export { assertReference, assertRepositoryName, formatDigest, isDigest, parseDigest } from './digest.js';
+export type { Digest } from './digest.js';
+export { ErrorCodes, ShoalError, isErrorCode, isShoalError, ociErrorBody } from './errors.js';
+export type { ErrorCode, WireError } from './errors.js';
+export { ChunkSourceKinds, memoryEventPublisher, natsEventPublisher } from './events.js';
+export type { ChunkSourceKind, EventInput, EventPublisher, ShoalEvent, ShoalEventType } from './events.js';
+export { defaultInstanceName, exitWithError, runService } from './lifecycle.js';
+export type { CommandDefinition, Stoppable } from './lifecycle.js';
+export { createLogger, loggerOptions, redactPaths } from './logger.js';
+export type { Logger } from './logger.js';
+export {
+  announcement,
+  assignment,
+  chunkSource,
+  chunksAnnouncement,
+  decode,
+  encode,
+  endpointRecord,
+  grantRecord,
+  holderRecord,
+  leaveMessage,
+  manifestRecord,
+  nodeRecord,
+  scheduleReply,
+  scheduleRequest,
+  withdrawAnnouncement,
+} from './messages.js';
+export type {
+  Announcement,
+  Assignment,
+  ChunkSource,
+  ChunksAnnouncement,
+  EndpointRecord,
+  GrantRecord,
+  HolderRecord,
+  LeaveMessage,
+  ManifestRecord,
+  NodeRecord,
+  ScheduleReply,
+  ScheduleRequest,
+} from './messages.js';
+export { createRegistry, metricsServer } from './metrics.js';
+export { connectMesh, defaultStreamLimits, ensureStreams, jetStreamOf, openBuckets } from './nats.js';
+export type { MeshBuckets, MeshConnection, MeshConnectionOptions, StreamLimits } from './nats.js';
+export {
+  SUBJECT_PREFIX,
+  buckets,
+  chunkKeys,
+  consumers,
+  endpointKey,
+  endpointKeyToRegistry,
+  grantKey,
+  isValidToken,
+  queueGroups,
+  streams,
+  subjects,
+} from './subjects.js';
+export { formatBytes, formatDuration, parseBytes, parseDurationMs } from './units.js';

@@ -1,0 +1,175 @@
+/**
+ * Message schemas for everything that crosses NATS. Each subject in subjects.ts is paired with one schema
+ * here; payloads are validated on receipt, so a malformed message is rejected with a clear reason and
+ * never reaches service logic.
+ */
+import { z } from 'zod';
+import { ShoalError } from './errors.js';
+
+const nodeId = z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'node id must be 1-64 of [A-Za-z0-9_-]');
+const digest = z.string().regex(/^sha256:[a-f0-9]{64}$/, 'digest must be sha256:<64 hex>');
+const sha256Hex = z.string().regex(/^[a-f0-9]{64}$/, 'sha256 must be 64 hex characters');
+const chunkIndex = z.number().int().min(0).max(1_000_000);
+const size = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 50);
+const chunkSizeSchema = z
+  .number()
+  .int()
+  .min(64 * 1024)
+  .max(1024 * 1024 * 1024);
+
+/** Agent → announcer: the node's full set of chunks of one blob (a snapshot, so order does not matter). */
+export const chunksAnnouncement = z.object({
+  type: z.literal('chunks'),
+  node: nodeId,
+  blob: digest,
+  size,
+  chunkSize: chunkSizeSchema,
+  /** Monotonic per node; a snapshot older than the stored one is ignored. */
+  seq: z.number().int().min(0),
+  have: z.string().max(1_000_000),
+  /** Hashes of chunks this node fetched from the origin, for the blob's chunk manifest. */
+  hashes: z.record(z.string().regex(/^\d+$/), sha256Hex).optional(),
+  complete: z.boolean(),
+});
+
+export const withdrawAnnouncement = z.object({
+  type: z.literal('withdraw'),
+  node: nodeId,
+  blob: digest,
+  seq: z.number().int().min(0),
+  /** Set when the blob failed whole-digest verification: its manifest must be dropped too. */
+  invalid: z.boolean().optional(),
+});
+
+export const announcement = z.discriminatedUnion('type', [chunksAnnouncement, withdrawAnnouncement]);
+export type Announcement = z.infer<typeof announcement>;
+export type ChunksAnnouncement = z.infer<typeof chunksAnnouncement>;
+
+/** KV value: the chunk manifest of a blob. An empty string marks a chunk whose hash is not known yet. */
+export const manifestRecord = z.object({
+  blob: digest,
+  size,
+  chunkSize: chunkSizeSchema,
+  hashes: z.array(z.union([sha256Hex, z.literal('')])),
+});
+export type ManifestRecord = z.infer<typeof manifestRecord>;
+
+/** KV value: which chunks of a blob a node holds. */
+export const holderRecord = z.object({
+  node: nodeId,
+  blob: digest,
+  seq: z.number().int().min(0),
+  chunkCount: z.number().int().min(0),
+  have: z.string(),
+  complete: z.boolean(),
+  at: z.number(),
+});
+export type HolderRecord = z.infer<typeof holderRecord>;
+
+/** Agent → discovery, every few seconds; and the KV value discovery keeps for each node. */
+export const nodeRecord = z.object({
+  id: nodeId,
+  /** Base URL of the node's peer API, e.g. http://10.0.0.5:65001. */
+  url: z.string().url().max(512),
+  zone: z.string().max(128),
+  vswitch: z.string().max(128),
+  pool: z.string().max(128),
+  startedAt: z.number(),
+  seenAt: z.number(),
+});
+export type NodeRecord = z.infer<typeof nodeRecord>;
+
+export const scheduleRequest = z.object({
+  v: z.literal(1),
+  node: nodeId,
+  blob: digest,
+  size,
+  /** The chunk size the node would use if the blob has no manifest yet. */
+  chunkSize: chunkSizeSchema,
+  need: z.array(chunkIndex).max(100_000),
+  /** Peers this node has found failing or slow for this blob. */
+  avoid: z.array(nodeId).max(10_000).default([]),
+});
+export type ScheduleRequest = z.infer<typeof scheduleRequest>;
+
+export const chunkSource = z.discriminatedUnion('kind', [
+  z.object({ kind: z.literal('peer'), node: nodeId, url: z.string() }),
+  z.object({ kind: z.literal('origin'), leaseMs: z.number().int().min(0) }),
+  z.object({ kind: z.literal('wait'), retryMs: z.number().int().min(0) }),
+]);
+export type ChunkSource = z.infer<typeof chunkSource>;
+
+export const assignment = z.object({
+  index: chunkIndex,
+  sha256: z.union([sha256Hex, z.null()]),
+  source: chunkSource,
+  /** Further peers to try, in order, if the first source fails. */
+  alternates: z.array(z.object({ node: nodeId, url: z.string() })).default([]),
+});
+export type Assignment = z.infer<typeof assignment>;
+
+export const scheduleReply = z.discriminatedUnion('ok', [
+  z.object({
+    ok: z.literal(true),
+    chunkSize: chunkSizeSchema,
+    assignments: z.array(assignment),
+    scheduler: z.string(),
+  }),
+  z.object({
+    ok: z.literal(false),
+    error: z.object({
+      code: z.string(),
+      message: z.string(),
+      details: z.record(z.string(), z.unknown()).optional(),
+    }),
+  }),
+]);
+export type ScheduleReply = z.infer<typeof scheduleReply>;
+
+/** KV value: a lease to fetch one chunk from the origin. Expired leases may be taken over. */
+export const grantRecord = z.object({
+  node: nodeId,
+  expiresAt: z.number(),
+});
+export type GrantRecord = z.infer<typeof grantRecord>;
+
+/** KV value: a registry endpoint published by discovery. */
+export const endpointRecord = z.object({
+  registry: z.string().max(255),
+  url: z.string().url(),
+  healthy: z.boolean(),
+  checkedAt: z.number(),
+  source: z.string().max(64),
+});
+export type EndpointRecord = z.infer<typeof endpointRecord>;
+
+export const leaveMessage = z.object({ node: nodeId, at: z.number() });
+export type LeaveMessage = z.infer<typeof leaveMessage>;
+
+const decoder = new TextDecoder();
+const encoder = new TextEncoder();
+
+/** Decodes and validates a payload; a bad one becomes SHOAL_ERR_BAD_MESSAGE naming the first bad field. */
+export function decode<T>(schema: z.ZodType<T>, data: Uint8Array | string, what: string): T {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(typeof data === 'string' ? data : decoder.decode(data));
+  } catch (cause) {
+    throw new ShoalError('SHOAL_ERR_BAD_MESSAGE', `${what}: payload is not JSON`, { cause });
+  }
+  const result = schema.safeParse(parsed);
+  if (!result.success) {
+    const issue = result.error.issues[0];
+    const where = issue?.path.length ? issue.path.join('.') : '(root)';
+    throw new ShoalError('SHOAL_ERR_BAD_MESSAGE', `${what}: ${where}: ${issue?.message ?? 'invalid'}`);
+  }
+  return result.data;
+}
+
+export function encode(value: unknown): Uint8Array {
+  return encoder.encode(JSON.stringify(value));
+}

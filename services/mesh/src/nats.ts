@@ -1,0 +1,191 @@
+/**
+ * The NATS connection every service and agent uses: connects in the background and keeps reconnecting,
+ * reports whether it is usable right now (so callers fall back at once instead of waiting on timeouts),
+ * creates the streams and buckets it needs, and drains on shutdown.
+ */
+import {
+  jetstream,
+  jetstreamManager,
+  RetentionPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+} from '@nats-io/jetstream';
+import { Kvm, type KV } from '@nats-io/kv';
+import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import type { Logger } from './logger.js';
+import { buckets, streams, subjects } from './subjects.js';
+
+export interface MeshConnectionOptions {
+  servers: string[];
+  name: string;
+  log: Logger;
+  user?: string | undefined;
+  pass?: string | undefined;
+  token?: string | undefined;
+  /** How often the server is pinged; a dead server is noticed after two missed pings. */
+  pingIntervalMs?: number;
+}
+
+export interface MeshConnection {
+  /** The connection if it is up right now, else undefined: callers then take their fallback path. */
+  connection(): NatsConnection | undefined;
+  /** Resolves on the first successful connection (retrying forever until close). */
+  ready(): Promise<NatsConnection>;
+  /** Called on every (re)connect, e.g. to re-create streams or re-announce. */
+  onConnect(listener: (nc: NatsConnection) => void): void;
+  close(): Promise<void>;
+}
+
+export function connectMesh(options: MeshConnectionOptions): MeshConnection {
+  let nc: NatsConnection | undefined;
+  let connected = false;
+  let closed = false;
+  const listeners: ((nc: NatsConnection) => void)[] = [];
+  const connectOptions: ConnectionOptions = {
+    servers: options.servers,
+    name: options.name,
+    reconnect: true,
+    maxReconnectAttempts: -1,
+    reconnectTimeWait: 500,
+    reconnectJitter: 200,
+    waitOnFirstConnect: true,
+    pingInterval: options.pingIntervalMs ?? 2_000,
+    maxPingOut: 2,
+    timeout: 1_000,
+  };
+  if (options.user !== undefined) connectOptions.user = options.user;
+  if (options.pass !== undefined) connectOptions.pass = options.pass;
+  if (options.token !== undefined) connectOptions.token = options.token;
+
+  const notify = (conn: NatsConnection) => {
+    for (const listener of listeners) {
+      try {
+        listener(conn);
+      } catch (err) {
+        options.log.error({ err }, 'nats connect listener failed');
+      }
+    }
+  };
+
+  const readyPromise = (async () => {
+    const conn = await connect(connectOptions);
+    nc = conn;
+    connected = true;
+    options.log.info({ server: conn.getServer() }, 'nats connected');
+    if (closed) {
+      await conn.close();
+      return conn;
+    }
+    notify(conn);
+    void (async () => {
+      for await (const status of conn.status()) {
+        if (status.type === 'disconnect') {
+          connected = false;
+          options.log.warn({ server: status.server }, 'nats disconnected');
+        } else if (status.type === 'reconnect') {
+          connected = true;
+          options.log.info({ server: status.server }, 'nats reconnected');
+          notify(conn);
+        }
+      }
+    })();
+    void conn.closed().then(() => {
+      connected = false;
+    });
+    return conn;
+  })();
+  // Callers that never await ready() must not see an unhandled rejection when close() races the connect.
+  readyPromise.catch(() => undefined);
+
+  return {
+    connection: () => (connected && nc && !nc.isClosed() && !nc.isDraining() ? nc : undefined),
+    ready: () => readyPromise,
+    onConnect(listener) {
+      listeners.push(listener);
+      if (connected && nc) listener(nc);
+    },
+    async close() {
+      closed = true;
+      if (nc && !nc.isClosed()) {
+        try {
+          await nc.drain();
+        } catch {
+          await nc.close();
+        }
+      }
+    },
+  };
+}
+
+export interface StreamLimits {
+  eventsMaxAgeMs: number;
+  eventsMaxBytes: number;
+  announceMaxAgeMs: number;
+}
+
+export const defaultStreamLimits: StreamLimits = {
+  eventsMaxAgeMs: 7 * 24 * 3_600_000,
+  eventsMaxBytes: 1024 ** 3,
+  announceMaxAgeMs: 10 * 60_000,
+};
+
+const nanos = (ms: number) => ms * 1_000_000;
+
+/** Creates (or updates) the streams Shoal uses. Idempotent: every service calls it on connect. */
+export async function ensureStreams(
+  jsm: JetStreamManager,
+  limits: StreamLimits = defaultStreamLimits,
+): Promise<void> {
+  const wanted = [
+    {
+      name: streams.announce,
+      subjects: [subjects.announceAll],
+      retention: RetentionPolicy.Limits,
+      max_age: nanos(limits.announceMaxAgeMs),
+    },
+    {
+      name: streams.events,
+      subjects: [subjects.eventsAll],
+      retention: RetentionPolicy.Limits,
+      max_age: nanos(limits.eventsMaxAgeMs),
+      max_bytes: limits.eventsMaxBytes,
+    },
+  ];
+  for (const config of wanted) {
+    try {
+      await jsm.streams.info(config.name);
+      await jsm.streams.update(config.name, config);
+    } catch (err) {
+      if (!isNotFound(err)) throw err;
+      await jsm.streams.add(config);
+    }
+  }
+}
+
+function isNotFound(err: unknown): boolean {
+  const text = err instanceof Error ? err.message : String(err);
+  return /not found/i.test(text);
+}
+
+export interface MeshBuckets {
+  nodes: KV;
+  chunks: KV;
+  grants: KV;
+  endpoints: KV;
+}
+
+/** Opens (creating if needed) every KV bucket. */
+export async function openBuckets(nc: NatsConnection): Promise<MeshBuckets> {
+  const kvm = new Kvm(nc);
+  const [nodes, chunks, grants, endpoints] = await Promise.all([
+    kvm.create(buckets.nodes, { history: 1 }),
+    kvm.create(buckets.chunks, { history: 1 }),
+    kvm.create(buckets.grants, { history: 1 }),
+    kvm.create(buckets.endpoints, { history: 1 }),
+  ]);
+  return { nodes, chunks, grants, endpoints };
+}
+
+export function jetStreamOf(nc: NatsConnection): { js: JetStreamClient; jsm: Promise<JetStreamManager> } {
+  return { js: jetstream(nc), jsm: jetstreamManager(nc) };
+}
