@@ -56,7 +56,7 @@ export type ShoalEvent = Base &
         node: string;
         blob: string;
         peer: number;
-        origin: number;
+        originGrants: number;
         wait: number;
         ms: number;
       }
@@ -92,7 +92,7 @@ export function natsEventPublisher(
   return {
     publish(event) {
       const nc = mesh.connection();
-      const full = { ...event, at: Date.now(), origin } as ShoalEvent;
+      const full = { ...event, at: Date.now(), origin };
       if (!nc || pendingBytes(nc) > maxPendingBytes) {
         dropped++;
         onDrop?.();
@@ -123,7 +123,7 @@ export function memoryEventPublisher(origin: string): EventPublisher & { events:
   return {
     events,
     publish(event) {
-      events.push({ ...event, at: Date.now(), origin } as ShoalEvent);
+      events.push({ ...event, at: Date.now(), origin });
     },
     dropped: 0,
   };

@@ -1,0 +1,316 @@
+/**
+ * Discovery (local mode): keeps the node registry from agents' own heartbeats, and publishes the
+ * configured registry endpoints with their health. Several instances may run: heartbeats are shared out
+ * by a queue group, and every write that decides an event (a join, a removal) is compare-and-set, so
+ * exactly one instance records each join and each removal.
+ */
+import {
+  decode,
+  encode,
+  endpointKey,
+  leaveMessage,
+  natsEventPublisher,
+  nodeRecord,
+  openBuckets,
+  queueGroups,
+  subjects,
+  type EndpointRecord,
+  type EventPublisher,
+  type Logger,
+  type MeshBuckets,
+  type MeshConnection,
+  type NodeRecord,
+} from '@shoal/mesh';
+import type { KvWatchEntry } from '@nats-io/kv';
+import type { Msg, Subscription } from '@nats-io/transport-node';
+import type { Registry } from 'prom-client';
+import { watchBucket, type BucketWatch } from './bucket-watch.js';
+import type { DiscoverySettings } from './config.js';
+import { checkEndpoint, endpointTarget, type EndpointTarget } from './endpoints.js';
+import { isCasConflict } from './kv-errors.js';
+import { createDiscoveryMetrics } from './metrics.js';
+
+export interface DiscoveryDeps {
+  mesh: MeshConnection;
+  log: Logger;
+  registry: Registry;
+  config: DiscoverySettings;
+  /** The name this instance uses in events. */
+  instance: string;
+  /** Buckets already opened by the caller; opened on start otherwise. */
+  buckets?: MeshBuckets;
+  /** Defaults to publishing on the events stream. */
+  events?: EventPublisher;
+  now?: () => number;
+}
+
+export interface Discovery {
+  /** Resolves once the node registry is loaded and heartbeats are being received. */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** Live nodes as this instance knows them (from the nodes bucket). */
+  nodes(): ReadonlyMap<string, NodeRecord>;
+  /** Removes nodes whose heartbeat is older than node.ttl; resolves to how many this instance removed. */
+  sweep(): Promise<number>;
+  /** Health-checks every configured registry now and publishes the results. */
+  checkEndpoints(): Promise<EndpointRecord[]>;
+  health(): { ok: boolean; detail: { nodes: number; endpoints: Record<string, boolean> } };
+}
+
+interface Known {
+  /** The current record, or undefined when the last entry was a deletion. */
+  record: NodeRecord | undefined;
+  revision: number;
+}
+
+const heartbeatPrefix = subjects.heartbeatAll.slice(0, -1);
+const leavePrefix = subjects.leaveAll.slice(0, -1);
+
+export function createDiscovery(deps: DiscoveryDeps): Discovery {
+  const { mesh, log, config, instance } = deps;
+  const now = deps.now ?? Date.now;
+  const events = deps.events ?? natsEventPublisher(mesh, instance);
+  /** Every key of the nodes bucket seen, deleted ones included: their revision is what a re-join must expect. */
+  const known = new Map<string, Known>();
+  const liveNodes = new Map<string, NodeRecord>();
+  const metrics = createDiscoveryMetrics(deps.registry, () => liveNodes.size);
+  const targets: EndpointTarget[] = config.registries.map(endpointTarget);
+  const endpointHealth: Record<string, boolean> = {};
+  const subscriptions: Subscription[] = [];
+  const inflight = new Set<Promise<unknown>>();
+  const timers: NodeJS.Timeout[] = [];
+  let buckets: MeshBuckets | undefined = deps.buckets;
+  let watch: BucketWatch | undefined;
+  let checking: Promise<EndpointRecord[]> | undefined;
+  let sweeping: Promise<number> | undefined;
+  let started = false;
+
+  function remember(id: string, record: NodeRecord | undefined, revision: number): void {
+    const current = known.get(id);
+    // Our own writes are remembered at once; the watch delivers them again later, and an older entry
+    // arriving after a newer one must not roll the view back.
+    if (current && current.revision >= revision) return;
+    known.set(id, { record, revision });
+    if (record) liveNodes.set(id, record);
+    else liveNodes.delete(id);
+  }
+
+  /** Marks a node removed by this instance at once, before the watch reports the deletion. */
+  function forget(id: string): void {
+    known.set(id, { record: undefined, revision: known.get(id)?.revision ?? 0 });
+    liveNodes.delete(id);
+  }
+
+  function onEntry(entry: KvWatchEntry): void {
+    if (entry.operation !== 'PUT') {
+      remember(entry.key, undefined, entry.revision);
+      return;
+    }
+    try {
+      remember(entry.key, decode(nodeRecord, entry.value, `node ${entry.key}`), entry.revision);
+    } catch (err) {
+      // An unreadable record is no live node; the next heartbeat of that node overwrites it.
+      log.warn({ err, key: entry.key }, 'unreadable node record');
+      remember(entry.key, undefined, entry.revision);
+    }
+  }
+
+  function track<T>(promise: Promise<T>): void {
+    inflight.add(promise);
+    void promise.finally(() => inflight.delete(promise));
+  }
+
+  async function onHeartbeat(msg: Msg): Promise<void> {
+    if (!buckets) return;
+    let record: NodeRecord;
+    try {
+      record = decode(nodeRecord, msg.data, 'heartbeat');
+      const fromSubject = msg.subject.slice(heartbeatPrefix.length);
+      if (fromSubject !== record.id) throw new Error(`heartbeat on ${msg.subject} names node ${record.id}`);
+    } catch (err) {
+      metrics.heartbeats.inc({ outcome: 'rejected' });
+      log.warn(
+        { subject: msg.subject, err: err instanceof Error ? err.message : String(err) },
+        'heartbeat rejected',
+      );
+      return;
+    }
+    // The receipt time, on one clock for all nodes, is what liveness is judged by; an agent's clock is not.
+    const stamped: NodeRecord = { ...record, seenAt: now() };
+    const value = encode(stamped);
+    const kv = buckets.nodes;
+    try {
+      const current = known.get(record.id);
+      if (!current?.record) {
+        // Only the instance whose write creates the record announces the join. The expected revision
+        // may be out of date (a deletion not yet seen); then the key is read again to decide.
+        let expected = current?.revision ?? 0;
+        for (let attempt = 0; attempt < 3; attempt++) {
+          try {
+            const revision = await kv.put(record.id, value, { previousSeq: expected });
+            remember(record.id, stamped, revision);
+            metrics.joins.inc();
+            events.publish({
+              type: 'node_joined',
+              node: record.id,
+              zone: record.zone,
+              vswitch: record.vswitch,
+              url: record.url,
+            });
+            log.info(
+              { node: record.id, zone: record.zone, vswitch: record.vswitch, url: record.url },
+              'node joined',
+            );
+            metrics.heartbeats.inc({ outcome: 'accepted' });
+            return;
+          } catch (err) {
+            if (!isCasConflict(err)) throw err;
+          }
+          const entry = await kv.get(record.id);
+          if (entry?.operation === 'PUT') break;
+          expected = entry?.revision ?? 0;
+        }
+      }
+      remember(record.id, stamped, await kv.put(record.id, value));
+      metrics.heartbeats.inc({ outcome: 'accepted' });
+    } catch (err) {
+      metrics.heartbeats.inc({ outcome: 'error' });
+      log.warn({ err, node: record.id }, 'could not record a heartbeat');
+    }
+  }
+
+  async function onLeave(msg: Msg): Promise<void> {
+    if (!buckets) return;
+    let leave;
+    try {
+      leave = decode(leaveMessage, msg.data, 'leave');
+      const fromSubject = msg.subject.slice(leavePrefix.length);
+      if (fromSubject !== leave.node) throw new Error(`leave on ${msg.subject} names node ${leave.node}`);
+    } catch (err) {
+      log.warn(
+        { subject: msg.subject, err: err instanceof Error ? err.message : String(err) },
+        'leave message rejected',
+      );
+      return;
+    }
+    const current = known.get(leave.node);
+    try {
+      await buckets.nodes.delete(leave.node);
+    } catch (err) {
+      // The node will still be removed when its heartbeat times out.
+      log.warn({ err, node: leave.node }, 'could not remove a leaving node');
+      return;
+    }
+    forget(leave.node);
+    if (current?.record) {
+      metrics.leaves.inc({ reason: 'left' });
+      events.publish({ type: 'node_left', node: leave.node, reason: 'left' });
+      log.info({ node: leave.node }, 'node left');
+    }
+  }
+
+  async function sweepOnce(): Promise<number> {
+    if (!buckets) return 0;
+    const cutoff = now() - config.nodeTtl;
+    let removed = 0;
+    for (const [id, { record, revision }] of [...known]) {
+      if (!record || record.seenAt >= cutoff) continue;
+      try {
+        // At the revision we judged: a heartbeat written since (by any instance) makes this fail, as it should.
+        await buckets.nodes.delete(id, { previousSeq: revision });
+      } catch (err) {
+        if (!isCasConflict(err)) log.warn({ err, node: id }, 'could not remove a silent node');
+        continue;
+      }
+      forget(id);
+      removed++;
+      metrics.leaves.inc({ reason: 'timeout' });
+      events.publish({ type: 'node_left', node: id, reason: 'heartbeat timeout' });
+      log.info({ node: id, seenAt: record.seenAt }, 'node timed out');
+    }
+    return removed;
+  }
+
+  async function checkOnce(): Promise<EndpointRecord[]> {
+    const results = await Promise.all(targets.map((t) => checkEndpoint(t, config.endpointsTimeout, now)));
+    for (const result of results) {
+      if (endpointHealth[result.registry] !== result.healthy) {
+        log.info(
+          { registry: result.registry, url: result.url, healthy: result.healthy },
+          'registry endpoint health changed',
+        );
+      }
+      endpointHealth[result.registry] = result.healthy;
+      metrics.endpointHealthy.set({ registry: result.registry }, result.healthy ? 1 : 0);
+      try {
+        await buckets?.endpoints.put(endpointKey(result.registry), encode(result));
+      } catch (err) {
+        log.warn({ err, registry: result.registry }, 'could not publish a registry endpoint');
+      }
+    }
+    return results;
+  }
+
+  /** Runs at most one sweep (or check) at a time; a caller during one gets that one's result. */
+  const sweep = () => (sweeping ??= sweepOnce().finally(() => (sweeping = undefined)));
+  const checkEndpoints = () => (checking ??= checkOnce().finally(() => (checking = undefined)));
+
+  function every(ms: number, run: () => Promise<unknown>, what: string): void {
+    const timer = setInterval(() => {
+      track(run().catch((err: unknown) => log.error({ err }, `${what} failed`)));
+    }, ms);
+    timer.unref();
+    timers.push(timer);
+  }
+
+  return {
+    async start() {
+      const nc = await mesh.ready();
+      buckets ??= await openBuckets(nc);
+      // The registry is loaded before heartbeats are taken, so that a known node is not announced as new.
+      watch = await watchBucket(buckets.nodes, onEntry);
+      await watch.initialized;
+      subscriptions.push(
+        nc.subscribe(subjects.heartbeatAll, {
+          queue: queueGroups.discovery,
+          callback: (err, msg) => {
+            if (err) log.error({ err }, 'heartbeat subscription error');
+            else track(onHeartbeat(msg));
+          },
+        }),
+        nc.subscribe(subjects.leaveAll, {
+          queue: queueGroups.discovery,
+          callback: (err, msg) => {
+            if (err) log.error({ err }, 'leave subscription error');
+            else track(onLeave(msg));
+          },
+        }),
+      );
+      // Subscriptions are registered asynchronously; once the server has answered a ping they are in place,
+      // so that "started" really means "receiving heartbeats".
+      await nc.flush();
+      every(Math.max(100, Math.floor(config.nodeTtl / 3)), sweep, 'node sweep');
+      if (targets.length) {
+        await checkEndpoints();
+        every(config.endpointsInterval, checkEndpoints, 'endpoint check');
+      }
+      started = true;
+      log.info({ nodes: liveNodes.size, registries: targets.map((t) => t.registry) }, 'discovery started');
+    },
+    async stop() {
+      started = false;
+      for (const timer of timers.splice(0)) clearInterval(timer);
+      await Promise.all(subscriptions.splice(0).map((s) => s.drain().catch(() => undefined)));
+      watch?.stop();
+      await watch?.ended;
+      await Promise.allSettled([...inflight]);
+    },
+    nodes: () => liveNodes,
+    sweep,
+    checkEndpoints,
+    health() {
+      const ok = started && mesh.connection() !== undefined;
+      return { ok, detail: { nodes: liveNodes.size, endpoints: { ...endpointHealth } } };
+    },
+  };
+}

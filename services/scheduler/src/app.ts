@@ -1,0 +1,327 @@
+/**
+ * The scheduler: keeps an index of manifests, holders and nodes rebuilt from KV, and answers schedule
+ * requests in the scheduler queue group. It only joins the queue group once its index is loaded, so a
+ * replica that is starting never answers from a partial view; the other replicas answer meanwhile.
+ */
+import {
+  decode,
+  encode,
+  isShoalError,
+  natsEventPublisher,
+  openBuckets,
+  queueGroups,
+  scheduleRequest,
+  subjects,
+  type EventPublisher,
+  type Logger,
+  type MeshBuckets,
+  type MeshConnection,
+  type ScheduleReply,
+} from '@shoal/mesh';
+import type { KvWatchEntry } from '@nats-io/kv';
+import type { Msg, Subscription } from '@nats-io/transport-node';
+import type { Registry } from 'prom-client';
+import { watchBucket, type BucketWatch } from './bucket-watch.js';
+import type { SchedulerSettings } from './config.js';
+import { kvGrantStore, type Grant, type GrantStore } from './grants.js';
+import {
+  applyIndexEvent,
+  chunkChangeToEvent,
+  createIndexState,
+  indexSizes,
+  nodeChangeToEvent,
+  type IndexEvent,
+  type IndexSizes,
+  type IndexState,
+  type KvChange,
+  type Translation,
+} from './index-state.js';
+import { createSchedulerMetrics, type RequestOutcome } from './metrics.js';
+import { decayingLoad, planRequest, type PlanOptions } from './planner.js';
+
+export interface SchedulerDeps {
+  mesh: MeshConnection;
+  log: Logger;
+  registry: Registry;
+  config: SchedulerSettings;
+  /** The name this replica puts in replies and events. */
+  instance: string;
+  /** Buckets already opened by the caller; opened on start otherwise. */
+  buckets?: MeshBuckets;
+  /** Defaults to publishing on the events stream. */
+  events?: EventPublisher;
+  /** Grant store; defaults to the `grants` KV bucket. */
+  grants?: GrantStore;
+  now?: () => number;
+}
+
+export interface Scheduler {
+  /** Resolves once the index is loaded and the replica has joined the queue group. */
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  /** True while the replica answers requests. */
+  serving(): boolean;
+  sizes(): IndexSizes;
+  health(): { ok: boolean; detail: { serving: boolean; index: IndexSizes } };
+}
+
+type BucketName = 'chunks' | 'nodes';
+
+const bucketTranslators: Record<BucketName, (change: KvChange) => Translation> = {
+  chunks: chunkChangeToEvent,
+  nodes: nodeChangeToEvent,
+};
+
+export function createScheduler(deps: SchedulerDeps): Scheduler {
+  const { mesh, log, config, instance } = deps;
+  const now = deps.now ?? Date.now;
+  const state: IndexState = createIndexState();
+  const metrics = createSchedulerMetrics(deps.registry, () => indexSizes(state));
+  const events = deps.events ?? natsEventPublisher(mesh, instance);
+  const load = decayingLoad(config.loadHalfLife);
+  const planOptions: PlanOptions = {
+    nodeTtlMs: config.nodeTtl,
+    retryMs: config.waitRetry,
+    maxAlternates: config.alternates,
+    originMaxPerRequest: config.originMaxPerRequest,
+  };
+  const watches = new Map<BucketName, BucketWatch>();
+  const loaded = new Set<BucketName>();
+  /** Leases this replica granted, by blob and node, so they can be released once the chunk is announced. */
+  const issued = new Map<string, Grant[]>();
+  let issuedCount = 0;
+  let grants: GrantStore | undefined = deps.grants;
+  let buckets: MeshBuckets | undefined = deps.buckets;
+  let subscription: Subscription | undefined;
+  let stopping = false;
+  const inflight = new Set<Promise<void>>();
+
+  function applyChange(bucket: BucketName, entry: KvWatchEntry): void {
+    const translation = bucketTranslators[bucket](entry);
+    if ('ignored' in translation) {
+      log.debug({ bucket, key: entry.key, reason: translation.ignored }, 'ignored KV entry');
+      return;
+    }
+    if (translation.warning) {
+      metrics.indexErrors.inc();
+      log.warn(
+        { bucket, key: entry.key, reason: translation.warning },
+        'unreadable KV value taken as deleted',
+      );
+    }
+    applyIndexEvent(state, translation.event);
+    if (translation.event.type === 'holder_put') releaseAnnounced(translation.event);
+  }
+
+  function releaseAnnounced(event: Extract<IndexEvent, { type: 'holder_put' }>): void {
+    const key = `${event.blobHex}/${event.holder.node}`;
+    const mine = issued.get(key);
+    if (!mine || !grants) return;
+    const holder = state.holders.get(event.blobHex)?.get(event.holder.node);
+    const keep: Grant[] = [];
+    for (const grant of mine) {
+      if (holder?.have.has(grant.index)) {
+        const store = grants;
+        track(
+          store.release(grant).catch((err: unknown) => {
+            log.debug({ err, key: grant.key }, 'could not release an origin lease; it will expire');
+          }),
+        );
+      } else {
+        keep.push(grant);
+      }
+    }
+    issuedCount -= mine.length - keep.length;
+    if (keep.length) issued.set(key, keep);
+    else issued.delete(key);
+  }
+
+  function remember(taken: Grant[]): void {
+    for (const grant of taken) {
+      const key = `${grant.blobHex}/${grant.node}`;
+      const list = issued.get(key) ?? [];
+      // A renewed lease replaces the earlier record of the same slot.
+      const others = list.filter((g) => g.key !== grant.key);
+      issuedCount += 1 - (list.length - others.length);
+      issued.set(key, [...others, grant]);
+    }
+    if (issuedCount > 10_000) {
+      const t = now();
+      for (const [key, list] of issued) {
+        const live = list.filter((g) => g.expiresAt > t);
+        issuedCount -= list.length - live.length;
+        if (live.length) issued.set(key, live);
+        else issued.delete(key);
+      }
+    }
+  }
+
+  function track(promise: Promise<void>): void {
+    inflight.add(promise);
+    void promise.finally(() => inflight.delete(promise));
+  }
+
+  function clearBucket(bucket: BucketName): void {
+    if (bucket === 'chunks') {
+      state.manifests.clear();
+      state.holders.clear();
+    } else {
+      state.nodes.clear();
+    }
+  }
+
+  async function startWatch(bucket: BucketName): Promise<void> {
+    if (!buckets) throw new Error('buckets are not open');
+    loaded.delete(bucket);
+    clearBucket(bucket);
+    const watch = await watchBucket(buckets[bucket], (entry) => {
+      try {
+        applyChange(bucket, entry);
+      } catch (err) {
+        log.error({ err, bucket, key: entry.key }, 'failed to apply a KV change');
+      }
+    });
+    watches.set(bucket, watch);
+    void watch.ended.then(() => {
+      if (stopping || watches.get(bucket) !== watch) return;
+      // The connection closed under the watch. Stop answering from a view that no longer updates, and
+      // rebuild it from scratch, which also picks up whatever changed in the meantime.
+      log.error({ bucket }, 'KV watch ended; rebuilding the index');
+      setServing(false);
+      scheduleRewatch(bucket, 1_000);
+    });
+    await watch.initialized;
+    loaded.add(bucket);
+  }
+
+  function scheduleRewatch(bucket: BucketName, delayMs: number): void {
+    const timer = setTimeout(() => {
+      if (stopping) return;
+      startWatch(bucket).then(
+        () => {
+          if (loaded.size === 2) setServing(true);
+        },
+        (err: unknown) => {
+          log.error({ err, bucket }, 'could not restart the KV watch');
+          scheduleRewatch(bucket, Math.min(delayMs * 2, 30_000));
+        },
+      );
+    }, delayMs);
+    timer.unref();
+  }
+
+  function setServing(on: boolean): void {
+    if (on && !subscription && !stopping) {
+      const nc = mesh.connection();
+      if (!nc) {
+        // Subscribing needs a connection; the next reconnect listener or watch restart tries again.
+        log.warn('not connected; will join the scheduler queue group on reconnect');
+        return;
+      }
+      subscription = nc.subscribe(subjects.schedule, {
+        queue: queueGroups.scheduler,
+        callback: (err, msg) => {
+          if (err) {
+            log.error({ err }, 'schedule subscription error');
+            return;
+          }
+          track(handle(msg));
+        },
+      });
+      log.info({ index: indexSizes(state) }, 'index loaded; answering schedule requests');
+    } else if (!on && subscription) {
+      subscription.unsubscribe();
+      subscription = undefined;
+    }
+  }
+
+  async function handle(msg: Msg): Promise<void> {
+    const started = performance.now();
+    let reply: ScheduleReply;
+    let outcome: RequestOutcome;
+    try {
+      const request = decode(scheduleRequest, msg.data, 'schedule request');
+      if (!grants) throw new Error('grant store is not ready');
+      const plan = await planRequest(state, request, grants, load, planOptions, now());
+      remember(plan.grants);
+      if (plan.grantErrors.length) {
+        metrics.grantErrors.inc(plan.grantErrors.length);
+        log.warn(
+          { err: plan.grantErrors[0], count: plan.grantErrors.length },
+          'origin leases unavailable; chunks told to wait',
+        );
+      }
+      reply = { ok: true, chunkSize: plan.chunkSize, assignments: plan.assignments, scheduler: instance };
+      outcome = 'ok';
+      metrics.assignments.inc({ kind: 'peer' }, plan.counts.peer);
+      metrics.assignments.inc({ kind: 'origin' }, plan.counts.origin);
+      metrics.assignments.inc({ kind: 'wait' }, plan.counts.wait);
+      events.publish({
+        type: 'schedule_decided',
+        scheduler: instance,
+        node: request.node,
+        blob: request.blob,
+        peer: plan.counts.peer,
+        originGrants: plan.counts.origin,
+        wait: plan.counts.wait,
+        ms: Math.round((performance.now() - started) * 1000) / 1000,
+      });
+    } catch (err) {
+      if (isShoalError(err, 'SHOAL_ERR_BAD_MESSAGE')) {
+        outcome = 'bad_request';
+        reply = { ok: false, error: { code: err.code, message: err.message } };
+        log.debug({ err: err.message }, 'bad schedule request');
+      } else {
+        outcome = 'error';
+        reply = {
+          ok: false,
+          error: { code: 'SHOAL_ERR_INTERNAL', message: 'the scheduler failed to plan this request' },
+        };
+        log.error({ err }, 'schedule request failed');
+      }
+    }
+    metrics.requests.inc({ outcome });
+    metrics.decisionSeconds.observe((performance.now() - started) / 1000);
+    if (!msg.reply) return;
+    try {
+      msg.respond(encode(reply));
+    } catch (err) {
+      log.warn({ err }, 'could not send a schedule reply');
+    }
+  }
+
+  return {
+    async start() {
+      const nc = await mesh.ready();
+      buckets ??= await openBuckets(nc);
+      grants ??= kvGrantStore(buckets.grants, {
+        perChunk: config.originPerChunk,
+        leaseMs: config.originLease,
+      });
+      await Promise.all([startWatch('chunks'), startWatch('nodes')]);
+      setServing(true);
+      // The queue subscription is registered asynchronously; once the server has answered a ping it is in
+      // place, so that a started replica really receives requests.
+      await nc.flush();
+      mesh.onConnect(() => {
+        if (loaded.size === 2) setServing(true);
+      });
+    },
+    async stop() {
+      stopping = true;
+      // Draining lets requests already delivered to this replica be answered instead of timing out.
+      const draining = subscription;
+      subscription = undefined;
+      if (draining) await draining.drain().catch(() => undefined);
+      for (const watch of watches.values()) watch.stop();
+      await Promise.all([...watches.values()].map((w) => w.ended));
+      await Promise.allSettled([...inflight]);
+    },
+    serving: () => subscription !== undefined,
+    sizes: () => indexSizes(state),
+    health() {
+      const serving = subscription !== undefined;
+      return { ok: serving, detail: { serving, index: indexSizes(state) } };
+    },
+  };
+}

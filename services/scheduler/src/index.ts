@@ -1,0 +1,26 @@
+export { createScheduler } from './app.js';
+export type { Scheduler, SchedulerDeps } from './app.js';
+export { schedulerCommand } from './command.js';
+export { schedulerSpec } from './config.js';
+export type { SchedulerConfig, SchedulerSettings } from './config.js';
+export { kvGrantStore, memoryGrantStore } from './grants.js';
+export type { Grant, GrantStore, GrantStoreOptions } from './grants.js';
+export {
+  applyIndexEvent,
+  chunkChangeToEvent,
+  createIndexState,
+  indexSizes,
+  nodeChangeToEvent,
+} from './index-state.js';
+export type {
+  HolderEntry,
+  IndexEvent,
+  IndexSizes,
+  IndexState,
+  KvChange,
+  Translation,
+} from './index-state.js';
+export { createSchedulerMetrics } from './metrics.js';
+export type { SchedulerMetrics } from './metrics.js';
+export { blobHexOf, decayingLoad, planRequest, topologyTier } from './planner.js';
+export type { LoadTracker, Plan, PlanOptions } from './planner.js';

@@ -1,0 +1,66 @@
+/** Scheduler metrics, declared once on the registry the caller injects. */
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
+import type { IndexSizes } from './index-state.js';
+
+export type RequestOutcome = 'ok' | 'bad_request' | 'error';
+
+export interface SchedulerMetrics {
+  requests: Counter<'outcome'>;
+  decisionSeconds: Histogram;
+  assignments: Counter<'kind'>;
+  grantErrors: Counter;
+  indexErrors: Counter;
+}
+
+export function createSchedulerMetrics(registry: Registry, sizes: () => IndexSizes): SchedulerMetrics {
+  const gauge = (name: string, help: string, pick: (s: IndexSizes) => number) =>
+    new Gauge({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.set(pick(sizes()));
+      },
+    });
+  gauge(
+    'shoal_scheduler_index_blobs',
+    'Blobs with a chunk manifest in this replica’s index.',
+    (s) => s.blobs,
+  );
+  gauge(
+    'shoal_scheduler_index_holders',
+    'Holder records (node, blob) in this replica’s index.',
+    (s) => s.holders,
+  );
+  gauge('shoal_scheduler_index_nodes', 'Node records in this replica’s index.', (s) => s.nodes);
+  return {
+    requests: new Counter({
+      name: 'shoal_scheduler_requests_total',
+      help: 'Schedule requests answered, by outcome (ok, bad_request, error).',
+      labelNames: ['outcome'],
+      registers: [registry],
+    }),
+    decisionSeconds: new Histogram({
+      name: 'shoal_scheduler_decision_duration_seconds',
+      help: 'Time from receiving a schedule request to sending the reply.',
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers: [registry],
+    }),
+    assignments: new Counter({
+      name: 'shoal_scheduler_assignments_total',
+      help: 'Chunk assignments made, by source kind (peer, origin, wait).',
+      labelNames: ['kind'],
+      registers: [registry],
+    }),
+    grantErrors: new Counter({
+      name: 'shoal_scheduler_grant_errors_total',
+      help: 'Origin lease requests that failed because the grants bucket was unavailable.',
+      registers: [registry],
+    }),
+    indexErrors: new Counter({
+      name: 'shoal_scheduler_index_unreadable_total',
+      help: 'KV values the index could not read and treated as deleted.',
+      registers: [registry],
+    }),
+  };
+}

@@ -1,0 +1,309 @@
+/** The scheduler on a real nats-server: index rebuilt from KV, two replicas in the queue group, leases. */
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import {
+  chunkKeys,
+  connectMesh,
+  createLogger,
+  decode,
+  encode,
+  ensureStreams,
+  jetStreamOf,
+  MiB,
+  openBuckets,
+  scheduleReply,
+  subjects,
+  type MeshBuckets,
+  type MeshConnection,
+  type ScheduleReply,
+  type ScheduleRequest,
+} from '@shoal/mesh';
+import { Registry } from 'prom-client';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createScheduler, type Scheduler } from '../src/app.js';
+import type { SchedulerSettings } from '../src/config.js';
+import { digestOf, hex, holder, manifest, node } from './fixtures.js';
+import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
+
+const settings: SchedulerSettings = {
+  nodeTtl: 15_000,
+  originPerChunk: 1,
+  originLease: 30_000,
+  originMaxPerRequest: 0,
+  waitRetry: 250,
+  loadHalfLife: 5_000,
+  alternates: 3,
+};
+
+let server: NatsServer;
+let nc: NatsConnection;
+let buckets: MeshBuckets;
+const replicas: { scheduler: Scheduler; mesh: MeshConnection; registry: Registry }[] = [];
+
+async function startReplica(instance: string, overrides: Partial<SchedulerSettings> = {}) {
+  const mesh = connectMesh({ servers: [server.url], name: instance, log: createLogger('test', 'silent') });
+  const registry = new Registry();
+  const scheduler = createScheduler({
+    mesh,
+    log: createLogger(instance, 'silent'),
+    registry,
+    config: { ...settings, ...overrides },
+    instance,
+  });
+  const replica = { scheduler, mesh, registry };
+  replicas.push(replica);
+  await scheduler.start();
+  return replica;
+}
+
+async function stopReplica(replica: (typeof replicas)[number]) {
+  await replica.scheduler.stop();
+  await replica.mesh.close();
+  replicas.splice(replicas.indexOf(replica), 1);
+}
+
+async function ask(
+  request: Omit<ScheduleRequest, 'v' | 'avoid'> & { avoid?: string[] },
+): Promise<ScheduleReply> {
+  const msg = await nc.request(subjects.schedule, encode({ v: 1, avoid: [], ...request }), {
+    timeout: 3_000,
+  });
+  return decode(scheduleReply, msg.data, 'reply');
+}
+
+function ok(reply: ScheduleReply) {
+  if (!reply.ok) throw new Error(`scheduler refused: ${reply.error.code} ${reply.error.message}`);
+  return reply;
+}
+
+async function eventually<T>(probe: () => Promise<T>, accept: (value: T) => boolean, ms = 5_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  let last = await probe();
+  while (!accept(last)) {
+    if (Date.now() > deadline) return last;
+    await new Promise((r) => setTimeout(r, 50));
+    last = await probe();
+  }
+  return last;
+}
+
+const blobA = digestOf('a');
+const sourceKind = (r: ScheduleReply) =>
+  r.ok ? r.assignments.map((a) => (a.source.kind === 'peer' ? a.source.node : a.source.kind)) : [];
+
+beforeAll(async () => {
+  server = await startNatsServer();
+  nc = await connect({ servers: server.url });
+  await ensureStreams(await jetStreamOf(nc).jsm);
+  buckets = await openBuckets(nc);
+});
+
+afterAll(async () => {
+  for (const replica of [...replicas]) await stopReplica(replica);
+  await nc?.close();
+  await server?.stop();
+});
+
+describe('scheduler', () => {
+  it('starts on empty buckets and answers at once', async () => {
+    const replica = await startReplica('sched-empty');
+    expect(replica.scheduler.serving()).toBe(true);
+    expect(replica.scheduler.sizes()).toEqual({ blobs: 0, holders: 0, nodes: 0 });
+    const reply = ok(
+      await ask({ node: 'n1', blob: digestOf('e'), size: 2 * MiB, chunkSize: MiB, need: [0, 1] }),
+    );
+    expect(reply).toMatchObject({ chunkSize: MiB, scheduler: 'sched-empty' });
+    expect(sourceKind(reply)).toEqual(['origin', 'origin']);
+    await stopReplica(replica);
+  });
+
+  it('loads every current value before it starts answering', async () => {
+    const now = Date.now();
+    const writes: Promise<number>[] = [];
+    for (const [id, zone, vswitch] of [
+      ['n1', 'z1', 'v1'],
+      ['n2', 'z1', 'v1'],
+      ['n3', 'z1', 'v2'],
+      ['n4', 'z2', 'v3'],
+    ] as const) {
+      writes.push(buckets.nodes.put(id, encode(node(id, zone, vswitch, now))));
+    }
+    writes.push(buckets.chunks.put(chunkKeys.manifest(hex('a')), encode(manifest(blobA, 4, [0, 1, 2]))));
+    writes.push(buckets.chunks.put(chunkKeys.holder(hex('a'), 'n2'), encode(holder('n2', blobA, 4, 'all'))));
+    writes.push(buckets.chunks.put(chunkKeys.holder(hex('a'), 'n3'), encode(holder('n3', blobA, 4, [0, 1]))));
+    // Filler: 400 holders of other blobs, so that an index that answered early would be visibly short.
+    for (let i = 0; i < 400; i++) {
+      const b = i.toString(16).padStart(64, '0');
+      writes.push(
+        buckets.chunks.put(chunkKeys.holder(b, 'n4'), encode(holder('n4', `sha256:${b}`, 4, 'all'))),
+      );
+    }
+    // A deleted key is delivered as a deletion and must not count.
+    writes.push(
+      buckets.chunks.put(chunkKeys.holder(hex('f'), 'n1'), encode(holder('n1', digestOf('f'), 4, 'all'))),
+    );
+    await Promise.all(writes);
+    await buckets.chunks.delete(chunkKeys.holder(hex('f'), 'n1'));
+
+    const a = await startReplica('sched-a');
+    expect(a.scheduler.sizes()).toEqual({ blobs: 1, holders: 402, nodes: 4 });
+    const b = await startReplica('sched-b');
+    expect(b.scheduler.sizes()).toEqual({ blobs: 1, holders: 402, nodes: 4 });
+  });
+
+  it('plans from the index: same-vswitch parent first, unknown hash from the origin', async () => {
+    const reply = ok(
+      await ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: 2 * MiB, need: [0, 1, 2, 3] }),
+    );
+    // The manifest's chunk size wins over the one the node proposed.
+    expect(reply.chunkSize).toBe(MiB);
+    expect(sourceKind(reply)).toEqual(['n2', 'n2', 'n2', 'origin']);
+    expect(reply.assignments[0]?.alternates.map((a) => a.node)).toEqual(['n3']);
+    expect(reply.assignments[0]?.sha256).toBe(manifest(blobA, 4).hashes[0]);
+    expect(reply.assignments[3]?.sha256).toBeNull();
+
+    const avoiding = ok(
+      await ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [0, 2], avoid: ['n2'] }),
+    );
+    // Chunk 3's lease is held by n1 now; chunk 2 is held only by the avoided n2, so it goes to the origin.
+    expect(sourceKind(avoiding)).toEqual(['n3', 'origin']);
+  });
+
+  it('answers from both replicas of the queue group', async () => {
+    const names = new Set<string>();
+    for (let i = 0; i < 30; i++) {
+      names.add(
+        ok(await ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [0] })).scheduler,
+      );
+    }
+    expect([...names].sort()).toEqual(['sched-a', 'sched-b']);
+  });
+
+  it('answers malformed requests with SHOAL_ERR_BAD_MESSAGE and keeps serving', async () => {
+    const notJson = await nc.request(subjects.schedule, 'not json', { timeout: 3_000 });
+    expect(decode(scheduleReply, notJson.data, 'reply')).toMatchObject({
+      ok: false,
+      error: { code: 'SHOAL_ERR_BAD_MESSAGE', message: expect.stringMatching(/not JSON/) as unknown },
+    });
+    const badField = await nc.request(
+      subjects.schedule,
+      encode({ v: 1, node: 'n1', blob: 'sha256:zz', size: 1, chunkSize: MiB, need: [] }),
+      {
+        timeout: 3_000,
+      },
+    );
+    expect(decode(scheduleReply, badField.data, 'reply')).toMatchObject({
+      ok: false,
+      error: { message: expect.stringMatching(/blob/) as unknown },
+    });
+    const outOfRange = await ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [9] });
+    expect(outOfRange).toMatchObject({ ok: false, error: { code: 'SHOAL_ERR_BAD_MESSAGE' } });
+    // Fire-and-forget garbage (no reply subject) must not hurt either.
+    nc.publish(subjects.schedule, '{"v":2}');
+    expect(
+      ok(await ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [0] })).assignments,
+    ).toHaveLength(1);
+  });
+
+  it('follows live changes: a new holder becomes a parent, a deleted node stops being one', async () => {
+    await buckets.nodes.put('n5', encode(node('n5', 'z1', 'v1')));
+    await buckets.chunks.put(chunkKeys.holder(hex('a'), 'n5'), encode(holder('n5', blobA, 4, [2])));
+    const withN5 = await eventually(
+      () => ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [2], avoid: ['n2'] }),
+      (r) => sourceKind(r)[0] === 'n5',
+    );
+    expect(sourceKind(withN5)).toEqual(['n5']);
+    // Both replicas must see it, not just the one that happened to answer.
+    for (const r of replicas)
+      expect(
+        await eventually(
+          async () => r.scheduler.sizes().nodes,
+          (n) => n === 5,
+        ),
+      ).toBe(5);
+
+    await buckets.nodes.delete('n2');
+    const without = await eventually(
+      () => ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [1] }),
+      (r) => sourceKind(r)[0] === 'n3',
+    );
+    expect(sourceKind(without)).toEqual(['n3']);
+    await buckets.nodes.put('n2', encode(node('n2', 'z1', 'v1')));
+    for (const r of replicas)
+      expect(
+        await eventually(
+          async () => r.scheduler.sizes().nodes,
+          (n) => n === 5,
+        ),
+      ).toBe(5);
+  });
+
+  it('rebuilds its index after a restart and answers correctly', async () => {
+    const [a, b] = replicas;
+    await stopReplica(a!);
+    // Written while the replica is down: the rebuilt index must include it.
+    await buckets.chunks.put(chunkKeys.holder(hex('a'), 'n4'), encode(holder('n4', blobA, 4, [3])));
+    await buckets.chunks.put(chunkKeys.manifest(hex('a')), encode(manifest(blobA, 4)));
+    const restarted = await startReplica('sched-a');
+    await stopReplica(b!);
+    const reply = ok(await ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [0, 3] }));
+    expect(reply.scheduler).toBe('sched-a');
+    expect(sourceKind(reply)).toEqual(['n2', 'n2']);
+    const viaOtherZone = ok(
+      await ask({ node: 'n1', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [3], avoid: ['n2'] }),
+    );
+    expect(sourceKind(viaOtherZone)).toEqual(['n4']);
+    expect(restarted.scheduler.sizes()).toEqual({ blobs: 1, holders: 404, nodes: 5 });
+    await startReplica('sched-b');
+  });
+
+  it('grants one origin lease for a chunk that five nodes ask for at once', async () => {
+    const blob = digestOf('c');
+    const replies = await Promise.all(
+      ['n1', 'n2', 'n3', 'n4', 'n5'].map((n) => ask({ node: n, blob, size: MiB, chunkSize: MiB, need: [0] })),
+    );
+    const kinds = replies.map((r) => sourceKind(r)[0]);
+    expect(kinds.filter((k) => k === 'origin')).toHaveLength(1);
+    expect(kinds.filter((k) => k === 'wait')).toHaveLength(4);
+    expect(new Set(replies.map((r) => ok(r).scheduler)).size).toBeGreaterThanOrEqual(1);
+    const waiting = replies.find((r) => sourceKind(r)[0] === 'wait');
+    expect(ok(waiting!).assignments[0]?.source).toEqual({ kind: 'wait', retryMs: 250 });
+  });
+
+  it('releases a lease once its holder announces the chunk', async () => {
+    const blob = digestOf('d');
+    const first = ok(await ask({ node: 'n1', blob, size: MiB, chunkSize: MiB, need: [0] }));
+    expect(sourceKind(first)).toEqual(['origin']);
+    // The lease was granted by one replica; only that one remembers it, and it deletes the key.
+    await buckets.chunks.put(chunkKeys.holder(hex('d'), 'n1'), encode(holder('n1', blob, 1, 'all')));
+    const gone = await eventually(
+      async () => (await buckets.grants.get(`${hex('d')}.0.0`))?.operation ?? 'none',
+      (op) => op !== 'PUT',
+    );
+    expect(gone).not.toBe('PUT');
+  });
+
+  it('publishes a schedule_decided event per request and counts requests in its metrics', async () => {
+    const sub = nc.subscribe(subjects.eventsOfType('schedule_decided'));
+    await nc.flush();
+    const reply = ok(await ask({ node: 'n3', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [0, 1] }));
+    const events: unknown[] = [];
+    for await (const msg of sub) {
+      events.push(JSON.parse(new TextDecoder().decode(msg.data)));
+      break;
+    }
+    expect(events[0]).toMatchObject({
+      type: 'schedule_decided',
+      scheduler: reply.scheduler,
+      origin: reply.scheduler,
+      node: 'n3',
+      blob: blobA,
+      peer: 2,
+      wait: 0,
+    });
+    const text = (await Promise.all(replicas.map((r) => r.registry.metrics()))).join('\n');
+    expect(text).toMatch(/shoal_scheduler_requests_total\{outcome="ok"\} [1-9]/);
+    expect(text).toMatch(/shoal_scheduler_assignments_total\{kind="peer"\} [1-9]/);
+    expect(text).toMatch(/shoal_scheduler_index_holders \d+/);
+    expect(text).toMatch(/shoal_scheduler_decision_duration_seconds_count [1-9]/);
+  });
+});
