@@ -14,6 +14,7 @@ import type { AgentConfig } from './config.js';
 import { createHashPool, type HashPool } from './hash-pool.js';
 import { MeshClient } from './mesh-client.js';
 import { agentMetrics } from './metrics.js';
+import { peerTokenSource } from './peer-auth.js';
 import { PeerClient } from './peers.js';
 import { ChunkStore } from './store.js';
 import { Transfers } from './transfer.js';
@@ -75,7 +76,13 @@ export async function createAgent(
     log,
   );
   const hashes: HashPool = createHashPool(config.hashWorkers);
-  const peers = new PeerClient(config.peerTimeoutMs);
+  const peers = new PeerClient(
+    config.peerTimeoutMs,
+    config.peerSecret ? peerTokenSource(config.peerSecret, config.nodeId) : undefined,
+  );
+  if (!config.peerSecret) {
+    log.warn('peer.secret is not set: any client that reaches this port can read cached chunks');
+  }
   const transfers = new Transfers(
     {
       nodeId: config.nodeId,
@@ -96,6 +103,7 @@ export async function createAgent(
   utilization.unref();
   const app = buildAgentApp({
     nodeId: config.nodeId,
+    peerSecret: config.peerSecret,
     store,
     upstream,
     transfers,

@@ -19,6 +19,7 @@ import {
   ShoalError,
 } from '@shoal/mesh';
 import type { AgentMetrics } from './metrics.js';
+import { verifyPeerAuthorization } from './peer-auth.js';
 import { type ByteRange, parseRange } from './ranges.js';
 import type { ChunkStore } from './store.js';
 import type { Download, Transfers } from './transfer.js';
@@ -26,6 +27,8 @@ import { pickHeaders, type RegistryTarget, type Upstream } from './upstream.js';
 
 export interface HttpDeps {
   nodeId: string;
+  /** When set, the peer API serves only requests carrying a token signed with it. */
+  peerSecret: string;
   store: ChunkStore;
   upstream: Upstream;
   transfers: Transfers;
@@ -145,6 +148,12 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
       const { hex, index: indexText } = request.params;
       if (!/^[a-f0-9]{64}$/.test(hex) || !/^\d{1,7}$/.test(indexText)) {
         throw new ShoalError('SHOAL_ERR_DIGEST_INVALID', 'invalid blob or chunk index');
+      }
+      if (
+        deps.peerSecret &&
+        verifyPeerAuthorization(deps.peerSecret, request.headers.authorization) === undefined
+      ) {
+        throw new ShoalError('SHOAL_ERR_UNAUTHORIZED', 'the peer API needs a valid mesh token');
       }
       const index = Number(indexText);
       const blob = deps.store.get(hex);

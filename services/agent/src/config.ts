@@ -90,6 +90,12 @@ export const agentSpec = {
     '3s',
     'Timeout for a peer to start answering, and between body bytes.',
   ),
+  peerSecret: opt.string(
+    'peer.secret',
+    '',
+    'Secret shared by the agents of one mesh; peer requests carry tokens signed with it. Unset, the peer API is open to anyone who can reach it.',
+    { secret: true },
+  ),
   authCacheMs: opt.duration(
     'auth.cacheTtl',
     '30s',

@@ -7,7 +7,10 @@ export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha
 export class PeerClient {
   private readonly dispatcher: Agent;
 
-  constructor(timeoutMs: number) {
+  constructor(
+    timeoutMs: number,
+    private readonly authorization: (() => string) | undefined,
+  ) {
     this.dispatcher = new Agent({
       keepAliveTimeout: 30_000,
       connections: 16,
@@ -22,7 +25,12 @@ export class PeerClient {
     const url = new URL(peerChunkPath(hex, index), baseUrl);
     let res;
     try {
-      res = await this.dispatcher.request({ origin: url.origin, path: url.pathname, method: 'GET' });
+      res = await this.dispatcher.request({
+        origin: url.origin,
+        path: url.pathname,
+        method: 'GET',
+        ...(this.authorization ? { headers: { authorization: this.authorization() } } : {}),
+      });
     } catch (cause) {
       throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin}: ${(cause as Error).message}`, {
         cause,

@@ -5,11 +5,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger, loadConfig } from '@shoal/mesh';
 import { type Agent, createAgent } from '../src/agent.js';
 import { agentSpec } from '../src/config.js';
+import { peerTokenSource } from '../src/peer-auth.js';
 import { type FakeRegistry, randomBlob, startFakeRegistry } from './fake-registry.js';
 
 const MiB = 1024 * 1024;
 
-async function makeAgent(registry: FakeRegistry, dir: string): Promise<Agent> {
+async function makeAgent(registry: FakeRegistry, dir: string, extra: string[] = []): Promise<Agent> {
   // NATS is pointed at a closed port: these tests cover the mirror API and the direct-to-origin path.
   const { config } = loadConfig(agentSpec, {
     argv: [
@@ -18,6 +19,7 @@ async function makeAgent(registry: FakeRegistry, dir: string): Promise<Agent> {
       `--registries=${registry.url}`,
       '--nats-servers=nats://127.0.0.1:1',
       '--log-level=silent',
+      ...extra,
     ],
     env: {},
     command: 'test',
@@ -39,7 +41,7 @@ describe('mirror API', () => {
     registry = await startFakeRegistry();
     blob = randomBlob(3 * MiB + 17);
     digest = registry.addBlob(blob);
-    agent = await makeAgent(registry, dir);
+    agent = await makeAgent(registry, dir, ['--peer-secret=unit-secret']);
   });
   afterAll(async () => {
     await agent.stop();
@@ -149,6 +151,27 @@ describe('mirror API', () => {
     expect(bad.headers['content-range']).toBe(`bytes */${blob.length}`);
     expect(await readdir(dir)).toEqual(['cache']);
     expect(await readdir(join(dir, 'cache'))).toEqual(['blobs']);
+  });
+
+  it('serves chunks to peers only with a valid mesh token', async () => {
+    const hex = digest.slice('sha256:'.length);
+    const url = `/peer/v1/blobs/sha256/${hex}/chunks/1`;
+    const anonymous = await agent.app.inject({ method: 'GET', url });
+    expect(anonymous.statusCode).toBe(401);
+    expect(anonymous.rawPayload.length).toBeLessThan(200);
+    const forged = await agent.app.inject({
+      method: 'GET',
+      url,
+      headers: { authorization: peerTokenSource('wrong-secret', 'mallory')() },
+    });
+    expect(forged.statusCode).toBe(401);
+    const ok = await agent.app.inject({
+      method: 'GET',
+      url,
+      headers: { authorization: peerTokenSource('unit-secret', 'b')() },
+    });
+    expect(ok.statusCode).toBe(200);
+    expect(ok.rawPayload.equals(blob.subarray(MiB, 2 * MiB))).toBe(true);
   });
 
   it('exposes metrics by source', async () => {
