@@ -2,10 +2,14 @@
 import { hostname } from 'node:os';
 import { type ConfigOf, logOptions, MiB, natsOptions, opt } from '@shoal/mesh';
 
-const defaultNodeId =
-  hostname()
-    .replace(/[^A-Za-z0-9_-]/g, '-')
-    .slice(0, 64) || 'node';
+/** The node ID used when none is configured: the host name, made a valid subject token. */
+export function defaultNodeId(): string {
+  return (
+    hostname()
+      .replace(/[^A-Za-z0-9_-]/g, '-')
+      .slice(0, 64) || 'node'
+  );
+}
 
 export const agentSpec = {
   host: opt.string('host', '0.0.0.0', 'Address the mirror and peer API listen on.'),
@@ -19,15 +23,10 @@ export const agentSpec = {
     'URL other agents use to reach this one; defaults to http://<host>:<port> (set it when host is 0.0.0.0).',
     { pattern: /^(|https?:\/\/[^\s/]+)$/, hint: 'http(s)://host:port URL' },
   ),
-  nodeId: opt.string(
-    'node.id',
-    defaultNodeId,
-    'Unique name of this node in the mesh; defaults to the host name.',
-    {
-      pattern: /^[A-Za-z0-9_-]{1,64}$/,
-      hint: 'node id of 1-64 [A-Za-z0-9_-]',
-    },
-  ),
+  nodeId: opt.string('node.id', '', 'Unique name of this node in the mesh; defaults to the host name.', {
+    pattern: /^[A-Za-z0-9_-]{0,64}$/,
+    hint: 'node id of 1-64 [A-Za-z0-9_-]',
+  }),
   zone: opt.string('node.zone', '', 'Zone of this node (topology.kubernetes.io/zone).'),
   vswitch: opt.string(
     'node.vswitch',

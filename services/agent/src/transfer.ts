@@ -57,6 +57,8 @@ export type FetchedFrom = 'peer' | 'origin';
 
 /** How long to stop asking the control plane for this download after it failed to answer. */
 const MESH_BACKOFF_MS = 3_000;
+/** A planned assignment older than this is asked for again: its peer may have gone, its lease lapsed. */
+const PLAN_MAX_AGE_MS = 5_000;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
@@ -175,53 +177,64 @@ export class Download {
       inflight.set(index, task);
     };
 
+    // Assignments from the last plan that have not been started yet: a slot that frees up takes the
+    // next planned chunk instead of costing a scheduler round trip (and origin leases) every time.
+    const planned = new Map<number, { assignment: Assignment; at: number }>();
+
     while (missing.size > 0) {
       const now = Date.now();
+      for (const [index, entry] of planned) {
+        if (!missing.has(index) || now - entry.at > PLAN_MAX_AGE_MS) planned.delete(index);
+      }
       if (inflight.size < this.options.concurrency) {
-        const candidates = [...missing]
+        const ready = [...missing]
           .filter((i) => !inflight.has(i) && (waitUntil.get(i) ?? 0) <= now)
-          .sort((a, b) => a - b)
-          .slice(0, this.options.planAhead);
-        if (candidates.length > 0) {
+          .sort((a, b) => a - b);
+        const free = this.options.concurrency - inflight.size;
+        const unplanned = ready.filter((i) => !planned.has(i)).slice(0, this.options.planAhead);
+        const plannedReady = ready.filter((i) => planned.has(i)).length;
+        if (plannedReady < free && unplanned.length > 0) {
           let assignments: Assignment[];
           if (now < meshDownUntil || !this.deps.mesh.usable) {
             if (now >= meshDownUntil) this.fallback('nats unavailable');
             meshDownUntil = Math.max(meshDownUntil, now + MESH_BACKOFF_MS);
-            assignments = candidates.map((index) => originAssignment(index));
+            assignments = unplanned.map((index) => originAssignment(index));
           } else {
             try {
               const plan = await this.deps.mesh.plan({
                 blob: this.request.digest,
                 size: this.request.size,
                 chunkSize: this.chunkSize,
-                need: candidates,
+                need: unplanned,
                 avoid: [...this.avoid],
               });
               assignments = plan.assignments;
             } catch (err) {
               this.fallback(isShoalError(err) ? err.message : String(err));
               meshDownUntil = Date.now() + MESH_BACKOFF_MS;
-              assignments = candidates.map((index) => originAssignment(index));
+              assignments = unplanned.map((index) => originAssignment(index));
             }
           }
-          assignments.sort((a, b) => a.index - b.index);
-          for (const assignment of assignments) {
-            if (inflight.size >= this.options.concurrency) break;
-            const index = assignment.index;
-            if (!missing.has(index) || inflight.has(index)) continue;
-            if (assignment.source.kind === 'wait') {
-              const since = waitingSince.get(index) ?? Date.now();
-              waitingSince.set(index, since);
-              if (Date.now() - since < this.options.originWaitMs) {
-                waitUntil.set(index, Date.now() + assignment.source.retryMs);
-                continue;
-              }
-              this.fallback('waited too long for a peer');
-              start(originAssignment(index, assignment.sha256));
+          for (const assignment of assignments) planned.set(assignment.index, { assignment, at: now });
+        }
+        for (const index of ready) {
+          if (inflight.size >= this.options.concurrency) break;
+          const entry = planned.get(index);
+          if (!entry || !missing.has(index) || inflight.has(index)) continue;
+          planned.delete(index);
+          const assignment = entry.assignment;
+          if (assignment.source.kind === 'wait') {
+            const since = waitingSince.get(index) ?? Date.now();
+            waitingSince.set(index, since);
+            if (Date.now() - since < this.options.originWaitMs) {
+              waitUntil.set(index, Date.now() + assignment.source.retryMs);
               continue;
             }
-            start(assignment);
+            this.fallback('waited too long for a peer');
+            start(originAssignment(index, assignment.sha256));
+            continue;
           }
+          start(assignment);
         }
       }
       const wakes = [...waitUntil.entries()]
