@@ -19,7 +19,10 @@ export default tseslint.config(
       '@typescript-eslint/require-await': 'off',
       '@typescript-eslint/consistent-type-imports': 'error',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
-      '@typescript-eslint/restrict-template-expressions': ['error', { allowNumber: true, allowBoolean: true }],
+      '@typescript-eslint/restrict-template-expressions': [
+        'error',
+        { allowNumber: true, allowBoolean: true },
+      ],
       '@typescript-eslint/no-misused-promises': ['error', { checksVoidReturn: { arguments: false } }],
       '@nx/enforce-module-boundaries': [
         'error',
@@ -30,6 +33,7 @@ export default tseslint.config(
             { sourceTag: 'scope:service', onlyDependOnLibsWithTags: ['scope:mesh'] },
             { sourceTag: 'scope:cli', onlyDependOnLibsWithTags: ['scope:mesh'] },
             { sourceTag: 'scope:launcher', onlyDependOnLibsWithTags: ['scope:mesh', 'scope:service'] },
+            { sourceTag: 'scope:test', onlyDependOnLibsWithTags: ['*'] },
           ],
         },
       ],

@@ -6,7 +6,14 @@
  *   shoalctl pulls  [--since 1h] [--node N] [--blob D] [--output table|json]
  */
 import { connect } from '@nats-io/transport-node';
-import { exitWithError, loadConfig, renderHelp, type ShoalEvent, ShoalError } from '@shoal/mesh';
+import {
+  exitWithError,
+  loadConfig,
+  renderHelp,
+  renderReference,
+  type ShoalEvent,
+  ShoalError,
+} from '@shoal/mesh';
 import { ctlSpec } from './config.js';
 import { readEvents } from './events.js';
 import { formatEvent, formatPulls, summarisePulls } from './report.js';
@@ -18,6 +25,13 @@ const summaries: Record<string, string> = {
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
+  if (command === 'config-reference') {
+    const summary = 'Options shared by every shoalctl command (`shoalctl events`, `shoalctl pulls`).';
+    process.stdout.write(
+      renderReference([{ command: 'shoalctl', summary, spec: ctlSpec }], { header: false }),
+    );
+    return;
+  }
   if (command === undefined || command === '--help' || command === '-h' || !(command in summaries)) {
     const list = Object.entries(summaries)
       .map(([name, text]) => `  ${name.padEnd(8)} ${text}`)

@@ -1,0 +1,224 @@
+/**
+ * Starts Shoal's own services as real processes (the built `shoal` entry point), each on free loopback
+ * ports with its own temp dirs, and reads their metrics. Integration tests and the local-mesh script
+ * build on this and on the test kit's real servers.
+ */
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Kvm } from '@nats-io/kv';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { freePort, type ManagedProcess, startProcess, waitFor, waitForHttp } from '../kit/index.js';
+
+/** Each service's own entry point; `shoal <service>` runs the same commands. */
+export const serviceMain = (kind: string) =>
+  fileURLToPath(new URL(`../../services/${kind}/dist/main.js`, import.meta.url));
+export const shoalctlMain = fileURLToPath(new URL('../../services/ctl/dist/main.js', import.meta.url));
+
+export interface ShoalService {
+  kind: string;
+  name: string;
+  /** Base URL of the service's HTTP endpoint (the agent's API, or a service's /metrics). */
+  url: string;
+  port: number;
+  process: ManagedProcess;
+  metrics(): Promise<Metrics>;
+  stop(signal?: NodeJS.Signals): Promise<void>;
+}
+
+export interface AgentOptions {
+  id: string;
+  natsUrl: string;
+  registries: string[];
+  dir: string;
+  zone?: string;
+  vswitch?: string;
+  extraArgs?: string[];
+  logDir?: string;
+  port?: number;
+  /** The mesh secret for peer tokens; the test process's shared one unless given, none when null. */
+  peerSecret?: string | null;
+}
+
+/** The secret the agents of this test process share; passed by environment so it never shows in `ps`. */
+export const meshSecret = randomBytes(24).toString('base64url');
+
+async function startShoal(
+  kind: string,
+  name: string,
+  args: string[],
+  port: number,
+  logDir: string,
+  env: Record<string, string> = {},
+): Promise<ShoalService> {
+  const proc = await startProcess({
+    name,
+    cmd: process.execPath,
+    args: [serviceMain(kind), ...args],
+    logFile: join(logDir, `${name}.log`),
+    env,
+  });
+  const url = `http://127.0.0.1:${port}`;
+  await waitForHttp(`${url}/healthz`, 20_000, { accept: (status) => status === 200 || status === 503 }).catch(
+    (err: unknown) => {
+      throw new Error(`${name} did not come up: ${String(err)}\n${proc.tail(30)}`);
+    },
+  );
+  return {
+    kind,
+    name,
+    url,
+    port,
+    process: proc,
+    metrics: async () => parseMetrics(await (await fetch(`${url}/metrics`)).text()),
+    async stop(signal = 'SIGTERM') {
+      await proc.stop(signal, 10_000);
+    },
+  };
+}
+
+export async function startAgent(options: AgentOptions): Promise<ShoalService> {
+  const port = options.port ?? (await freePort());
+  const args = [
+    `--node-id=${options.id}`,
+    '--host=127.0.0.1',
+    `--port=${port}`,
+    `--cache-dir=${join(options.dir, options.id, 'cache')}`,
+    `--nats-servers=${options.natsUrl}`,
+    `--registries=${options.registries.join(',')}`,
+    `--node-zone=${options.zone ?? 'zone-a'}`,
+    `--node-vswitch=${options.vswitch ?? 'vsw-1'}`,
+    '--heartbeat-interval=500ms',
+    ...(options.extraArgs ?? []),
+  ];
+  const secret = options.peerSecret === undefined ? meshSecret : options.peerSecret;
+  const env: Record<string, string> = secret === null ? {} : { SHOAL_PEER_SECRET: secret };
+  return startShoal('agent', `agent-${options.id}`, args, port, options.logDir ?? options.dir, env);
+}
+
+export async function startControlService(
+  kind: 'scheduler' | 'announcer' | 'discovery',
+  options: { natsUrl: string; dir: string; instance?: string; extraArgs?: string[] },
+): Promise<ShoalService> {
+  const port = await freePort();
+  const name = options.instance ?? kind;
+  const args = [
+    `--nats-servers=${options.natsUrl}`,
+    `--metrics-port=${port}`,
+    '--metrics-host=127.0.0.1',
+    `--instance=${name}`,
+    ...(options.extraArgs ?? []),
+  ];
+  return startShoal(kind, name, args, port, options.dir);
+}
+
+export interface ControlPlane {
+  discovery: ShoalService;
+  announcer: ShoalService;
+  scheduler: ShoalService;
+  stop(): Promise<void>;
+}
+
+export async function startControlPlane(
+  natsUrl: string,
+  dir: string,
+  registries: string[] = [],
+): Promise<ControlPlane> {
+  const [discovery, announcer, scheduler] = await Promise.all([
+    startControlService('discovery', {
+      natsUrl,
+      dir,
+      extraArgs: registries.length ? [`--registries=${registries.join(',')}`] : [],
+    }),
+    startControlService('announcer', { natsUrl, dir }),
+    startControlService('scheduler', { natsUrl, dir }),
+  ]);
+  return {
+    discovery,
+    announcer,
+    scheduler,
+    async stop() {
+      await Promise.all([discovery.stop(), announcer.stop(), scheduler.stop()]);
+    },
+  };
+}
+
+/** Waits until discovery has registered every named node in the nodes bucket. */
+export async function waitForNodes(natsUrl: string, ids: string[], timeoutMs = 15_000): Promise<void> {
+  const nc: NatsConnection = await connect({ servers: natsUrl });
+  try {
+    const kv = await new Kvm(nc).open('shoal_nodes');
+    await waitFor(
+      async () => {
+        for (const id of ids) if (!(await kv.get(id))?.value.length) return false;
+        return true;
+      },
+      { timeoutMs, intervalMs: 100, what: `nodes ${ids.join(', ')} registered` },
+    );
+  } finally {
+    await nc.close();
+  }
+}
+
+export type Metrics = Map<string, number>;
+
+/** Parses the Prometheus text format into "name{labels}" → value, labels sorted, service label dropped. */
+export function parseMetrics(text: string): Metrics {
+  const out: Metrics = new Map();
+  for (const line of text.split('\n')) {
+    if (line.startsWith('#') || line.trim() === '') continue;
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (!match?.[1] || match[3] === undefined) continue;
+    const labels = (match[2] ?? '')
+      .replace(/^\{|\}$/g, '')
+      .split(/,(?=[a-zA-Z_]+=)/)
+      .filter((l) => l && !l.startsWith('service='))
+      .sort()
+      .join(',');
+    out.set(labels ? `${match[1]}{${labels}}` : match[1], Number(match[3]));
+  }
+  return out;
+}
+
+/** The value of a metric, 0 when absent. Labels are written as in the exposition: a="x",b="y". */
+export function metric(metrics: Metrics, name: string, labels?: Record<string, string>): number {
+  const key = labels
+    ? `${name}{${Object.entries(labels)
+        .map(([k, v]) => `${k}="${v}"`)
+        .sort()
+        .join(',')}}`
+    : name;
+  return metrics.get(key) ?? 0;
+}
+
+/** Sum of a metric over all its label sets. */
+export function metricSum(metrics: Metrics, name: string): number {
+  let sum = 0;
+  for (const [key, value] of metrics) if (key === name || key.startsWith(`${name}{`)) sum += value;
+  return sum;
+}
+
+/** Waits until the chunk index lists `node` as holding every chunk of each blob. */
+export async function waitForHolders(
+  natsUrl: string,
+  node: string,
+  digests: string[],
+  timeoutMs = 10_000,
+): Promise<void> {
+  const nc: NatsConnection = await connect({ servers: natsUrl });
+  try {
+    const kv = await new Kvm(nc).open('shoal_chunks');
+    await waitFor(
+      async () => {
+        for (const digest of digests) {
+          const entry = await kv.get(`h.${digest.slice('sha256:'.length)}.${node}`);
+          if (!entry?.value.length || !entry.json<{ complete: boolean }>().complete) return false;
+        }
+        return true;
+      },
+      { timeoutMs, intervalMs: 100, what: `${node} listed as holder of ${digests.length} blobs` },
+    );
+  } finally {
+    await nc.close();
+  }
+}
