@@ -4,9 +4,15 @@ import { defineConfig } from 'vitest/config';
 // Unit tests import the mesh library from source so they need no build; integration tests run the
 // built services as real processes, so `npm test` builds first.
 const meshSource = fileURLToPath(new URL('./services/mesh/src/index.ts', import.meta.url));
+const meshTesting = fileURLToPath(new URL('./services/mesh/src/testing/index.ts', import.meta.url));
 
 export default defineConfig({
-  resolve: { alias: { '@shoal/mesh': meshSource } },
+  resolve: {
+    alias: [
+      { find: /^@shoal\/mesh\/testing$/, replacement: meshTesting },
+      { find: /^@shoal\/mesh$/, replacement: meshSource },
+    ],
+  },
   test: {
     globals: true,
     projects: [

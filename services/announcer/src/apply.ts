@@ -14,22 +14,22 @@
  *   of tombstones write the tombstone first and the key second, so one of the two always notices.
  */
 import {
+  type Announcement,
   Bitmap,
   chunkCount,
   chunkKeys,
+  type ChunksAnnouncement,
   decode,
   encode,
-  holderRecord,
-  manifestRecord,
-  type Announcement,
-  type ChunksAnnouncement,
   type EventPublisher,
   type HolderRecord,
+  holderRecord,
+  isCasConflict,
   type Logger,
   type ManifestRecord,
+  manifestRecord,
 } from '@shoal/mesh';
 import type { KV, KvEntry } from '@nats-io/kv';
-import { isCasConflict } from './kv-errors.js';
 
 export type RejectReason = 'invalid' | 'node_mismatch' | 'bad_index' | 'manifest_mismatch';
 

@@ -26,7 +26,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createAnnouncer, type Announcer } from '../src/app.js';
 import type { AnnouncerSettings } from '../src/config.js';
 import { blobOf, chunks, hashesFor, hexOf, withdraw } from './fixtures.js';
-import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
+import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 const settings: AnnouncerSettings = {
   batch: 10,

@@ -18,7 +18,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { openTombstones } from '../src/app.js';
 import { createApplier, type Applier } from '../src/apply.js';
 import { chunks, hashesFor, hashOf, hexOf, withdraw } from './fixtures.js';
-import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
+import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 let server: NatsServer;
 let nc: NatsConnection;

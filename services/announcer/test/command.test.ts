@@ -3,7 +3,7 @@ import { connect } from '@nats-io/transport-node';
 import { consumers, loadConfig, streams } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { announcerCommand } from '../src/command.js';
-import { freePort, startNatsServer, type NatsServer } from './helpers/nats-server.js';
+import { freePort, startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 let server: NatsServer;
 beforeAll(async () => {

@@ -5,29 +5,30 @@
  * exactly one instance records each join and each removal.
  */
 import {
+  type BucketWatch,
   decode,
   encode,
   endpointKey,
-  leaveMessage,
-  natsEventPublisher,
-  nodeRecord,
-  openBuckets,
-  queueGroups,
-  subjects,
   type EndpointRecord,
   type EventPublisher,
+  isCasConflict,
+  leaveMessage,
   type Logger,
   type MeshBuckets,
   type MeshConnection,
+  natsEventPublisher,
+  nodeRecord,
   type NodeRecord,
+  openBuckets,
+  queueGroups,
+  subjects,
+  watchBucket,
 } from '@shoal/mesh';
 import type { KvWatchEntry } from '@nats-io/kv';
 import type { Msg, Subscription } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
-import { watchBucket, type BucketWatch } from './bucket-watch.js';
 import type { DiscoverySettings } from './config.js';
 import { checkEndpoint, endpointTarget, type EndpointTarget } from './endpoints.js';
-import { isCasConflict } from './kv-errors.js';
 import { createDiscoveryMetrics } from './metrics.js';
 
 export interface DiscoveryDeps {

@@ -22,7 +22,7 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDiscovery, type Discovery } from '../src/app.js';
 import type { DiscoverySettings } from '../src/config.js';
-import { freePort, startNatsServer, type NatsServer } from './helpers/nats-server.js';
+import { freePort, startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 const TTL = 900;
 let server: NatsServer;

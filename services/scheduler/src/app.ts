@@ -4,24 +4,25 @@
  * replica that is starting never answers from a partial view; the other replicas answer meanwhile.
  */
 import {
+  type BucketWatch,
   decode,
   encode,
-  isShoalError,
-  natsEventPublisher,
-  openBuckets,
-  queueGroups,
-  scheduleRequest,
-  subjects,
   type EventPublisher,
+  isShoalError,
   type Logger,
   type MeshBuckets,
   type MeshConnection,
+  natsEventPublisher,
+  openBuckets,
+  queueGroups,
   type ScheduleReply,
+  scheduleRequest,
+  subjects,
+  watchBucket,
 } from '@shoal/mesh';
 import type { KvWatchEntry } from '@nats-io/kv';
 import type { Msg, Subscription } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
-import { watchBucket, type BucketWatch } from './bucket-watch.js';
 import type { SchedulerSettings } from './config.js';
 import { kvGrantStore, type Grant, type GrantStore } from './grants.js';
 import {

@@ -3,9 +3,8 @@
  * a lease with an expiry, taken with compare-and-set so that scheduler replicas never hand out the same
  * slot twice. The in-memory store has the same semantics and is used by planner tests and simulations.
  */
-import { decode, encode, grantKey, grantRecord, type GrantRecord } from '@shoal/mesh';
+import { decode, encode, grantKey, grantRecord, type GrantRecord, isCasConflict } from '@shoal/mesh';
 import type { KV } from '@nats-io/kv';
-import { isCasConflict } from './kv-errors.js';
 
 export interface Grant {
   key: string;

@@ -22,7 +22,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createScheduler, type Scheduler } from '../src/app.js';
 import type { SchedulerSettings } from '../src/config.js';
 import { digestOf, hex, holder, manifest, node } from './fixtures.js';
-import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
+import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 const settings: SchedulerSettings = {
   nodeTtl: 15_000,

@@ -1,7 +1,7 @@
 import { loadConfig } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { schedulerCommand } from '../src/command.js';
-import { freePort, startNatsServer, type NatsServer } from './helpers/nats-server.js';
+import { freePort, startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 let server: NatsServer;
 beforeAll(async () => {

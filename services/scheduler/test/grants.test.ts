@@ -3,7 +3,7 @@ import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { decode, grantKey, grantRecord, openBuckets, type MeshBuckets } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { kvGrantStore, memoryGrantStore, type GrantStore, type GrantStoreOptions } from '../src/grants.js';
-import { startNatsServer, type NatsServer } from './helpers/nats-server.js';
+import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 const NOW = 1_700_000_000_000;
 const hexOf = (n: number) => n.toString(16).padStart(64, '0');

@@ -1,10 +1,22 @@
+/** Key-value helpers shared by the services: compare-and-set conflicts and whole-bucket watches. */
+import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
+import type { KV, KvWatchEntry } from '@nats-io/kv';
+
+/** Recognises the error JetStream returns when a compare-and-set write loses a race. */
+
+export function isCasConflict(err: unknown): boolean {
+  return (
+    err instanceof JetStreamApiError &&
+    (err.code === JetStreamApiCodes.StreamWrongLastSequence ||
+      err.code === JetStreamApiCodes.StreamWrongLastSequenceUnknown)
+  );
+}
+
 /**
  * Watches a whole KV bucket: first the current value of every key (deletions included), then changes
  * as they happen. `initialized` resolves once the current values have all been delivered, which is when
  * an index built from them is complete enough to answer from.
  */
-import type { KV, KvWatchEntry } from '@nats-io/kv';
-
 export interface BucketWatch {
   readonly initialized: Promise<void>;
   /** Resolves when the watch ends: after stop(), or when the connection closes. */

@@ -1,0 +1,102 @@
+/**
+ * The start-up every control-plane service shares: serve /metrics and /healthz at once (503 while
+ * waiting for NATS), connect, create the streams and buckets, build and start the service, and after
+ * every reconnect put back what it depends on (the server may be a fresh one, or have lost its store).
+ */
+import type { JetStreamManager } from '@nats-io/jetstream';
+import type { Registry } from 'prom-client';
+import type { Stoppable } from './lifecycle.js';
+import { defaultInstanceName } from './lifecycle.js';
+import { createLogger, type Logger } from './logger.js';
+import { createRegistry, metricsServer } from './metrics.js';
+import {
+  connectMesh,
+  ensureStreams,
+  jetStreamOf,
+  type MeshBuckets,
+  type MeshConnection,
+  openBuckets,
+} from './nats.js';
+
+export interface ControlServiceConfig {
+  instance: string;
+  logLevel: string;
+  metricsPort: number;
+  metricsHost: string;
+  natsServers: string[];
+  natsUser: string;
+  natsPassword: string;
+  natsToken: string;
+}
+
+export interface ControlServiceApp {
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  health(): { ok: boolean; detail?: unknown };
+}
+
+export interface ControlServiceContext {
+  mesh: MeshConnection;
+  log: Logger;
+  registry: Registry;
+  instance: string;
+  buckets: MeshBuckets;
+}
+
+export async function runControlService(options: {
+  service: string;
+  config: ControlServiceConfig;
+  build(context: ControlServiceContext): ControlServiceApp;
+  /** Anything beyond streams and buckets to re-create after a reconnect (e.g. a durable consumer). */
+  restore?(jsm: JetStreamManager): Promise<void>;
+}): Promise<Stoppable> {
+  const { service, config } = options;
+  const instance = config.instance || defaultInstanceName(service);
+  const log = createLogger(service, config.logLevel).child({ instance });
+  const registry = createRegistry(service);
+  let app: ControlServiceApp | undefined;
+  const server = metricsServer(registry, () => app?.health() ?? { ok: false, detail: 'connecting' });
+  await server.listen({ port: config.metricsPort, host: config.metricsHost });
+  const mesh = connectMesh({
+    servers: config.natsServers,
+    name: instance,
+    log,
+    user: config.natsUser || undefined,
+    pass: config.natsPassword || undefined,
+    token: config.natsToken || undefined,
+  });
+  let started: ControlServiceApp;
+  try {
+    const nc = await mesh.ready();
+    await ensureStreams(await jetStreamOf(nc).jsm);
+    const buckets = await openBuckets(nc);
+    started = options.build({ mesh, log, registry, instance, buckets });
+    app = started;
+    await started.start();
+  } catch (err) {
+    await mesh.close().catch(() => undefined);
+    await server.close();
+    throw err;
+  }
+  let armed = false;
+  mesh.onConnect((nc) => {
+    if (!armed) return;
+    void (async () => {
+      const jsm = await jetStreamOf(nc).jsm;
+      await ensureStreams(jsm);
+      await openBuckets(nc);
+      await options.restore?.(jsm);
+    })().catch((err: unknown) =>
+      log.error({ err }, 'could not re-create streams or buckets after reconnect'),
+    );
+  });
+  armed = true;
+  log.info({ metrics: server.addresses() }, `${service} started`);
+  return {
+    async stop() {
+      await started.stop();
+      await mesh.close();
+      await server.close();
+    },
+  };
+}
