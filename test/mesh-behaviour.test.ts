@@ -23,6 +23,7 @@ import {
   writeHostsToml,
 } from './kit/index.js';
 import {
+  bytesServed,
   type ControlPlane,
   metric,
   type ShoalService,
@@ -32,13 +33,6 @@ import {
 } from './support/shoal.js';
 
 const MiB = 1024 * 1024;
-
-function bytesServed(registry: Registry, digest: string): number {
-  return registry
-    .requests()
-    .filter((r) => r.method === 'GET' && r.path.includes(digest))
-    .reduce((sum, r) => sum + r.bytes, 0);
-}
 
 /** GETs a blob through an agent's mirror API and returns its sha256 and length. */
 async function pullBlob(

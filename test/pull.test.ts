@@ -18,6 +18,7 @@ import {
   writeHostsToml,
 } from './kit/index.js';
 import {
+  bytesServed,
   type ControlPlane,
   metric,
   metricSum,
@@ -29,14 +30,6 @@ import {
 } from './support/shoal.js';
 
 const MiB = 1024 * 1024;
-
-/** Bytes of a blob's body the registry actually sent, over every request for it. */
-function bytesServed(registry: Registry, digest: string): number {
-  return registry
-    .requests()
-    .filter((r) => r.method === 'GET' && r.path.includes(digest))
-    .reduce((sum, r) => sum + r.bytes, 0);
-}
 
 describe('a real image pulled through the mesh', () => {
   let dir: string;

@@ -8,7 +8,14 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { freePort, type ManagedProcess, startProcess, waitFor, waitForHttp } from '../kit/index.js';
+import {
+  freePort,
+  type ManagedProcess,
+  type Registry,
+  startProcess,
+  waitFor,
+  waitForHttp,
+} from '../kit/index.js';
 
 /** Each service's own entry point; `shoal <service>` runs the same commands. */
 export const serviceMain = (kind: string) =>
@@ -221,4 +228,12 @@ export async function waitForHolders(
   } finally {
     await nc.close();
   }
+}
+
+/** Bytes of a blob's body the registry actually sent, over every request for it. */
+export function bytesServed(registry: Registry, digest: string): number {
+  return registry
+    .requests()
+    .filter((r) => r.method === 'GET' && r.path.includes(digest))
+    .reduce((sum, r) => sum + r.bytes, 0);
 }
