@@ -23,7 +23,7 @@ import { verifyPeerAuthorization } from './peer-auth.js';
 import { type ByteRange, parseRange } from './ranges.js';
 import type { ChunkStore } from './store.js';
 import type { Download, Transfers } from './transfer.js';
-import { pickHeaders, type RegistryTarget, type Upstream } from './upstream.js';
+import { passHeaders, pickHeaders, type RegistryTarget, type Upstream } from './upstream.js';
 
 export interface HttpDeps {
   nodeId: string;
@@ -72,6 +72,8 @@ function parseV2Path(rawPath: string, search: string): ParsedV2 {
   if (other?.[1] && other[2]) {
     assertRepositoryName(other[1]);
     const rest = other[2];
+    // Only digests may follow referrers/: anything else could walk out of the repository's path.
+    if (rest.startsWith('referrers/')) parseDigest(rest.slice('referrers/'.length));
     if (rest.startsWith('manifests/')) {
       const reference = rest.slice('manifests/'.length);
       if (!/^([A-Za-z0-9_][A-Za-z0-9._-]{0,127}|sha256:[a-f0-9]{64})$/.test(reference)) {
@@ -262,19 +264,38 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
       size,
     });
     const stored = deps.store.get(hex);
-    const cachedAtStart = new Set(stored && stored.meta.size === size ? stored.have.indices() : []);
-    const download =
-      stored?.complete && stored.meta.size === size
-        ? undefined
-        : deps.transfers.get({ target, repository, digest, size, authorization });
-    const layout = download ?? { chunkSize: stored?.meta.chunkSize ?? 0 };
+    const active = deps.transfers.active(hex);
+    // The registry's size is the truth. A copy here or a download under way that disagrees cannot serve
+    // this client: pass the request through to the registry rather than guess.
+    if ((stored && stored.meta.size !== size) || (active && active.size !== size)) {
+      return passBlobThrough(
+        request,
+        reply,
+        target,
+        repository,
+        digest,
+        authorization,
+        'size differs from the cache',
+      );
+    }
+    const cachedAtStart = new Set(stored ? stored.have.indices() : []);
+    const download = stored?.complete
+      ? undefined
+      : deps.transfers.get({ target, repository, digest, size, authorization });
     if (download) await download.ready;
-    const chunkSize = layout.chunkSize;
+    const chunkSize = download ? download.chunkSize : (stored?.meta.chunkSize ?? 0);
     const first = Math.floor(start / chunkSize);
     const last = Math.floor((end - 1) / chunkSize);
-    // Wait for the first chunk before answering: if the mesh and the registry both fail this early, a
-    // 5xx lets the runtime fall back to the registry by itself instead of seeing a broken stream.
-    if (download) await download.waitChunk(first);
+    // Wait for the first chunk before answering: if the mesh cannot deliver it at all (registry refusing
+    // the download's credentials, cache not writable), the client is served by the registry directly.
+    if (download) {
+      try {
+        await download.waitChunk(first);
+      } catch (err) {
+        const reason = err instanceof Error ? err.message : String(err);
+        return passBlobThrough(request, reply, target, repository, digest, authorization, reason);
+      }
+    }
 
     const bytes: Record<ChunkSourceKind, number> = { peer: 0, origin: 0, cache: 0 };
     const chunks: Record<ChunkSourceKind, number> = { peer: 0, origin: 0, cache: 0 };
@@ -292,6 +313,8 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
       });
     };
     async function* body(): AsyncGenerator<Buffer> {
+      let ok = false;
+      let error: string | undefined;
       try {
         for (let index = first; index <= last; index++) {
           if (download) await download.waitChunk(index);
@@ -307,13 +330,47 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
           deps.metrics.clientBytes.inc({ source }, data.length);
           yield data;
         }
-        finish(true);
+        ok = true;
       } catch (err) {
-        finish(false, err instanceof Error ? err.message : String(err));
+        error = err instanceof Error ? err.message : String(err);
         throw err;
+      } finally {
+        // Also reached when the client goes away mid-stream, so every pull is accounted for.
+        finish(ok, ok ? undefined : (error ?? 'client disconnected'));
       }
     }
     return reply.send(Readable.from(body(), { objectMode: false }));
+  }
+
+  /** Streams a blob straight from the registry, for when the mesh path cannot serve this client. */
+  async function passBlobThrough(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    target: RegistryTarget,
+    repository: string,
+    digest: string,
+    authorization: string | undefined,
+    reason: string,
+  ) {
+    deps.metrics.fallbacks.inc({ reason: 'passthrough' });
+    deps.events.publish({
+      type: 'fallback',
+      node: deps.nodeId,
+      blob: digest,
+      reason: `passed through: ${reason}`,
+    });
+    const headers: Record<string, string> = {};
+    if (authorization) headers.authorization = authorization;
+    if (request.headers.range) headers.range = request.headers.range;
+    const res = await deps.upstream.send(target, 'GET', `/v2/${repository}/blobs/${digest}`, headers);
+    deps.metrics.originRequests.inc({ kind: 'passthrough', status: `${Math.floor(res.status / 100)}xx` });
+    reply.removeHeader('content-length');
+    reply.removeHeader('content-range');
+    void reply
+      .code(res.status)
+      .headers(pickHeaders(res.headers, [...passHeaders, 'content-range', 'accept-ranges']));
+    res.body.on('data', (piece: Buffer) => deps.metrics.clientBytes.inc({ source: 'origin' }, piece.length));
+    return reply.send(res.body);
   }
 
   return app;

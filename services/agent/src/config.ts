@@ -38,7 +38,10 @@ export const agentSpec = {
     'registries',
     [],
     'Registries this agent mirrors, as URL or name=URL (e.g. docker.io=https://registry-1.docker.io). The first is used when a request names none.',
-    { pattern: /^([A-Za-z0-9.:_-]+=)?https?:\/\/[^\s/]+$/, hint: 'registry [name=]http(s)://host[:port]' },
+    {
+      pattern: /^([A-Za-z0-9.:_-]+=)?https?:\/\/[^\s/@]+$/,
+      hint: 'registry [name=]http(s)://host[:port] (no credentials in it)',
+    },
   ),
   cacheDir: opt.string('cache.dir', '/var/lib/shoal/cache', 'Directory of the chunk cache.'),
   chunkSize: opt.bytes('chunk.size', '0', 'Fixed chunk size; 0 derives it from the blob size.', {
@@ -58,11 +61,11 @@ export const agentSpec = {
     { min: 1 },
   ),
   hashWorkers: opt.int('hash.workers', 2, 'Worker threads that hash chunks.', { min: 1, max: 64 }),
-  downloadConcurrency: opt.int('download.concurrency', 6, 'Chunks of one blob fetched at once.', {
+  downloadConcurrency: opt.int('download.concurrency', 8, 'Chunks of one blob fetched at once.', {
     min: 1,
     max: 256,
   }),
-  planAhead: opt.int('download.planAhead', 16, 'Chunks asked of the scheduler in one request.', {
+  planAhead: opt.int('download.planAhead', 8, 'Chunks asked of the scheduler in one request.', {
     min: 1,
     max: 4096,
   }),
@@ -74,8 +77,8 @@ export const agentSpec = {
   ),
   originWaitMs: opt.duration(
     'origin.waitTimeout',
-    '10s',
-    'How long a chunk may wait for a peer before this agent fetches it from the registry itself.',
+    '15s',
+    "How long a chunk may wait for a peer before this agent fetches it from the registry itself (±15% jitter); keep it above the scheduler's origin.lease.",
   ),
   originRetries: opt.int(
     'origin.retries',

@@ -33,10 +33,16 @@ export interface MeshClientOptions {
   self: () => Omit<NodeRecord, 'seenAt'>;
 }
 
+/**
+ * What is owed to the mesh for one blob: a withdrawal (sent first) and/or a fresh snapshot. A snapshot
+ * queued after a withdrawal never cancels it, so an invalid manifest is always dropped before this
+ * node's corrected holdings are announced.
+ */
 interface PendingAnnounce {
   hashes: Record<string, string>;
   withdraw: boolean;
   invalid: boolean;
+  snapshot: boolean;
 }
 
 export class MeshClient {
@@ -61,7 +67,12 @@ export class MeshClient {
     // rebuilt or may have dropped us while we were away.
     this.mesh.onConnect(() => {
       this.heartbeat();
-      for (const [hex] of this.store.all()) this.markDirty(`sha256:${hex}`);
+      for (const [hex, stored] of this.store.all()) {
+        this.markDirty(
+          `sha256:${hex}`,
+          Object.fromEntries([...stored.hashes].map(([i, h]) => [String(i), h])),
+        );
+      }
       void this.flush();
     });
   }
@@ -96,14 +107,20 @@ export class MeshClient {
 
   /** Queues an announcement of the blob's current chunks; `hashes` are origin-fetched chunk hashes. */
   markDirty(blob: string, hashes?: Record<string, string>): void {
-    const entry = this.pending.get(blob) ?? { hashes: {}, withdraw: false, invalid: false };
-    entry.withdraw = false;
+    const entry = this.pending.get(blob) ?? { hashes: {}, withdraw: false, invalid: false, snapshot: false };
+    entry.snapshot = true;
     if (hashes) Object.assign(entry.hashes, hashes);
     this.pending.set(blob, entry);
   }
 
   withdraw(blob: string, invalid: boolean): void {
-    this.pending.set(blob, { hashes: {}, withdraw: true, invalid });
+    const entry = this.pending.get(blob);
+    this.pending.set(blob, {
+      hashes: {},
+      withdraw: true,
+      invalid: invalid || (entry?.invalid ?? false),
+      snapshot: false,
+    });
   }
 
   /** Publishes every pending announcement; on failure they stay pending for the next tick. */
@@ -117,35 +134,55 @@ export class MeshClient {
       for (const [blob, entry] of [...this.pending]) {
         this.pending.delete(blob);
         const hex = blob.slice('sha256:'.length);
+        const messages: unknown[] = [];
+        if (entry.withdraw) {
+          messages.push({
+            type: 'withdraw',
+            node: this.options.nodeId,
+            blob,
+            seq: ++this.seq,
+            invalid: entry.invalid,
+          });
+        }
         const stored = this.store.get(hex);
-        const seq = ++this.seq;
-        let payload: unknown;
-        if (entry.withdraw || !stored) {
-          payload = { type: 'withdraw', node: this.options.nodeId, blob, seq, invalid: entry.invalid };
-        } else {
-          payload = {
+        if (entry.snapshot && stored) {
+          messages.push({
             type: 'chunks',
             node: this.options.nodeId,
             blob,
             size: stored.meta.size,
             chunkSize: stored.meta.chunkSize,
-            seq,
+            seq: ++this.seq,
             have: stored.have.toBase64(),
             ...(Object.keys(entry.hashes).length ? { hashes: entry.hashes } : {}),
             complete: stored.complete,
-          };
+          });
+        } else if (entry.snapshot && !entry.withdraw) {
+          messages.push({ type: 'withdraw', node: this.options.nodeId, blob, seq: ++this.seq });
         }
+        let sent = 0;
         try {
-          await js.publish(subjects.announce(this.options.nodeId), encode(payload));
-          this.metrics.announcements.inc({ outcome: 'published' });
+          for (const message of messages) {
+            await js.publish(subjects.announce(this.options.nodeId), encode(message));
+            sent++;
+            this.metrics.announcements.inc({ outcome: 'published' });
+          }
         } catch (err) {
           this.metrics.announcements.inc({ outcome: 'failed' });
-          // Keep it for the next tick unless a newer entry for the same blob arrived meanwhile.
+          // What was not sent is owed again, merged with anything newer queued meanwhile.
+          const owed: PendingAnnounce =
+            sent > 0 && entry.withdraw ? { ...entry, withdraw: false, invalid: false } : { ...entry };
           const newer = this.pending.get(blob);
           if (newer) {
-            if (!newer.withdraw) newer.hashes = { ...entry.hashes, ...newer.hashes };
+            if (newer.withdraw) owed.snapshot = false;
+            this.pending.set(blob, {
+              hashes: { ...owed.hashes, ...newer.hashes },
+              withdraw: owed.withdraw || newer.withdraw,
+              invalid: owed.invalid || newer.invalid,
+              snapshot: newer.snapshot || owed.snapshot,
+            });
           } else {
-            this.pending.set(blob, entry);
+            this.pending.set(blob, owed);
           }
           this.log.debug(
             { err: isShoalError(err) ? err.message : String(err) },

@@ -2,13 +2,16 @@
 import { Agent } from 'undici';
 import { ShoalError } from '@shoal/mesh';
 
+/** The slowest transfer rate tolerated from a peer (bytes per second) before trying another source. */
+const MIN_PEER_RATE = 2 * 1024 * 1024;
+
 export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha256/${hex}/chunks/${index}`;
 
 export class PeerClient {
   private readonly dispatcher: Agent;
 
   constructor(
-    timeoutMs: number,
+    private readonly timeoutMs: number,
     private readonly authorization: (() => string) | undefined,
   ) {
     this.dispatcher = new Agent({
@@ -25,10 +28,14 @@ export class PeerClient {
     const url = new URL(peerChunkPath(hex, index), baseUrl);
     let res;
     try {
+      // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at
+      // a floor of MIN_PEER_RATE so one slow parent cannot hold up an in-order stream for long.
+      const deadline = Math.ceil(this.timeoutMs + (length / MIN_PEER_RATE) * 1000);
       res = await this.dispatcher.request({
         origin: url.origin,
         path: url.pathname,
         method: 'GET',
+        signal: AbortSignal.timeout(deadline),
         ...(this.authorization ? { headers: { authorization: this.authorization() } } : {}),
       });
     } catch (cause) {

@@ -4,7 +4,7 @@
  * so a chunk file that exists is always a verified chunk, including after a crash. `complete` marks a blob
  * whose whole digest was verified.
  */
-import { mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { appendFile, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Bitmap, chunkCount } from '@shoal/mesh';
 
@@ -17,7 +17,26 @@ export interface BlobMeta {
 export interface StoredBlob {
   meta: BlobMeta;
   have: Bitmap;
+  /** The sha256 of each stored chunk, so the manifest can be rebuilt if the mesh loses it. */
+  hashes: Map<number, string>;
   complete: boolean;
+}
+
+const HASHES_FILE = 'sha256sums';
+const MiB = 1024 * 1024;
+
+function validMeta(value: unknown, hex: string): value is BlobMeta {
+  const meta = value as Partial<BlobMeta> | null;
+  return (
+    typeof meta === 'object' &&
+    meta !== null &&
+    meta.digest === `sha256:${hex}` &&
+    Number.isSafeInteger(meta.size) &&
+    (meta.size ?? -1) >= 0 &&
+    Number.isSafeInteger(meta.chunkSize) &&
+    (meta.chunkSize ?? 0) >= 1 &&
+    (meta.chunkSize ?? 0) <= 1024 * MiB
+  );
 }
 
 const hexPattern = /^[a-f0-9]{64}$/;
@@ -36,12 +55,21 @@ export class ChunkStore {
     for (const hex of await readdir(root)) {
       if (!hexPattern.test(hex)) continue;
       const blobDir = join(root, hex);
-      let meta: BlobMeta;
+      let meta: unknown;
       try {
-        meta = JSON.parse(await readFile(join(blobDir, 'meta.json'), 'utf8')) as BlobMeta;
+        meta = JSON.parse(await readFile(join(blobDir, 'meta.json'), 'utf8'));
       } catch {
+        meta = undefined;
+      }
+      if (!validMeta(meta, hex)) {
         await rm(blobDir, { recursive: true, force: true });
         continue;
+      }
+      const hashes = new Map<number, string>();
+      const sums = await readFile(join(blobDir, HASHES_FILE), 'utf8').catch(() => '');
+      for (const line of sums.split('\n')) {
+        const match = /^(\d+) ([a-f0-9]{64})$/.exec(line);
+        if (match?.[1] && match[2]) hashes.set(Number(match[1]), match[2]);
       }
       const count = chunkCount(meta.size, meta.chunkSize);
       const have = new Bitmap(count);
@@ -49,7 +77,8 @@ export class ChunkStore {
       for (const name of await readdir(blobDir)) {
         if (name.endsWith('.tmp')) {
           await rm(join(blobDir, name), { force: true });
-        } else if (name === 'complete') {
+        } else if (name === 'complete' || name === HASHES_FILE || name === 'meta.json') {
+          if (name === 'complete') complete = true;
           complete = true;
         } else if (/^\d+$/.test(name)) {
           const index = Number(name);
@@ -63,7 +92,8 @@ export class ChunkStore {
           }
         }
       }
-      this.blobs.set(hex, { meta, have, complete: complete && have.isFull() });
+      for (const index of hashes.keys()) if (!have.has(index)) hashes.delete(index);
+      this.blobs.set(hex, { meta, have, hashes, complete: complete && have.isFull() });
     }
   }
 
@@ -100,6 +130,7 @@ export class ChunkStore {
     const blob: StoredBlob = {
       meta,
       have: new Bitmap(chunkCount(meta.size, meta.chunkSize)),
+      hashes: new Map(),
       complete: false,
     };
     this.blobs.set(hex, blob);
@@ -110,16 +141,27 @@ export class ChunkStore {
     return this.blobs.get(hex)?.have.has(index) ?? false;
   }
 
-  /** Stores a chunk that has already been verified. */
-  async writeChunk(hex: string, index: number, data: Buffer): Promise<void> {
+  /**
+   * Stores a chunk that has already been verified. Its hash is recorded first and the data is synced
+   * before the rename, so a chunk file that exists after a crash or power loss is whole and verified.
+   */
+  async writeChunk(hex: string, index: number, data: Buffer, sha256: string): Promise<void> {
     const blob = this.blobs.get(hex);
     if (!blob) throw new Error(`blob ${hex} is not registered`);
     if (blob.have.has(index)) return;
     const final = this.chunkPath(hex, index);
     const temp = `${final}.${process.pid}.${this.tempCounter++}.tmp`;
-    await writeFile(temp, data);
+    await appendFile(join(this.blobDir(hex), HASHES_FILE), `${index} ${sha256}\n`);
+    const handle = await open(temp, 'w');
+    try {
+      await handle.writeFile(data);
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
     await rename(temp, final);
     blob.have.set(index);
+    blob.hashes.set(index, sha256);
     this.bytes += data.length;
   }
 

@@ -59,6 +59,8 @@ export type FetchedFrom = 'peer' | 'origin';
 const MESH_BACKOFF_MS = 3_000;
 /** A planned assignment older than this is asked for again: its peer may have gone, its lease lapsed. */
 const PLAN_MAX_AGE_MS = 5_000;
+/** How often an otherwise idle download loop looks again. */
+const IDLE_POLL_MS = 250;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
@@ -71,6 +73,12 @@ export class Download {
   private readonly waiters = new Map<number, Waiter[]>();
   private failure: Error | undefined;
   private readonly avoid = new Set<string>();
+  /** Credentials of the clients attached to this download, most recent first (kept in memory only). */
+  private readonly credentials: (string | undefined)[];
+  /** The sha256 of every chunk this download verified, for re-announcing a corrected manifest. */
+  private readonly chunkHashes = new Map<number, string>();
+  /** Set when the registry's bytes disagreed with the mesh's manifest, which is then suspect. */
+  private manifestSuspect = false;
   readonly ready: Promise<void>;
   readonly finished: Promise<void>;
   private markReady!: () => void;
@@ -81,6 +89,7 @@ export class Download {
     private readonly deps: TransferDeps,
   ) {
     this.hex = request.digest.slice('sha256:'.length);
+    this.credentials = [request.authorization];
     this.ready = new Promise<void>((resolve) => {
       this.markReady = resolve;
     });
@@ -97,6 +106,22 @@ export class Download {
     return this.request.digest;
   }
 
+  get size(): number {
+    return this.request.size;
+  }
+
+  /**
+   * Another client joined: its credential goes first, so a download outlives the short-lived token of
+   * the client that started it; the others stay as fallbacks when the registry refuses one.
+   */
+  attach(authorization: string | undefined): void {
+    const at = this.credentials.indexOf(authorization);
+    if (at === 0) return;
+    if (at > 0) this.credentials.splice(at, 1);
+    this.credentials.unshift(authorization);
+    this.credentials.length = Math.min(this.credentials.length, 8);
+  }
+
   get failed(): Error | undefined {
     return this.failure;
   }
@@ -105,6 +130,9 @@ export class Download {
   waitChunk(index: number): Promise<void> {
     if (this.deps.store.has(this.hex, index)) return Promise.resolve();
     if (this.failure) return Promise.reject(this.failure);
+    if (this.count > 0 && (index < 0 || index >= this.count)) {
+      return Promise.reject(new ShoalError('SHOAL_ERR_RANGE_INVALID', `chunk ${index} is outside the blob`));
+    }
     return new Promise<void>((resolve, reject) => {
       const list = this.waiters.get(index) ?? [];
       list.push({ resolve, reject });
@@ -162,13 +190,18 @@ export class Download {
     const missing = new Set<number>();
     for (let i = 0; i < this.count; i++) if (!store.has(this.hex, i)) missing.add(i);
     const inflight = new Map<number, Promise<void>>();
+    /** Chunks told to wait for a peer, and when to ask again. */
     const waitUntil = new Map<number, number>();
     const waitingSince = new Map<number, number>();
     const originFailures = new Map<number, number>();
+    // Assignments from the last plan that have not been started yet: a slot that frees up takes the
+    // next planned chunk instead of costing a scheduler round trip (and origin leases) every time.
+    const planned = new Map<number, { assignment: Assignment; at: number }>();
     let meshDownUntil = 0;
 
     const start = (assignment: Assignment) => {
       const index = assignment.index;
+      waitUntil.delete(index);
       const task = this.fetchChunk(assignment, originFailures)
         .then((ok) => {
           if (ok) missing.delete(index);
@@ -177,45 +210,50 @@ export class Download {
       inflight.set(index, task);
     };
 
-    // Assignments from the last plan that have not been started yet: a slot that frees up takes the
-    // next planned chunk instead of costing a scheduler round trip (and origin leases) every time.
-    const planned = new Map<number, { assignment: Assignment; at: number }>();
+    const plan = async (need: number[]): Promise<Assignment[]> => {
+      const now = Date.now();
+      if (now < meshDownUntil || !this.deps.mesh.usable) {
+        if (now >= meshDownUntil) this.fallback('nats unavailable');
+        meshDownUntil = Math.max(meshDownUntil, now + MESH_BACKOFF_MS);
+        return need.map((index) => originAssignment(index));
+      }
+      try {
+        const reply = await this.deps.mesh.plan({
+          blob: this.request.digest,
+          size: this.request.size,
+          chunkSize: this.chunkSize,
+          need,
+          avoid: [...this.avoid],
+        });
+        if (reply.chunkSize !== this.chunkSize) {
+          // Chunks cut at other boundaries cannot be exchanged; this copy stays out of the mesh.
+          meshDownUntil = Number.POSITIVE_INFINITY;
+          this.fallback('chunk size differs from the mesh');
+          return need.map((index) => originAssignment(index));
+        }
+        return reply.assignments;
+      } catch (err) {
+        this.fallback(isShoalError(err) ? err.message : String(err));
+        meshDownUntil = Date.now() + MESH_BACKOFF_MS;
+        return need.map((index) => originAssignment(index));
+      }
+    };
 
     while (missing.size > 0) {
       const now = Date.now();
       for (const [index, entry] of planned) {
         if (!missing.has(index) || now - entry.at > PLAN_MAX_AGE_MS) planned.delete(index);
       }
-      if (inflight.size < this.options.concurrency) {
-        const ready = [...missing]
-          .filter((i) => !inflight.has(i) && (waitUntil.get(i) ?? 0) <= now)
-          .sort((a, b) => a - b);
-        const free = this.options.concurrency - inflight.size;
-        const unplanned = ready.filter((i) => !planned.has(i)).slice(0, this.options.planAhead);
+      for (const [index, until] of waitUntil)
+        if (until <= now || !missing.has(index)) waitUntil.delete(index);
+      const free = this.options.concurrency - inflight.size;
+      if (free > 0) {
+        const ready = [...missing].filter((i) => !inflight.has(i) && !waitUntil.has(i)).sort((x, y) => x - y);
         const plannedReady = ready.filter((i) => planned.has(i)).length;
+        const unplanned = ready.filter((i) => !planned.has(i)).slice(0, this.options.planAhead);
         if (plannedReady < free && unplanned.length > 0) {
-          let assignments: Assignment[];
-          if (now < meshDownUntil || !this.deps.mesh.usable) {
-            if (now >= meshDownUntil) this.fallback('nats unavailable');
-            meshDownUntil = Math.max(meshDownUntil, now + MESH_BACKOFF_MS);
-            assignments = unplanned.map((index) => originAssignment(index));
-          } else {
-            try {
-              const plan = await this.deps.mesh.plan({
-                blob: this.request.digest,
-                size: this.request.size,
-                chunkSize: this.chunkSize,
-                need: unplanned,
-                avoid: [...this.avoid],
-              });
-              assignments = plan.assignments;
-            } catch (err) {
-              this.fallback(isShoalError(err) ? err.message : String(err));
-              meshDownUntil = Date.now() + MESH_BACKOFF_MS;
-              assignments = unplanned.map((index) => originAssignment(index));
-            }
-          }
-          for (const assignment of assignments) planned.set(assignment.index, { assignment, at: now });
+          for (const assignment of await plan(unplanned))
+            planned.set(assignment.index, { assignment, at: now });
         }
         for (const index of ready) {
           if (inflight.size >= this.options.concurrency) break;
@@ -223,31 +261,33 @@ export class Download {
           if (!entry || !missing.has(index) || inflight.has(index)) continue;
           planned.delete(index);
           const assignment = entry.assignment;
-          if (assignment.source.kind === 'wait') {
-            const since = waitingSince.get(index) ?? Date.now();
-            waitingSince.set(index, since);
-            if (Date.now() - since < this.options.originWaitMs) {
-              waitUntil.set(index, Date.now() + assignment.source.retryMs);
-              continue;
-            }
-            this.fallback('waited too long for a peer');
-            start(originAssignment(index, assignment.sha256));
+          if (assignment.source.kind !== 'wait') {
+            start(assignment);
             continue;
           }
-          start(assignment);
+          const since = waitingSince.get(index) ?? Date.now();
+          waitingSince.set(index, since);
+          if (Date.now() - since < this.originWaitMs) {
+            waitUntil.set(index, Date.now() + assignment.source.retryMs);
+          } else {
+            this.fallback('waited too long for a peer');
+            start(originAssignment(index, assignment.sha256));
+          }
         }
       }
-      const wakes = [...waitUntil.entries()]
-        .filter(([i]) => missing.has(i) && !inflight.has(i))
-        .map(([, t]) => t);
-      const nextWake = wakes.length > 0 ? Math.min(...wakes) - Date.now() : 250;
-      if (inflight.size > 0) {
-        await Promise.race([...inflight.values(), sleep(Math.min(nextWake, 250))]);
-      } else {
-        await sleep(Math.min(Math.max(nextWake, 5), 250));
-      }
+      // Sleep until a fetch finishes or a waiting chunk may be asked for again, whichever comes first.
+      const nextWake = waitUntil.size > 0 ? Math.min(...waitUntil.values()) - Date.now() : IDLE_POLL_MS;
+      const pause = sleep(Math.min(Math.max(nextWake, 1), IDLE_POLL_MS));
+      await (inflight.size >= this.options.concurrency || inflight.size > 0
+        ? Promise.race([...inflight.values(), pause])
+        : pause);
     }
     await this.verifyWhole();
+  }
+
+  /** How long a chunk may wait for a peer: a little longer than an origin lease, spread so waiters do not all give up at once. */
+  private get originWaitMs(): number {
+    return this.options.originWaitMs * (0.85 + Math.random() * 0.3);
   }
 
   private fallback(reason: string): void {
@@ -271,6 +311,7 @@ export class Download {
       for (const peer of candidates) {
         if (this.avoid.has(peer.node)) continue;
         const began = performance.now();
+        let verified: Buffer;
         try {
           if (!assignment.sha256)
             throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', 'no known hash for this chunk');
@@ -283,8 +324,7 @@ export class Download {
               `chunk ${index} from ${peer.node} failed sha256 verification`,
             );
           }
-          await this.store(index, chunk, 'peer', began, peer.node);
-          return true;
+          verified = chunk;
         } catch (err) {
           const reason = err instanceof Error ? err.message : String(err);
           // A peer that fails once is not asked again for this blob; the scheduler is told via `avoid`.
@@ -302,31 +342,32 @@ export class Download {
             peer: peer.node,
             reason,
           });
+          continue;
         }
+        await this.store(index, verified, assignment.sha256, 'peer', began, peer.node);
+        return true;
       }
       return false;
     }
     if (source.kind === 'wait') return false;
     const began = performance.now();
+    let fetched: { sha256: string; chunk: Buffer };
     try {
-      const raw = await this.deps.upstream.fetchRange(
-        this.request.target,
-        this.request.repository,
-        this.request.digest,
-        start,
-        end,
-        this.request.authorization,
-      );
-      const { sha256, chunk } = await this.deps.hashes.hashChunk(raw);
-      if (assignment.sha256 && sha256 !== assignment.sha256) {
+      fetched = await this.fetchFromOrigin(index, start, end);
+      if (assignment.sha256 && fetched.sha256 !== assignment.sha256) {
+        // The registry and the mesh disagree. Ask the registry once more: if it answers the same bytes
+        // again, it is the mesh's manifest that is wrong, and the whole-blob check will confirm it.
         this.deps.metrics.verifyFailures.inc({ source: 'origin' });
-        throw new ShoalError(
-          'SHOAL_ERR_CHUNK_CORRUPT',
-          `chunk ${index} from the registry does not match the mesh's hash`,
-        );
+        const again = await this.fetchFromOrigin(index, start, end);
+        if (again.sha256 !== fetched.sha256) {
+          throw new ShoalError(
+            'SHOAL_ERR_UPSTREAM',
+            `the registry sent different bytes twice for chunk ${index}`,
+          );
+        }
+        this.manifestSuspect = true;
+        fetched = again;
       }
-      await this.store(index, chunk, 'origin', began, undefined, sha256);
-      return true;
     } catch (err) {
       const failures = (originFailures.get(index) ?? 0) + 1;
       originFailures.set(index, failures);
@@ -346,24 +387,74 @@ export class Download {
       await sleep(100 * 2 ** failures * (0.5 + Math.random()));
       return false;
     }
+    await this.store(index, fetched.chunk, fetched.sha256, 'origin', began);
+    return true;
+  }
+
+  /**
+   * Fetches and hashes a chunk from the registry with the attached clients' credentials, the most
+   * recent first; a refused credential is dropped and the next one tried.
+   */
+  private async fetchFromOrigin(
+    index: number,
+    start: number,
+    end: number,
+  ): Promise<{ sha256: string; chunk: Buffer }> {
+    for (;;) {
+      const authorization = this.credentials[0];
+      try {
+        const raw = await this.deps.upstream.fetchRange(
+          this.request.target,
+          this.request.repository,
+          this.request.digest,
+          start,
+          end,
+          authorization,
+        );
+        return await this.deps.hashes.hashChunk(raw);
+      } catch (err) {
+        const status = isShoalError(err) ? err.details?.status : undefined;
+        if ((status === 401 || status === 403) && this.credentials.length > 1) {
+          this.credentials.shift();
+          this.deps.log.debug(
+            { blob: this.request.digest, index, status },
+            'credential refused; trying another',
+          );
+          continue;
+        }
+        throw err;
+      }
+    }
   }
 
   private async store(
     index: number,
     chunk: Buffer,
+    sha256: string,
     from: FetchedFrom,
     began: number,
     peer?: string,
-    originHash?: string,
   ): Promise<void> {
-    await this.deps.store.writeChunk(this.hex, index, chunk);
+    try {
+      await this.deps.store.writeChunk(this.hex, index, chunk, sha256);
+    } catch (cause) {
+      // A local failure (disk full, permissions) is not the peer's or the registry's fault: stop this
+      // download, and let the clients waiting on it be served by the registry directly.
+      throw new ShoalError('SHOAL_ERR_CACHE', `cannot write to the cache: ${(cause as Error).message}`, {
+        cause,
+      });
+    }
     const ms = performance.now() - began;
+    this.chunkHashes.set(index, sha256);
     this.fetchedFrom.set(index, from);
     this.deps.metrics.fetchBytes.inc({ source: from }, chunk.length);
     this.deps.metrics.fetchDuration.observe({ source: from }, ms / 1000);
     this.deps.metrics.cacheBytes.set(this.deps.store.totalBytes);
     this.notify(index);
-    this.deps.mesh.markDirty(this.request.digest, originHash ? { [String(index)]: originHash } : undefined);
+    // Hashes go to the manifest only for chunks fetched from the registry, and not while the manifest is
+    // suspect: the corrected one is published after the whole blob has been verified.
+    const announceHash = from === 'origin' && !this.manifestSuspect;
+    this.deps.mesh.markDirty(this.request.digest, announceHash ? { [String(index)]: sha256 } : undefined);
     this.deps.events.publish({
       type: 'chunk_fetched',
       node: this.options.nodeId,
@@ -381,7 +472,16 @@ export class Download {
     const sha256 = await this.deps.hashes.hashFiles(this.deps.store.chunkPaths(this.hex));
     if (sha256 === this.hex) {
       await this.deps.store.markComplete(this.hex);
-      this.deps.mesh.markDirty(this.request.digest);
+      if (this.manifestSuspect) {
+        // The registry's bytes were right and the mesh's manifest was not: drop it everywhere, then
+        // announce this copy with every chunk's hash so the mesh has a correct manifest again.
+        this.deps.mesh.withdraw(this.request.digest, true);
+        const hashes: Record<string, string> = {};
+        for (const [index, hash] of this.chunkHashes) hashes[String(index)] = hash;
+        this.deps.mesh.markDirty(this.request.digest, hashes);
+      } else {
+        this.deps.mesh.markDirty(this.request.digest);
+      }
       return;
     }
     this.deps.metrics.verifyFailures.inc({ source: 'blob' });
@@ -411,29 +511,37 @@ function reasonLabel(reason: string): string {
 
 /** All downloads of this agent, one per blob. */
 export class Transfers {
-  private readonly active = new Map<string, Download>();
+  private readonly running = new Map<string, Download>();
 
   constructor(
     private readonly options: TransferOptions,
     private readonly deps: TransferDeps,
   ) {}
 
+  /** The running download of a blob, if any. */
+  active(hex: string): Download | undefined {
+    return this.running.get(hex);
+  }
+
   /** Returns the running download of the blob, or starts one. */
   get(request: BlobRequest): Download {
     const hex = request.digest.slice('sha256:'.length);
-    const existing = this.active.get(hex);
-    if (existing && !existing.failed) return existing;
+    const existing = this.running.get(hex);
+    if (existing && !existing.failed && existing.size === request.size) {
+      existing.attach(request.authorization);
+      return existing;
+    }
     const download = new Download(request, this.options, this.deps);
-    this.active.set(hex, download);
-    this.deps.metrics.activeDownloads.set(this.active.size);
+    this.running.set(hex, download);
+    this.deps.metrics.activeDownloads.set(this.running.size);
     void download.finished.finally(() => {
-      if (this.active.get(hex) === download) this.active.delete(hex);
-      this.deps.metrics.activeDownloads.set(this.active.size);
+      if (this.running.get(hex) === download) this.running.delete(hex);
+      this.deps.metrics.activeDownloads.set(this.running.size);
     });
     return download;
   }
 
   get size(): number {
-    return this.active.size;
+    return this.running.size;
   }
 }

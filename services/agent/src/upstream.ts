@@ -105,6 +105,7 @@ export class Upstream {
     method: 'GET' | 'HEAD',
     path: string,
     headers: Record<string, string>,
+    options: { followRedirects?: boolean } = {},
   ): Promise<UpstreamResponse> {
     let url = new URL(path, `${target.url}/`);
     let sendHeaders = { ...headers };
@@ -126,7 +127,11 @@ export class Upstream {
         );
       }
       const location = res.headers.location;
-      if ([301, 302, 303, 307, 308].includes(res.statusCode) && typeof location === 'string') {
+      if (
+        options.followRedirects !== false &&
+        [301, 302, 303, 307, 308].includes(res.statusCode) &&
+        typeof location === 'string'
+      ) {
         await res.body.dump();
         const next = new URL(location, url);
         if (next.origin !== url.origin) {
@@ -158,9 +163,19 @@ export class Upstream {
     if (cached && cached.until > now) return cached.value;
     const headers: Record<string, string> = {};
     if (authorization) headers.authorization = authorization;
-    const res = await this.send(target, 'HEAD', `/v2/${repository}/blobs/${digest}`, headers);
+    // The registry's own answer decides: a redirect to blob storage means "allowed", and the storage
+    // behind it (which often refuses HEAD) is not asked for a decision that is not its to make.
+    const res = await this.send(target, 'HEAD', `/v2/${repository}/blobs/${digest}`, headers, {
+      followRedirects: false,
+    });
     await res.body.dump();
     this.options.onRequest?.('authorize', res.status);
+    if (res.status >= 300 && res.status < 400) {
+      res.status = 200;
+      res.headers['content-length'] = String(
+        await this.sizeFromRange(target, repository, digest, authorization),
+      );
+    }
     let value: Authorization;
     if (res.status === 200) {
       const size = Number(res.headers['content-length']);
@@ -194,6 +209,25 @@ export class Upstream {
 
   private pruneAuthCache(now: number): void {
     for (const [key, entry] of this.authCache) if (entry.until <= now) this.authCache.delete(key);
+  }
+
+  /** The size of a blob the registry redirects for, from the total in a one-byte range answer. */
+  private async sizeFromRange(
+    target: RegistryTarget,
+    repository: string,
+    digest: string,
+    authorization: string | undefined,
+  ): Promise<number> {
+    const headers: Record<string, string> = { range: 'bytes=0-0' };
+    if (authorization) headers.authorization = authorization;
+    const res = await this.send(target, 'GET', `/v2/${repository}/blobs/${digest}`, headers);
+    res.body.destroy();
+    const total = /\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''))?.[1];
+    const size = total === undefined ? Number(res.headers['content-length']) : Number(total);
+    if (!(res.status === 206 || res.status === 200) || !Number.isSafeInteger(size)) {
+      throw new ShoalError('SHOAL_ERR_UPSTREAM', `registry ${target.name} gave no size for ${digest}`);
+    }
+    return size;
   }
 
   /** Fetches bytes [start, end) of a blob from the registry. */

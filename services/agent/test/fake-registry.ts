@@ -11,6 +11,8 @@ export interface FakeRegistry {
   host: string;
   blobs: Map<string, Buffer>;
   addBlob(data: Buffer): string;
+  /** Sizes HEAD reports instead of the real one, to play a registry that disagrees with the cache. */
+  headSizes: Map<string, number>;
   requests: { method: string; path: string; range?: string; authorized: boolean }[];
   close(): Promise<void>;
 }
@@ -19,6 +21,7 @@ export async function startFakeRegistry(
   options: { user?: string; password?: string } = {},
 ): Promise<FakeRegistry> {
   const blobs = new Map<string, Buffer>();
+  const headSizes = new Map<string, number>();
   const requests: FakeRegistry['requests'] = [];
   const expected = options.user
     ? `Basic ${Buffer.from(`${options.user}:${options.password}`).toString('base64')}`
@@ -76,8 +79,13 @@ export async function startFakeRegistry(
       res.end(req.method === 'HEAD' ? undefined : blob.subarray(start, end));
       return;
     }
+    if (req.method === 'HEAD') {
+      const size = headSizes.get(blobMatch?.[2] ?? '') ?? blob.length;
+      res.writeHead(200, { 'content-length': size, 'docker-content-digest': blobMatch?.[2] }).end();
+      return;
+    }
     res.writeHead(200, { 'content-length': blob.length, 'docker-content-digest': blobMatch?.[2] });
-    res.end(req.method === 'HEAD' ? undefined : blob);
+    res.end(blob);
   });
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   const port = (server.address() as AddressInfo).port;
@@ -85,6 +93,7 @@ export async function startFakeRegistry(
     url: `http://127.0.0.1:${port}`,
     host: `127.0.0.1:${port}`,
     blobs,
+    headSizes,
     requests,
     addBlob(data) {
       const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;

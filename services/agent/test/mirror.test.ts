@@ -106,6 +106,27 @@ describe('mirror API', () => {
     expect(chunkGets).toHaveLength(4);
   });
 
+  it('passes a blob through when the registry disagrees with the cached size', async () => {
+    const data = randomBlob(MiB + 5);
+    const other = registry.addBlob(data);
+    const first = await agent.app.inject({ method: 'GET', url: `/v2/team/app/blobs/${other}` });
+    expect(first.rawPayload.equals(data)).toBe(true);
+    registry.headSizes.set(other, data.length + 100);
+    const before = registry.requests.length;
+    // Another credential, so the answer remembered for the first one does not hide the new size.
+    const res = await agent.app.inject({
+      method: 'GET',
+      url: `/v2/team/app/blobs/${other}`,
+      headers: { authorization: 'Basic b3RoZXI6dXNlcg==' },
+    });
+    registry.headSizes.delete(other);
+    expect(res.statusCode).toBe(200);
+    expect(res.rawPayload.equals(data)).toBe(true);
+    const gets = registry.requests.slice(before).filter((r) => r.method === 'GET');
+    expect(gets).toEqual([{ method: 'GET', path: `/v2/team/app/blobs/${other}`, authorized: true }]);
+    expect(agent.store.get(other.slice('sha256:'.length))?.complete).toBe(true);
+  });
+
   it('passes manifests through to the registry every time', async () => {
     const before = registry.requests.length;
     for (let i = 0; i < 2; i++) {
@@ -132,6 +153,7 @@ describe('mirror API', () => {
       ['GET', `/v2/team/app/blobs/..%2f..%2fpasswd`, 400, 'NAME_INVALID'],
       ['GET', `/v2/Team/App/manifests/v1`, 400, 'NAME_INVALID'],
       ['GET', `/v2/team/app/manifests/..%2fx`, 400, 'NAME_INVALID'],
+      ['GET', `/v2/team/app/referrers/..%5C..%5Capi%5Cusers`, 400, 'DIGEST_INVALID'],
       ['GET', `/v2/team/app/blobs/${digest}?ns=evil.example.com`, 400, 'DENIED'],
       ['PUT', `/v2/team/app/manifests/v1`, 405, 'UNSUPPORTED'],
       ['GET', `/v2/team/app/blobs/${digest}`, 416, 'RANGE_INVALID', { range: `bytes=${blob.length}-` }],

@@ -19,8 +19,8 @@ describe('chunk store', () => {
     const store = new ChunkStore(dir);
     await store.open();
     await store.ensure({ digest, size: 2500, chunkSize: 1000 });
-    await store.writeChunk(hex, 0, Buffer.alloc(1000, 1));
-    await store.writeChunk(hex, 2, Buffer.alloc(500, 3));
+    await store.writeChunk(hex, 0, Buffer.alloc(1000, 1), 'a'.repeat(64));
+    await store.writeChunk(hex, 2, Buffer.alloc(500, 3), 'c'.repeat(64));
     expect(store.totalBytes).toBe(1500);
     // A crash mid-write leaves a temporary file; a truncated chunk cannot be trusted either.
     await writeFile(join(store.chunkPath(hex, 1) + '.99.tmp'), 'partial');
@@ -29,16 +29,34 @@ describe('chunk store', () => {
     const reopened = new ChunkStore(dir);
     await reopened.open();
     expect(reopened.get(hex)?.have.indices()).toEqual([0]);
+    expect([...(reopened.get(hex)?.hashes ?? [])]).toEqual([[0, 'a'.repeat(64)]]);
     expect(reopened.totalBytes).toBe(1000);
-    expect((await readdir(join(dir, 'blobs', 'sha256', hex))).sort()).toEqual(['0', 'meta.json']);
+    expect((await readdir(join(dir, 'blobs', 'sha256', hex))).sort()).toEqual([
+      '0',
+      'meta.json',
+      'sha256sums',
+    ]);
     expect((await reopened.readChunkRange(hex, 0, 10, 20)).equals(Buffer.alloc(10, 1))).toBe(true);
+  });
+
+  it('drops a blob whose metadata cannot be trusted', async () => {
+    const store = new ChunkStore(dir);
+    await store.open();
+    await store.ensure({ digest, size: 2500, chunkSize: 1000 });
+    await writeFile(
+      join(dir, 'blobs', 'sha256', hex, 'meta.json'),
+      JSON.stringify({ digest, size: 2500, chunkSize: 0 }),
+    );
+    const reopened = new ChunkStore(dir);
+    await reopened.open();
+    expect(reopened.get(hex)).toBeUndefined();
   });
 
   it('removes a blob entirely', async () => {
     const store = new ChunkStore(dir);
     await store.open();
     await store.ensure({ digest, size: 10, chunkSize: 65536 });
-    await store.writeChunk(hex, 0, Buffer.alloc(10));
+    await store.writeChunk(hex, 0, Buffer.alloc(10), 'd'.repeat(64));
     await store.remove(hex);
     expect(store.get(hex)).toBeUndefined();
     expect(store.totalBytes).toBe(0);

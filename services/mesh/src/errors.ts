@@ -19,6 +19,7 @@ export const ErrorCodes = {
   SHOAL_ERR_BAD_MESSAGE: { status: 400, oci: 'UNKNOWN' },
   SHOAL_ERR_CONFIG: { status: 500, oci: 'UNKNOWN' },
   SHOAL_ERR_MESH_UNAVAILABLE: { status: 503, oci: 'UNAVAILABLE' },
+  SHOAL_ERR_CACHE: { status: 500, oci: 'UNKNOWN' },
   SHOAL_ERR_INTERNAL: { status: 500, oci: 'UNKNOWN' },
 } as const satisfies Record<string, { status: number; oci: string }>;
 

@@ -6,26 +6,29 @@ import { pino, type Logger as PinoLogger, type LoggerOptions } from 'pino';
 
 export type Logger = PinoLogger;
 
-export const redactPaths = [
+const secretKeys = [
   'authorization',
+  'Authorization',
+  'proxy-authorization',
+  'cookie',
   'password',
   'pass',
   'token',
   'secret',
   'accessKeySecret',
-  '*.authorization',
-  '*.Authorization',
-  '*.password',
-  '*.pass',
-  '*.token',
-  '*.secret',
-  '*.accessKeySecret',
-  'req.headers.authorization',
-  'req.headers.cookie',
-  'headers.authorization',
-  'headers.cookie',
-  'res.headers["set-cookie"]',
 ];
+
+/**
+ * Every place a secret may sit in a log object, up to three levels deep (e.g. err.request.headers),
+ * for any spelling of the header name pino sees.
+ */
+export const redactPaths = secretKeys
+  .flatMap((key) => {
+    const k = /^[A-Za-z_]+$/.test(key) ? key : `["${key}"]`;
+    const dot = k.startsWith('[') ? '' : '.';
+    return [k, `*${dot}${k}`, `*.*${dot}${k}`, `*.*.*${dot}${k}`];
+  })
+  .concat(['res.headers["set-cookie"]']);
 
 export function loggerOptions(service: string, level: string): LoggerOptions {
   return {

@@ -122,3 +122,24 @@ describe('digests, names, units and errors', () => {
     for (const entry of Object.values(ErrorCodes)) expect(entry.status).toBeGreaterThanOrEqual(400);
   });
 });
+
+describe('log redaction', () => {
+  it('removes credentials however deep they sit in a log object', async () => {
+    const { pino } = await import('pino');
+    const { loggerOptions } = await import('../src/logger.js');
+    const lines: string[] = [];
+    const log = pino(loggerOptions('test', 'info'), { write: (line: string) => lines.push(line) });
+    log.info(
+      {
+        authorization: 'Basic c2VjcmV0MQ==',
+        headers: { authorization: 'Bearer secret2', cookie: 'secret3' },
+        err: { request: { headers: { Authorization: 'Bearer secret4', 'proxy-authorization': 'secret5' } } },
+        nats: { password: 'secret6', token: 'secret7' },
+      },
+      'request failed',
+    );
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).not.toMatch(/secret|c2VjcmV0MQ/);
+    expect(lines[0]).toContain('[redacted]');
+  });
+});

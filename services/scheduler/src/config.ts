@@ -23,7 +23,7 @@ export const schedulerSpec = {
   ),
   originLease: opt.duration(
     'origin.lease',
-    '30s',
+    '10s',
     'How long an origin grant lasts; after that another node may take the chunk over.',
     { minMs: 100 },
   ),
