@@ -3,6 +3,7 @@
  * a counting proxy, an image built with umoci and pushed with skopeo, the control-plane services and
  * agents as real processes, and containerd's ctr pulling through hosts.toml mirrors.
  */
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   buildAndPushImage,
@@ -61,8 +62,9 @@ describe('a real image pulled through the mesh', () => {
   it('pulls through agent A from the registry, then through agent B from agent A', async () => {
     const [a, b] = agents as [ShoalService, ShoalService];
     registry.clearRequests();
-    const hostsA = await makeTempDir('hosts-a');
-    const hostsB = await makeTempDir('hosts-b');
+    // Under the suite's own dir, so a failing assertion still leaves nothing behind.
+    const hostsA = join(dir, 'hosts-a');
+    const hostsB = join(dir, 'hosts-b');
     await writeHostsToml(hostsA, registry.host, a.url);
     await writeHostsToml(hostsB, registry.host, b.url);
 
@@ -98,8 +100,5 @@ describe('a real image pulled through the mesh', () => {
 
     // Each layer left the registry once in total, across both pulls.
     for (const layer of image.layers) expect(bytesServed(registry, layer.digest)).toBe(layer.size);
-
-    await removeTempDir(hostsA);
-    await removeTempDir(hostsB);
   });
 });
