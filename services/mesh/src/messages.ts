@@ -93,6 +93,12 @@ export const scheduleRequest = z.object({
   need: z.array(chunkIndex).max(100_000),
   /** Peers this node has found failing or slow for this blob. */
   avoid: z.array(nodeId).max(10_000).default([]),
+  /**
+   * How many chunks the node can start now. When set, `need` lists every chunk it could use and the
+   * scheduler chooses which `max` of them to assign (rarest first, where parents have upload to spare);
+   * the rest of `need` is left out of the reply. Unset, every needed chunk gets an assignment.
+   */
+  max: z.number().int().min(1).max(100_000).optional(),
 });
 export type ScheduleRequest = z.infer<typeof scheduleRequest>;
 

@@ -4,6 +4,7 @@
  * replica that is starting never answers from a partial view; the other replicas answer meanwhile.
  */
 import {
+  type Assignment,
   type BucketWatch,
   decode,
   encode,
@@ -28,6 +29,8 @@ import { kvGrantStore, type Grant, type GrantStore } from './grants.js';
 import {
   applyIndexEvent,
   chunkChangeToEvent,
+  clearHolders,
+  clearNodes,
   createIndexState,
   indexSizes,
   nodeChangeToEvent,
@@ -38,7 +41,7 @@ import {
   type Translation,
 } from './index-state.js';
 import { createSchedulerMetrics, type RequestOutcome } from './metrics.js';
-import { decayingLoad, planRequest, type PlanOptions } from './planner.js';
+import { blobHexOf, inflightLoad, planRequest, type PlanOptions } from './planner.js';
 
 export interface SchedulerDeps {
   mesh: MeshConnection;
@@ -79,16 +82,24 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const state: IndexState = createIndexState();
   const metrics = createSchedulerMetrics(deps.registry, () => indexSizes(state));
   const events = deps.events ?? natsEventPublisher(mesh, instance);
-  const load = decayingLoad(config.loadHalfLife);
+  // A parent's load is the transfers assigned to it that its children have not yet announced.
+  const load = inflightLoad(config.parentExpire);
   const planOptions: PlanOptions = {
     nodeTtlMs: config.nodeTtl,
     retryMs: config.waitRetry,
     maxAlternates: config.alternates,
     originMaxPerRequest: config.originMaxPerRequest,
+    parentSlots: config.parentSlots,
+    inOrder: config.inOrder,
   };
+  /** Peer assignments not yet announced by their child, by blob and child: which parent serves which chunk. */
+  const serving = new Map<string, { index: number; parent: string; at: number }[]>();
   const watches = new Map<BucketName, BucketWatch>();
   const loaded = new Set<BucketName>();
-  /** Leases this replica granted, by blob and node, so they can be released once the chunk is announced. */
+  /**
+   * Leases (origin and zone) this replica granted, by blob and node, so they can be released once the
+   * chunk is announced: from then on the zone has a holder and the origin is no longer needed.
+   */
   const issued = new Map<string, Grant[]>();
   let issuedCount = 0;
   let grants: GrantStore | undefined = deps.grants;
@@ -111,7 +122,37 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       );
     }
     applyIndexEvent(state, translation.event);
-    if (translation.event.type === 'holder_put') releaseAnnounced(translation.event);
+    if (translation.event.type === 'holder_put') {
+      releaseAnnounced(translation.event);
+      releaseParents(translation.event);
+    }
+  }
+
+  /** A child announced chunks it was fetching from parents: those parents have upload to spare again. */
+  function releaseParents(event: Extract<IndexEvent, { type: 'holder_put' }>): void {
+    const key = `${event.blobHex}/${event.holder.node}`;
+    const pending = serving.get(key);
+    if (!pending) return;
+    const holder = state.holders.get(event.blobHex)?.get(event.holder.node);
+    const at = now();
+    const keep = pending.filter((p) => {
+      if (holder?.have.has(p.index)) {
+        load.release?.(p.parent, at);
+        return false;
+      }
+      return at - p.at < config.parentExpire;
+    });
+    if (keep.length) serving.set(key, keep);
+    else serving.delete(key);
+  }
+
+  function rememberServing(blobHex: string, child: string, assignments: Assignment[]): void {
+    const key = `${blobHex}/${child}`;
+    const at = now();
+    const list = serving.get(key) ?? [];
+    for (const a of assignments)
+      if (a.source.kind === 'peer') list.push({ index: a.index, parent: a.source.node, at });
+    if (list.length) serving.set(key, list);
   }
 
   function releaseAnnounced(event: Extract<IndexEvent, { type: 'holder_put' }>): void {
@@ -125,7 +166,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         const store = grants;
         track(
           store.release(grant).catch((err: unknown) => {
-            log.debug({ err, key: grant.key }, 'could not release an origin lease; it will expire');
+            log.debug({ err, key: grant.key }, 'could not release a lease; it will expire');
           }),
         );
       } else {
@@ -163,12 +204,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   }
 
   function clearBucket(bucket: BucketName): void {
-    if (bucket === 'chunks') {
-      state.manifests.clear();
-      state.holders.clear();
-    } else {
-      state.nodes.clear();
-    }
+    if (bucket === 'chunks') clearHolders(state);
+    else clearNodes(state);
   }
 
   async function startWatch(bucket: BucketName): Promise<void> {
@@ -245,6 +282,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (!grants) throw new Error('grant store is not ready');
       const plan = await planRequest(state, request, grants, load, planOptions, now());
       remember(plan.grants);
+      rememberServing(blobHexOf(request.blob), request.node, plan.assignments);
       if (plan.grantErrors.length) {
         metrics.grantErrors.inc(plan.grantErrors.length);
         log.warn(
@@ -257,6 +295,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       metrics.assignments.inc({ kind: 'peer' }, plan.counts.peer);
       metrics.assignments.inc({ kind: 'origin' }, plan.counts.origin);
       metrics.assignments.inc({ kind: 'wait' }, plan.counts.wait);
+      metrics.crossZone.inc(plan.crossZone);
       events.publish({
         type: 'schedule_decided',
         scheduler: instance,
@@ -297,6 +336,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       buckets ??= await openBuckets(nc);
       grants ??= kvGrantStore(buckets.grants, {
         perChunk: config.originPerChunk,
+        perZone: config.originPerZone,
         leaseMs: config.originLease,
       });
       await Promise.all([startWatch('chunks'), startWatch('nodes')]);

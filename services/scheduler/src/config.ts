@@ -21,31 +21,49 @@ export const schedulerSpec = {
       max: 64,
     },
   ),
+  originPerZone: opt.int(
+    'origin.perZone',
+    1,
+    'How many nodes of one zone may fetch the same chunk from outside the zone (another zone or the origin) at once, while no one in the zone holds it; the rest of the zone waits for them.',
+    { min: 1, max: 64 },
+  ),
   originLease: opt.duration(
     'origin.lease',
     '10s',
-    'How long an origin grant lasts; after that another node may take the chunk over.',
+    'How long an origin or zone lease lasts; after that another node may take the chunk over.',
     { minMs: 100 },
   ),
   originMaxPerRequest: opt.int(
     'origin.maxPerRequest',
-    0,
+    4,
     'At most this many origin grants in one reply (0: no limit), so that the first nodes of a swarm fetch different chunks from the origin.',
     { min: 0 },
   ),
   waitRetry: opt.duration(
     'wait.retry',
-    '250ms',
+    '50ms',
     'How long a node is told to wait before asking again for a chunk no one can serve yet.',
     {
       minMs: 1,
     },
   ),
-  loadHalfLife: opt.duration(
-    'load.halfLife',
-    '5s',
-    'Half-life of the per-parent assignment counter that spreads chunks over parents of the same topology tier.',
-    { minMs: 1 },
+  parentSlots: opt.int(
+    'parent.slots',
+    16,
+    'Transfers a parent may be serving at once before it counts as busy and gets no more (its upload lanes).',
+    { min: 1, max: 1024 },
+  ),
+  parentExpire: opt.duration(
+    'parent.expire',
+    '10s',
+    'How long an assignment counts against its parent when the child never announces the chunk.',
+    { minMs: 100 },
+  ),
+  inOrder: opt.int(
+    'plan.inOrder',
+    2,
+    'When a node lets the scheduler choose, this many of the chunks it lists first are taken in order (the runtime streams them); the rest rarest first.',
+    { min: 0, max: 64 },
   ),
   alternates: opt.int(
     'plan.alternates',
@@ -65,9 +83,12 @@ export type SchedulerSettings = Pick<
   SchedulerConfig,
   | 'nodeTtl'
   | 'originPerChunk'
+  | 'originPerZone'
   | 'originLease'
   | 'originMaxPerRequest'
   | 'waitRetry'
-  | 'loadHalfLife'
+  | 'parentSlots'
+  | 'parentExpire'
+  | 'inOrder'
   | 'alternates'
 >;

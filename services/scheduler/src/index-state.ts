@@ -1,7 +1,9 @@
 /**
  * The scheduler's in-memory view of the mesh: chunk manifests, holders and live nodes. It changes only
  * through IndexEvents applied one at a time, so the same state can be rebuilt from the KV buckets on start,
- * replayed from recorded events, or built by hand in a test.
+ * replayed from recorded events, or built by hand in a test. Alongside the records it keeps the per-chunk
+ * holder index (holder-index.ts), updated incrementally by the same events, so planning never scans every
+ * holder of a blob.
  */
 import {
   Bitmap,
@@ -14,6 +16,13 @@ import {
   type ManifestRecord,
   type NodeRecord,
 } from '@shoal/mesh';
+import {
+  createBlobHolderIndex,
+  decodeHolding,
+  placeHolding,
+  unplaceHolding,
+  type BlobHolderIndex,
+} from './holder-index.js';
 
 export interface HolderEntry {
   node: string;
@@ -28,6 +37,13 @@ export interface IndexState {
   /** Blob hex → node → what that node holds. */
   readonly holders: Map<string, Map<string, HolderEntry>>;
   readonly nodes: Map<string, NodeRecord>;
+  /**
+   * Blob hex → the per-chunk holder index, derived from `holders` and `nodes`. Only holders whose node
+   * record is known are placed in it. Change it only through applyIndexEvent and the clear functions.
+   */
+  readonly holderIndex: Map<string, BlobHolderIndex>;
+  /** Node → the blobs it has a holder record for, so that a change of its topology re-places them. */
+  readonly blobsOf: Map<string, Set<string>>;
 }
 
 export type IndexEvent =
@@ -45,7 +61,34 @@ export interface IndexSizes {
 }
 
 export function createIndexState(): IndexState {
-  return { manifests: new Map(), holders: new Map(), nodes: new Map() };
+  return {
+    manifests: new Map(),
+    holders: new Map(),
+    nodes: new Map(),
+    holderIndex: new Map(),
+    blobsOf: new Map(),
+  };
+}
+
+function place(state: IndexState, blobHex: string, node: NodeRecord, bits: Uint8Array, length: number): void {
+  let index = state.holderIndex.get(blobHex);
+  if (!index) {
+    index = createBlobHolderIndex();
+    state.holderIndex.set(blobHex, index);
+  }
+  placeHolding(index, node.id, node.zone, node.vswitch, bits, length);
+}
+
+function unplace(state: IndexState, blobHex: string, node: string): void {
+  const index = state.holderIndex.get(blobHex);
+  if (!index) return;
+  unplaceHolding(index, node);
+  if (index.placed.size === 0) state.holderIndex.delete(blobHex);
+}
+
+/** Bytes of a stored bitmap, for placing a holder whose node record arrived after its holder record. */
+function bitsOf(have: Bitmap): Uint8Array {
+  return decodeHolding(have.length, have.toBase64());
 }
 
 export function applyIndexEvent(state: IndexState, event: IndexEvent): void {
@@ -63,12 +106,22 @@ export function applyIndexEvent(state: IndexState, event: IndexEvent): void {
         byNode = new Map();
         state.holders.set(event.blobHex, byNode);
       }
+      const bits = decodeHolding(holder.chunkCount, holder.have);
       byNode.set(holder.node, {
         node: holder.node,
         seq: holder.seq,
-        have: Bitmap.fromBase64(holder.chunkCount, holder.have),
+        // The bitmap and the index's copy share one buffer; neither is ever modified in place.
+        have: new Bitmap(holder.chunkCount, bits),
         complete: holder.complete,
       });
+      let blobs = state.blobsOf.get(holder.node);
+      if (!blobs) {
+        blobs = new Set();
+        state.blobsOf.set(holder.node, blobs);
+      }
+      blobs.add(event.blobHex);
+      const node = state.nodes.get(holder.node);
+      if (node) place(state, event.blobHex, node, bits, holder.chunkCount);
       return;
     }
     case 'holder_deleted': {
@@ -76,19 +129,50 @@ export function applyIndexEvent(state: IndexState, event: IndexEvent): void {
       if (!byNode) return;
       byNode.delete(event.node);
       if (byNode.size === 0) state.holders.delete(event.blobHex);
+      const blobs = state.blobsOf.get(event.node);
+      blobs?.delete(event.blobHex);
+      if (blobs?.size === 0) state.blobsOf.delete(event.node);
+      unplace(state, event.blobHex, event.node);
       return;
     }
-    case 'node_put':
-      state.nodes.set(event.node.id, event.node);
+    case 'node_put': {
+      const { node } = event;
+      const before = state.nodes.get(node.id);
+      state.nodes.set(node.id, node);
+      // Heartbeats rewrite the record every few seconds; only a new node or a changed zone or vSwitch
+      // moves its holdings in the index.
+      if (before && before.zone === node.zone && before.vswitch === node.vswitch) return;
+      for (const blobHex of state.blobsOf.get(node.id) ?? []) {
+        const entry = state.holders.get(blobHex)?.get(node.id);
+        if (entry) place(state, blobHex, node, bitsOf(entry.have), entry.have.length);
+      }
       return;
+    }
     case 'node_deleted':
       state.nodes.delete(event.node);
+      // Without a record the node is no parent; its holder records stay, and are placed again if it returns.
+      for (const blobHex of state.blobsOf.get(event.node) ?? []) unplace(state, blobHex, event.node);
       return;
     default: {
       const unreachable: never = event;
       throw new TypeError(`unknown index event ${JSON.stringify(unreachable)}`);
     }
   }
+}
+
+/** Forgets every manifest and holder record, e.g. before the chunks bucket is watched again from the start. */
+export function clearHolders(state: IndexState): void {
+  state.manifests.clear();
+  state.holders.clear();
+  state.holderIndex.clear();
+  state.blobsOf.clear();
+}
+
+/** Forgets every node record, e.g. before the nodes bucket is watched again from the start. */
+export function clearNodes(state: IndexState): void {
+  state.nodes.clear();
+  // Holder records stay; without node records none of them is placed in the index.
+  state.holderIndex.clear();
 }
 
 export function indexSizes(state: IndexState): IndexSizes {

@@ -3,11 +3,13 @@ export type { Scheduler, SchedulerDeps } from './app.js';
 export { schedulerCommand } from './command.js';
 export { schedulerSpec } from './config.js';
 export type { SchedulerConfig, SchedulerSettings } from './config.js';
-export { kvGrantStore, memoryGrantStore } from './grants.js';
+export { kvGrantStore, memoryGrantStore, zoneGrantKey } from './grants.js';
 export type { Grant, GrantStore, GrantStoreOptions } from './grants.js';
 export {
   applyIndexEvent,
   chunkChangeToEvent,
+  clearHolders,
+  clearNodes,
   createIndexState,
   indexSizes,
   nodeChangeToEvent,
@@ -20,7 +22,8 @@ export type {
   KvChange,
   Translation,
 } from './index-state.js';
+export type { BlobHolderIndex, HolderGroup } from './holder-index.js';
 export { createSchedulerMetrics } from './metrics.js';
 export type { SchedulerMetrics } from './metrics.js';
-export { blobHexOf, decayingLoad, planRequest, topologyTier } from './planner.js';
+export { blobHexOf, decayingLoad, inflightLoad, planRequest, topologyTier } from './planner.js';
 export type { LoadTracker, Plan, PlanOptions } from './planner.js';

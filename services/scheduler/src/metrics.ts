@@ -10,6 +10,7 @@ export interface SchedulerMetrics {
   assignments: Counter<'kind'>;
   grantErrors: Counter;
   indexErrors: Counter;
+  crossZone: Counter;
 }
 
 export function createSchedulerMetrics(registry: Registry, sizes: () => IndexSizes): SchedulerMetrics {
@@ -54,12 +55,17 @@ export function createSchedulerMetrics(registry: Registry, sizes: () => IndexSiz
     }),
     grantErrors: new Counter({
       name: 'shoal_scheduler_grant_errors_total',
-      help: 'Origin lease requests that failed because the grants bucket was unavailable.',
+      help: 'Origin or zone lease requests that failed because the grants bucket was unavailable.',
       registers: [registry],
     }),
     indexErrors: new Counter({
       name: 'shoal_scheduler_index_unreadable_total',
       help: 'KV values the index could not read and treated as deleted.',
+      registers: [registry],
+    }),
+    crossZone: new Counter({
+      name: 'shoal_scheduler_cross_zone_assignments_total',
+      help: 'Chunks sent outside the requester’s zone (to another zone’s peer or the origin) under a zone lease.',
       registers: [registry],
     }),
   };

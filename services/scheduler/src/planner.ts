@@ -1,18 +1,26 @@
 /**
  * Planning: for one schedule request, decide where each needed chunk comes from. This module knows
- * nothing about NATS; it reads an IndexState, takes origin leases through a GrantStore and spreads load
- * with a LoadTracker, so that tests and the simulator run exactly the code production runs.
+ * nothing about NATS; it reads an IndexState, takes leases through a GrantStore and spreads load with a
+ * LoadTracker, so that tests and the simulator run exactly the code production runs.
  *
  * Per chunk, in order of preference:
  *   1. a live peer that holds the chunk and whose hash is in the manifest (a chunk without a known hash
  *      cannot be verified, so it is never served peer to peer), preferring the requester's vSwitch, then
- *      its zone, then anyone; among equals, the parent this replica has loaded least recently;
+ *      its zone, then anyone; among equals, the least loaded of a small pseudo-random sample, so that a
+ *      decision costs the same whether 10 or 4,000 nodes hold the chunk;
  *   2. an origin lease, if one of the chunk's `perChunk` slots is free or expired;
  *   3. otherwise, wait and ask again.
+ *
+ * Zone gate: when the requester's zone is known and no one in it can serve the chunk, the chunk has to
+ * come from outside the zone, and only the holders of the (blob, chunk, zone) lease (`perZone` of them)
+ * may fetch it from there: from another zone's peer, or from the origin if they also get an origin lease.
+ * Everyone else in the zone waits until someone in the zone holds the chunk, so each zone pulls each
+ * chunk across the zone boundary about once.
  */
 import { chunkCount, ShoalError, type Assignment, type NodeRecord, type ScheduleRequest } from '@shoal/mesh';
 import type { Grant, GrantStore } from './grants.js';
-import type { HolderEntry, IndexState } from './index-state.js';
+import { holderLists, tieredGroups } from './holder-index.js';
+import type { IndexState } from './index-state.js';
 
 export interface PlanOptions {
   /** A node whose record is older than this is not a parent. */
@@ -22,17 +30,43 @@ export interface PlanOptions {
   maxAlternates: number;
   /** At most this many origin grants per plan; 0 means no limit. */
   originMaxPerRequest: number;
-  /** How many origin leases are requested at once. */
+  /** How many leases (origin or zone) are requested at once. */
   grantConcurrency?: number;
+  /**
+   * How many live candidates are examined per chunk (default 8): the least loaded of them is chosen, and
+   * the next ones are the alternates. Bounding it keeps a decision cheap when thousands hold the chunk.
+   */
+  sampleSize?: number;
+  /**
+   * Whether a requester whose zone is known needs a zone lease to fetch a chunk from outside its zone
+   * (default true). Off, every node goes to other zones' peers or competes for the origin on its own.
+   */
+  zoneGate?: boolean;
+  /**
+   * With a request's `max`: a parent whose load (transfers assigned to it and not yet finished) has
+   * reached this many is busy, and is not given more (default 8, the agents' upload lanes).
+   */
+  parentSlots?: number;
+  /** With a request's `max`: the first this many chunks of `need` are taken in order (default 2). */
+  inOrder?: number;
 }
 
 export interface Plan {
   chunkSize: number;
   assignments: Assignment[];
   counts: { peer: number; origin: number; wait: number };
-  /** The leases taken for this plan, so that the caller can release them once the chunks are announced. */
+  /**
+   * Chunks sent outside the requester's zone under a zone lease (to another zone's peer or the origin);
+   * always 0 when the zone gate does not apply.
+   */
+  crossZone: number;
+  /**
+   * The leases taken for this plan, origin and zone leases alike (a zone lease has `zone` set), so that the
+   * caller can release them once the chunks are announced. A zone lease may be here for a chunk told to
+   * wait: its holder is the node that will fetch the chunk for its zone once it can.
+   */
   grants: Grant[];
-  /** Origin leases that could not be requested because the grant store failed; those chunks wait. */
+  /** Leases that could not be requested because the grant store failed; those chunks wait. */
   grantErrors: unknown[];
 }
 
@@ -40,7 +74,39 @@ export interface Plan {
 export interface LoadTracker {
   load(node: string, now: number): number;
   add(node: string, now: number, amount?: number): void;
+  /** One transfer from this parent finished (its child announced the chunk). */
+  release?(node: string, now: number): void;
   readonly size: number;
+}
+
+/**
+ * Per-parent load as transfers assigned and not yet finished: how much of a parent's upload is spoken
+ * for. Each assignment also lapses after `expireMs`, so a child that never reports back cannot leave a
+ * parent looking busy for ever.
+ */
+export function inflightLoad(expireMs: number): LoadTracker {
+  const entries = new Map<string, number[]>();
+  const live = (node: string, now: number) => {
+    const times = entries.get(node);
+    if (!times) return [];
+    while (times.length > 0 && (times[0] ?? 0) + expireMs <= now) times.shift();
+    if (times.length === 0) entries.delete(node);
+    return times;
+  };
+  return {
+    load: (node, now) => live(node, now).length,
+    add(node, now, amount = 1) {
+      const times = entries.get(node) ?? [];
+      for (let i = 0; i < amount; i++) times.push(now);
+      entries.set(node, times);
+    },
+    release(node, now) {
+      live(node, now).shift();
+    },
+    get size() {
+      return entries.size;
+    },
+  };
 }
 
 export function decayingLoad(halfLifeMs: number): LoadTracker {
@@ -76,13 +142,9 @@ export function topologyTier(requester: NodeRecord | undefined, parent: NodeReco
   return 2;
 }
 
-/**
- * A stable pseudo-random tie-break (FNV-1a). Replicas start with empty load counters; without it they
- * would all send the first requests to the same parent.
- */
-function tieBreak(requester: string, index: number, parent: string): number {
+/** FNV-1a: a cheap, stable pseudo-random hash of a short string. */
+function fnv(text: string): number {
   let hash = 0x811c9dc5;
-  const text = `${requester}|${index}|${parent}`;
   for (let i = 0; i < text.length; i++) {
     hash ^= text.charCodeAt(i);
     hash = Math.imul(hash, 0x01000193);
@@ -90,10 +152,25 @@ function tieBreak(requester: string, index: number, parent: string): number {
   return hash >>> 0;
 }
 
-interface Candidate {
+/**
+ * A stable pseudo-random tie-break between parents of equal tier and load. Replicas start with empty load
+ * counters; without it they would all send the first requests to the same parent.
+ */
+function tieBreak(requester: string, index: number, parent: string): number {
+  return fnv(`${requester}|${index}|${parent}`);
+}
+
+interface Ranked {
   node: NodeRecord;
-  holder: HolderEntry;
   tier: number;
+  load: number;
+  tie: number;
+}
+
+interface Pending {
+  position: number;
+  index: number;
+  sha256: string | null;
 }
 
 export function blobHexOf(blob: string): string {
@@ -135,86 +212,234 @@ export async function planRequest(
 
   const requester = state.nodes.get(request.node);
   const avoid = new Set(request.avoid);
-  const eligible: Candidate[] = [];
-  for (const holder of state.holders.get(blobHex)?.values() ?? []) {
-    if (holder.node === request.node || avoid.has(holder.node)) continue;
-    const node = state.nodes.get(holder.node);
-    if (!node || now - node.seenAt > options.nodeTtlMs) continue;
-    eligible.push({ node, holder, tier: topologyTier(requester, node) });
-  }
+  const sampleSize = Math.max(1, Math.floor(options.sampleSize ?? 8));
+  // The zone whose outside pulls this request is gated on; undefined when the requester's zone is unknown.
+  const zone = options.zoneGate !== false && requester && requester.zone !== '' ? requester.zone : undefined;
+  const holderIndex = state.holderIndex.get(blobHex);
+  const tiers = holderIndex ? tieredGroups(holderIndex, requester) : undefined;
+  const tierGroups = tiers ? [tiers.sameVswitch, tiers.sameZone, tiers.elsewhere] : [];
+
+  const parentRecord = (id: string): NodeRecord | undefined => {
+    if (id === request.node || avoid.has(id)) return undefined;
+    const node = state.nodes.get(id);
+    return node && now - node.seenAt <= options.nodeTtlMs ? node : undefined;
+  };
+
+  /**
+   * Up to sampleSize live candidates for one chunk, best tier first, ranked by tier, then load, then the
+   * tie-break. Each tier's holders are walked from a pseudo-random offset, so that requesters spread over
+   * all holders while each decision examines only a few of them; a tier is left only once it is
+   * exhausted. Stale and avoided holders are skipped without counting, so a holder that can serve is
+   * never missed, however many cannot.
+   */
+  const sample = (chunk: number): Ranked[] => {
+    const found: Ranked[] = [];
+    const start = fnv(`${request.node}|${chunk}|${now}`);
+    for (let tier = 0; tier < tierGroups.length && found.length < sampleSize; tier++) {
+      const lists = holderLists(tierGroups[tier] ?? [], chunk);
+      let total = 0;
+      for (const list of lists) total += list.length;
+      if (total === 0) continue;
+      let offset = start % total;
+      let which = 0;
+      while (offset >= (lists[which]?.length ?? 0)) offset -= lists[which++]?.length ?? 0;
+      for (let examined = 0; examined < total && found.length < sampleSize; examined++) {
+        const list = lists[which] ?? [];
+        const id = list[offset];
+        if (++offset >= list.length) {
+          offset = 0;
+          which = (which + 1) % lists.length;
+        }
+        const node = id === undefined ? undefined : parentRecord(id);
+        if (node)
+          found.push({
+            node,
+            tier,
+            load: load.load(node.id, now),
+            tie: tieBreak(request.node, chunk, node.id),
+          });
+      }
+    }
+    return found.sort((a, b) => a.tier - b.tier || a.load - b.load || a.tie - b.tie);
+  };
 
   const assignments: (Assignment | undefined)[] = new Array<Assignment | undefined>(need.length);
   const counts = { peer: 0, origin: 0, wait: 0 };
-  const toOrigin: { position: number; index: number; sha256: string | null }[] = [];
-  need.forEach((index, position) => {
-    const sha256 = manifest?.hashes[index] || null;
-    const candidates = sha256 ? eligible.filter((c) => c.holder.have.has(index)) : [];
-    if (candidates.length === 0) {
-      toOrigin.push({ position, index, sha256 });
-      return;
-    }
-    const ranked = candidates
-      .map((c) => ({ c, load: load.load(c.node.id, now), tie: tieBreak(request.node, index, c.node.id) }))
-      .sort((a, b) => a.c.tier - b.c.tier || a.load - b.load || a.tie - b.tie);
+  let crossZone = 0;
+
+  const assignPeer = (wanted: Pending, ranked: Ranked[]): void => {
     const [first, ...rest] = ranked;
     if (!first) return;
-    load.add(first.c.node.id, now);
+    load.add(first.node.id, now);
     counts.peer++;
-    assignments[position] = {
-      index,
-      sha256,
-      source: { kind: 'peer', node: first.c.node.id, url: first.c.node.url },
-      alternates: rest.slice(0, options.maxAlternates).map((r) => ({ node: r.c.node.id, url: r.c.node.url })),
-    };
-  });
-
-  const taken: Grant[] = [];
-  const grantErrors: unknown[] = [];
-  const limit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
-  const concurrency = Math.max(1, options.grantConcurrency ?? 16);
-  let next = 0;
-  // Leases are requested a window at a time, never more than the per-request limit still allows, so the
-  // limit is exact without taking leases one round trip at a time.
-  while (next < toOrigin.length && taken.length < limit) {
-    const window = toOrigin.slice(next, next + Math.min(concurrency, limit - taken.length));
-    next += window.length;
-    const results = await Promise.allSettled(
-      window.map((w) => grants.take(blobHex, w.index, request.node, now)),
-    );
-    results.forEach((result, i) => {
-      const wanted = window[i];
-      if (!wanted) return;
-      if (result.status === 'rejected') {
-        grantErrors.push(result.reason);
-        return;
-      }
-      if (!result.value) return;
-      taken.push(result.value);
-      counts.origin++;
-      assignments[wanted.position] = {
-        index: wanted.index,
-        sha256: wanted.sha256,
-        source: { kind: 'origin', leaseMs: grants.leaseMs },
-        alternates: [],
-      };
-    });
-  }
-  for (const wanted of toOrigin) {
-    if (assignments[wanted.position]) continue;
-    counts.wait++;
     assignments[wanted.position] = {
       index: wanted.index,
       sha256: wanted.sha256,
-      source: { kind: 'wait', retryMs: options.retryMs },
-      alternates: [],
+      source: { kind: 'peer', node: first.node.id, url: first.node.url },
+      alternates: rest.slice(0, options.maxAlternates).map((r) => ({ node: r.node.id, url: r.node.url })),
     };
+  };
+
+  /** Chunks only another zone's holders have; each needs the zone lease first. */
+  const outside: (Pending & { ranked: Ranked[] })[] = [];
+  /** Chunks no peer can serve; each needs the zone lease (if gated) and an origin lease. */
+  const toOrigin: Pending[] = [];
+  // With `max` the chunks are chosen below instead; every needed chunk is not planned here.
+  if (request.max === undefined)
+    need.forEach((index, position) => {
+      const wanted = { position, index, sha256: manifest?.hashes[index] || null };
+      // A chunk without a known hash cannot be verified, so it is never served peer to peer.
+      const ranked = wanted.sha256 ? sample(index) : [];
+      const best = ranked[0];
+      if (!best) toOrigin.push(wanted);
+      else if (zone !== undefined && best.tier === 2) outside.push({ ...wanted, ranked });
+      else assignPeer(wanted, ranked);
+    });
+
+  const taken: Grant[] = [];
+  const grantErrors: unknown[] = [];
+  /** Takes one lease, recording it for release; a failing store counts as a refusal, and is reported. */
+  const lease = async (index: number, leaseZone?: string): Promise<Grant | null> => {
+    try {
+      const grant = await grants.take(blobHex, index, request.node, now, leaseZone);
+      if (grant) taken.push(grant);
+      return grant;
+    } catch (err) {
+      grantErrors.push(err);
+      return null;
+    }
+  };
+  const concurrency = Math.max(1, options.grantConcurrency ?? 16);
+
+  // Pulls from another zone's holders need only the zone lease; they are not origin grants, so the
+  // per-request origin limit does not apply.
+  const leaseOutside = async (): Promise<void> => {
+    for (let next = 0; next < outside.length; next += concurrency) {
+      await Promise.all(
+        outside.slice(next, next + concurrency).map(async (wanted) => {
+          if (!(await lease(wanted.index, zone))) return;
+          crossZone++;
+          assignPeer(wanted, wanted.ranked);
+        }),
+      );
+    }
+  };
+
+  // Leases are requested a window at a time, never more than the per-request limit still allows, so the
+  // limit is exact without taking leases one round trip at a time. In a gated zone the zone lease comes
+  // first: a node that cannot have it never competes for the origin, and the one that has it keeps it
+  // while it waits for an origin lease, so that it, and no one else in its zone, fetches the chunk once
+  // the chunk appears in another zone or the origin lease frees up.
+  const leaseOrigin = async (): Promise<void> => {
+    const limit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
+    let next = 0;
+    while (next < toOrigin.length && counts.origin < limit) {
+      const window = toOrigin.slice(next, next + Math.min(concurrency, limit - counts.origin));
+      next += window.length;
+      await Promise.all(
+        window.map(async (wanted) => {
+          if (zone !== undefined && !(await lease(wanted.index, zone))) return;
+          if (!(await lease(wanted.index))) return;
+          counts.origin++;
+          if (zone !== undefined) crossZone++;
+          assignments[wanted.position] = {
+            index: wanted.index,
+            sha256: wanted.sha256,
+            source: { kind: 'origin', leaseMs: grants.leaseMs },
+            alternates: [],
+          };
+        }),
+      );
+    }
+  };
+
+  if (request.max !== undefined) {
+    await chooseAndAssign(request.max);
+    return finish(true);
   }
 
-  return {
-    chunkSize,
-    assignments: assignments.filter((a): a is Assignment => a !== undefined),
-    counts,
-    grants: taken,
-    grantErrors,
-  };
+  await Promise.all([leaseOutside(), leaseOrigin()]);
+  return finish(false);
+
+  /**
+   * The node can start `max` chunks and listed every chunk it could use: choose which. The first few in
+   * `need` (the runtime is streaming them) come first, then the rarest chunks, so that nodes fetch
+   * different chunks and always have something to trade; a chunk is taken only where a parent has upload
+   * to spare, or where a lease to go outside the zone (or to the origin) is free. Chunks not chosen are
+   * left out of the reply, and a node that gets nothing is told to wait.
+   */
+  async function chooseAndAssign(max: number): Promise<void> {
+    const parentSlots = options.parentSlots ?? 8;
+    const inOrder = Math.max(0, options.inOrder ?? 2);
+    const originLimit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
+    // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
+    // chunks actually considered, so a request listing a thousand chunks costs little more than eight.
+    const candidates = need.map((index, position) => {
+      const sha256 = manifest?.hashes[index] || null;
+      let holders = 0;
+      if (sha256)
+        for (const group of tierGroups) for (const list of holderLists(group, index)) holders += list.length;
+      return { position, index, sha256, holders, tie: 0 };
+    });
+    const head = candidates.slice(0, inOrder);
+    const rest = candidates.slice(inOrder);
+    const salt = fnv(request.node);
+    for (const candidate of rest) candidate.tie = Math.imul(candidate.index + 1, 0x9e3779b1) ^ salt;
+    rest.sort((a, b) => a.holders - b.holders || a.tie - b.tie);
+    let assigned = 0;
+    for (const wanted of [...head, ...rest]) {
+      if (assigned >= max) break;
+      const ranked =
+        wanted.sha256 && wanted.holders > 0 ? sample(wanted.index).filter((r) => r.load < parentSlots) : [];
+      const best = ranked[0];
+      if (best && (zone === undefined || best.tier < 2)) {
+        assignPeer(wanted, ranked);
+        assigned++;
+      } else if (best) {
+        if (!(await lease(wanted.index, zone))) continue;
+        crossZone++;
+        assignPeer(wanted, ranked);
+        assigned++;
+      } else if (wanted.holders === 0 && counts.origin < originLimit) {
+        if (zone !== undefined && !(await lease(wanted.index, zone))) continue;
+        if (!(await lease(wanted.index))) continue;
+        counts.origin++;
+        if (zone !== undefined) crossZone++;
+        assignments[wanted.position] = {
+          index: wanted.index,
+          sha256: wanted.sha256,
+          source: { kind: 'origin', leaseMs: grants.leaseMs },
+          alternates: [],
+        };
+        assigned++;
+      }
+    }
+  }
+
+  function finish(chosenOnly: boolean): Plan {
+    // A plain loop, because forEach would skip the slots of the sparse array that were never assigned.
+    const anyAssigned = assignments.some((a) => a !== undefined);
+    for (let position = 0; position < need.length; position++) {
+      if (assignments[position]) continue;
+      // Chosen-only replies leave out what was not chosen, unless nothing was: then the first chunk waits.
+      if (chosenOnly && (anyAssigned || position > 0)) continue;
+      const index = need[position] ?? 0;
+      counts.wait++;
+      assignments[position] = {
+        index,
+        sha256: manifest?.hashes[index] || null,
+        source: { kind: 'wait', retryMs: options.retryMs },
+        alternates: [],
+      };
+    }
+
+    return {
+      chunkSize,
+      assignments: assignments.filter((a): a is Assignment => a !== undefined),
+      counts,
+      crossZone,
+      grants: taken,
+      grantErrors,
+    };
+  }
 }

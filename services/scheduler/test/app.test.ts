@@ -21,16 +21,20 @@ import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createScheduler, type Scheduler } from '../src/app.js';
 import type { SchedulerSettings } from '../src/config.js';
+import { zoneGrantKey } from '../src/grants.js';
 import { digestOf, hex, holder, manifest, node } from './fixtures.js';
 import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 const settings: SchedulerSettings = {
   nodeTtl: 15_000,
   originPerChunk: 1,
+  originPerZone: 1,
   originLease: 30_000,
   originMaxPerRequest: 0,
   waitRetry: 250,
-  loadHalfLife: 5_000,
+  parentSlots: 16,
+  parentExpire: 10_000,
+  inOrder: 2,
   alternates: 3,
 };
 
@@ -269,17 +273,22 @@ describe('scheduler', () => {
     expect(ok(waiting!).assignments[0]?.source).toEqual({ kind: 'wait', retryMs: 250 });
   });
 
-  it('releases a lease once its holder announces the chunk', async () => {
+  it('releases the origin and zone leases once their holder announces the chunk', async () => {
     const blob = digestOf('d');
     const first = ok(await ask({ node: 'n1', blob, size: MiB, chunkSize: MiB, need: [0] }));
     expect(sourceKind(first)).toEqual(['origin']);
-    // The lease was granted by one replica; only that one remembers it, and it deletes the key.
+    // n1 is in zone z1, so it needed z1's zone lease as well as the origin lease.
+    const keys = [`${hex('d')}.0.0`, zoneGrantKey(hex('d'), 0, 'z1', 0)];
+    for (const key of keys) expect((await buckets.grants.get(key))?.operation).toBe('PUT');
+    // The leases were granted by one replica; only that one remembers them, and it deletes the keys.
     await buckets.chunks.put(chunkKeys.holder(hex('d'), 'n1'), encode(holder('n1', blob, 1, 'all')));
-    const gone = await eventually(
-      async () => (await buckets.grants.get(`${hex('d')}.0.0`))?.operation ?? 'none',
-      (op) => op !== 'PUT',
-    );
-    expect(gone).not.toBe('PUT');
+    for (const key of keys) {
+      const gone = await eventually(
+        async () => (await buckets.grants.get(key))?.operation ?? 'none',
+        (op) => op !== 'PUT',
+      );
+      expect(gone).not.toBe('PUT');
+    }
   });
 
   it('publishes a schedule_decided event per request and counts requests in its metrics', async () => {

@@ -2,7 +2,13 @@
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { decode, grantKey, grantRecord, openBuckets, type MeshBuckets } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { kvGrantStore, memoryGrantStore, type GrantStore, type GrantStoreOptions } from '../src/grants.js';
+import {
+  kvGrantStore,
+  memoryGrantStore,
+  zoneGrantKey,
+  type GrantStore,
+  type GrantStoreOptions,
+} from '../src/grants.js';
 import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 const NOW = 1_700_000_000_000;
@@ -66,6 +72,39 @@ function conformance(name: string, make: (options: GrantStoreOptions) => GrantSt
       expect(await store.take(blob, 1, 'n3', NOW + 2_001)).toBeNull();
     });
 
+    it('keeps zone leases apart from origin leases and from other zones, with perZone slots each', async () => {
+      const store = make({ perChunk: 1, perZone: 2, leaseMs: 1_000 });
+      const blob = nextBlob();
+      const zone = 'eu-west 1a:x/ü';
+      expect(await store.take(blob, 0, 'n1', NOW, zone)).toMatchObject({
+        index: 0,
+        slot: 0,
+        node: 'n1',
+        zone,
+      });
+      expect(await store.take(blob, 0, 'n2', NOW, zone)).toMatchObject({ slot: 1, node: 'n2', zone });
+      expect(await store.take(blob, 0, 'n3', NOW, zone)).toBeNull();
+      // The origin lease and another zone's lease of the same chunk are still free.
+      const origin = await store.take(blob, 0, 'n3', NOW);
+      expect(origin).toMatchObject({ slot: 0, node: 'n3' });
+      expect(origin?.zone).toBeUndefined();
+      expect(await store.take(blob, 0, 'n4', NOW, 'other')).toMatchObject({ node: 'n4', zone: 'other' });
+      // An empty zone means no zone: it is the origin lease, which n3 holds.
+      expect(await store.take(blob, 0, 'n5', NOW, '')).toBeNull();
+    });
+
+    it('renews a zone lease for its holder and releases it', async () => {
+      const store = make({ perChunk: 1, leaseMs: 1_000 });
+      const blob = nextBlob();
+      const first = await store.take(blob, 3, 'n1', NOW, 'z1');
+      expect(await store.take(blob, 3, 'n2', NOW + 10, 'z1')).toBeNull();
+      const renewed = await store.take(blob, 3, 'n1', NOW + 500, 'z1');
+      expect(renewed).toMatchObject({ slot: 0, expiresAt: NOW + 1_500, zone: 'z1' });
+      expect(renewed!.revision).toBeGreaterThan(first!.revision);
+      await store.release(renewed!);
+      expect(await store.take(blob, 3, 'n2', NOW + 600, 'z1')).toMatchObject({ node: 'n2' });
+    });
+
     it('grants a contended chunk exactly once', async () => {
       const store = make({ perChunk: 1, leaseMs: 1_000 });
       const blob = nextBlob();
@@ -105,6 +144,18 @@ describe('kv grant store', () => {
     const entry = await buckets.grants.get(grantKey(blob, 3, 0));
     expect(decode(grantRecord, entry!.value, 'grant')).toEqual({ node: 'n1', expiresAt: NOW + 5_000 });
     expect(await b.take(blob, 3, 'n2', NOW)).toBeNull();
+  });
+
+  it('writes a zone lease under a valid key that encodes the zone', async () => {
+    const store = kvGrantStore(buckets.grants, { perChunk: 1, leaseMs: 5_000 });
+    const blob = hexOf(515151);
+    const zone = 'cn-hangzhou.k: zone/1';
+    const grant = await store.take(blob, 2, 'n1', NOW, zone);
+    expect(grant?.key).toBe(zoneGrantKey(blob, 2, zone, 0));
+    expect(grant?.key).toMatch(/^[0-9a-f]{64}\.2\.z\.[A-Za-z0-9_-]+\.0$/);
+    const entry = await buckets.grants.get(grant!.key);
+    expect(decode(grantRecord, entry!.value, 'grant')).toEqual({ node: 'n1', expiresAt: NOW + 5_000 });
+    expect(await buckets.grants.get(grantKey(blob, 2, 0))).toBeNull();
   });
 
   it('overwrites an unreadable lease instead of blocking the chunk forever', async () => {

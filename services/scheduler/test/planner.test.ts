@@ -2,7 +2,13 @@ import { MiB, isShoalError, type Assignment, type ScheduleRequest } from '@shoal
 import { describe, expect, it } from 'vitest';
 import { memoryGrantStore, type GrantStore } from '../src/grants.js';
 import { applyIndexEvent, createIndexState, type IndexState } from '../src/index-state.js';
-import { decayingLoad, planRequest, topologyTier, type PlanOptions } from '../src/planner.js';
+import {
+  decayingLoad,
+  planRequest,
+  topologyTier,
+  type LoadTracker,
+  type PlanOptions,
+} from '../src/planner.js';
 import { digestOf, hex, holder, manifest, node } from './fixtures.js';
 
 const NOW = 1_700_000_000_000;
@@ -311,5 +317,277 @@ describe('planRequest', () => {
       NOW,
     );
     await expect(wrongSize).rejects.toThrow(/differs from the manifest/);
+  });
+});
+
+/** Wraps a load tracker to count how many candidates a decision examined. */
+function countingLoad(inner = decayingLoad(5_000)): LoadTracker & { examined: number } {
+  const tracker = {
+    examined: 0,
+    load(nodeId: string, now: number) {
+      tracker.examined++;
+      return inner.load(nodeId, now);
+    },
+    add(nodeId: string, now: number, amount?: number) {
+      inner.add(nodeId, now, amount);
+    },
+    get size() {
+      return inner.size;
+    },
+  };
+  return tracker;
+}
+
+function putHolder(s: IndexState, id: string, have: number[] | 'all') {
+  applyIndexEvent(s, { type: 'holder_put', blobHex: hex('a'), holder: holder(id, blob, 8, have) });
+}
+
+describe('planRequest with many holders', () => {
+  it('examines a bounded sample of candidates, however many nodes hold the chunk', async () => {
+    const state = stateWith((s) => {
+      addNode(s, 'r', 'z1', 'v1');
+      applyIndexEvent(s, { type: 'manifest_put', blobHex: hex('a'), manifest: manifest(blob, 8) });
+      for (let i = 0; i < 4_000; i++) {
+        addNode(s, `p${i}`, 'z1', 'v1');
+        putHolder(s, `p${i}`, i % 2 ? 'all' : [0, 1, 2, 3]);
+      }
+    });
+    const load = countingLoad();
+    const plan = await planRequest(state, request('r', [0, 1, 2, 3]), grants(), load, options, NOW);
+    expect(plan.counts.peer).toBe(4);
+    expect(load.examined).toBeLessThanOrEqual(4 * 8);
+    for (const a of plan.assignments) expect(a.alternates).toHaveLength(3);
+
+    const wider = countingLoad();
+    await planRequest(state, request('r', [0]), grants(), wider, { ...options, sampleSize: 16 }, NOW);
+    expect(wider.examined).toBe(16);
+  });
+
+  it('spreads 1,000 requests for one chunk over all of its 100 same-zone holders', async () => {
+    const state = stateWith((s) => {
+      applyIndexEvent(s, { type: 'manifest_put', blobHex: hex('a'), manifest: manifest(blob, 8) });
+      for (let i = 0; i < 100; i++) {
+        addNode(s, `p${i}`, 'z1', `v${i % 2}`);
+        putHolder(s, `p${i}`, i % 3 ? 'all' : [0]);
+      }
+      for (let i = 0; i < 1_000; i++) addNode(s, `r${i}`, 'z1', 'v9');
+    });
+    const load = decayingLoad(60_000);
+    const store = grants();
+    const served = new Map<string, number>();
+    for (let i = 0; i < 1_000; i++) {
+      const plan = await planRequest(state, request(`r${i}`, [0]), store, load, options, NOW + i);
+      const parent = String(peerOf(plan.assignments[0]));
+      served.set(parent, (served.get(parent) ?? 0) + 1);
+    }
+    expect(served.size).toBe(100);
+    expect(Math.min(...served.values())).toBeGreaterThanOrEqual(1);
+    expect(Math.max(...served.values())).toBeLessThanOrEqual(30);
+  });
+
+  it('finds the one live holder among many stale or avoided ones', async () => {
+    const state = stateWith((s) => {
+      addNode(s, 'r', 'z1', 'v1');
+      applyIndexEvent(s, { type: 'manifest_put', blobHex: hex('a'), manifest: manifest(blob, 8) });
+      for (let i = 0; i < 300; i++) {
+        addNode(s, `stale${i}`, 'z1', 'v1', NOW - 60_000);
+        putHolder(s, `stale${i}`, 'all');
+      }
+      addNode(s, 'live', 'z1', 'v1');
+      putHolder(s, 'live', [5]);
+      for (let i = 0; i < 300; i++) {
+        addNode(s, `avoided${i}`, 'z1', 'v1');
+        putHolder(s, `avoided${i}`, 'all');
+      }
+    });
+    const avoid = Array.from({ length: 300 }, (_, i) => `avoided${i}`);
+    const plan = await planRequest(
+      state,
+      request('r', [5], { avoid }),
+      grants(),
+      decayingLoad(5_000),
+      options,
+      NOW,
+    );
+    expect(peerOf(plan.assignments[0])).toBe('live');
+    expect(plan.assignments[0]?.alternates).toEqual([]);
+  });
+});
+
+describe('planRequest zone gate', () => {
+  /** 50 requesters a0..a49 in zone A (two vSwitches), one holder b1 in zone B. */
+  function zones(holders: 'b1' | 'none'): IndexState {
+    return stateWith((s) => {
+      applyIndexEvent(s, { type: 'manifest_put', blobHex: hex('a'), manifest: manifest(blob, 8) });
+      for (let i = 0; i < 50; i++) addNode(s, `a${i}`, 'A', `va${i % 2}`);
+      for (let i = 0; i < 50; i++) addNode(s, `b${i}`, 'B', 'vb');
+      if (holders === 'b1') putHolder(s, 'b1', 'all');
+    });
+  }
+
+  async function askAll(
+    state: IndexState,
+    ids: string[],
+    store: GrantStore,
+    need = [0],
+    planOptions = options,
+    at = NOW,
+  ) {
+    const plans = new Map<string, Awaited<ReturnType<typeof planRequest>>>();
+    for (const id of ids) {
+      plans.set(id, await planRequest(state, request(id, need), store, decayingLoad(5_000), planOptions, at));
+    }
+    return plans;
+  }
+
+  const zoneA = Array.from({ length: 50 }, (_, i) => `a${i}`);
+  const zoneB = Array.from({ length: 50 }, (_, i) => `b${i}`);
+
+  it('lets one node of a zone fetch a chunk from another zone; the rest wait for it, then use it', async () => {
+    const state = zones('b1');
+    const store = grants();
+    const plans = await askAll(state, zoneA, store);
+    const sources = [...plans.values()].map((p) => peerOf(p.assignments[0]));
+    expect(sources.filter((s) => s === 'b1')).toHaveLength(1);
+    expect(sources.filter((s) => s === 'wait')).toHaveLength(49);
+    const importer = [...plans].find(([, p]) => peerOf(p.assignments[0]) === 'b1')![0];
+    const plan = plans.get(importer)!;
+    expect(plan.crossZone).toBe(1);
+    expect(plan.grants).toEqual([expect.objectContaining({ index: 0, node: importer, zone: 'A' })]);
+
+    // The importer asking again is not starved by its own lease: it gets the chunk again.
+    const again = await planRequest(
+      state,
+      request(importer, [0]),
+      store,
+      decayingLoad(5_000),
+      options,
+      NOW + 100,
+    );
+    expect(peerOf(again.assignments[0])).toBe('b1');
+
+    // Once the importer holds the chunk, every other node of zone A is served from it.
+    putHolder(state, importer, [0]);
+    const after = await askAll(
+      state,
+      zoneA.filter((id) => id !== importer),
+      store,
+      [0],
+      options,
+      NOW + 200,
+    );
+    for (const p of after.values()) {
+      expect(peerOf(p.assignments[0])).toBe(importer);
+      expect(p.crossZone).toBe(0);
+      expect(p.grants).toEqual([]);
+    }
+  });
+
+  it('gives one origin lease in all; each other zone’s lease holder then pulls from the first zone', async () => {
+    const state = zones('none');
+    const store = grants();
+    const inA = await askAll(state, zoneA, store);
+    const inB = await askAll(state, zoneB, store);
+    const kindsOf = (plans: Map<string, { assignments: Assignment[] }>) =>
+      [...plans.values()].map((p) => p.assignments[0]?.source.kind);
+    expect(kindsOf(inA).filter((k) => k === 'origin')).toHaveLength(1);
+    expect(kindsOf(inB).every((k) => k === 'wait')).toBe(true);
+    // Exactly one node of B holds B's zone lease, waiting for the origin lease or for a holder elsewhere.
+    const leaseHoldersB = [...inB].filter(([, p]) => p.grants.some((g) => g.zone === 'B'));
+    expect(leaseHoldersB).toHaveLength(1);
+    const importerB = leaseHoldersB[0]![0];
+    const fetcherA = [...inA].find(([, p]) => p.assignments[0]?.source.kind === 'origin')![0];
+
+    putHolder(state, fetcherA, [0]);
+    const laterB = await askAll(state, zoneB, store, [0], options, NOW + 1_000);
+    for (const [id, p] of laterB) expect(peerOf(p.assignments[0])).toBe(id === importerB ? fetcherA : 'wait');
+    const laterA = await askAll(
+      state,
+      zoneA.filter((id) => id !== fetcherA),
+      store,
+      [0],
+      options,
+      NOW + 1_000,
+    );
+    for (const p of laterA.values()) expect(peerOf(p.assignments[0])).toBe(fetcherA);
+  });
+
+  it('admits perZone nodes of a zone at once', async () => {
+    const state = zones('b1');
+    const plans = await askAll(state, zoneA, memoryGrantStore({ perChunk: 1, perZone: 2, leaseMs: 30_000 }));
+    expect([...plans.values()].filter((p) => peerOf(p.assignments[0]) === 'b1')).toHaveLength(2);
+  });
+
+  it('lets a new node take over a zone lease that expired', async () => {
+    const state = zones('b1');
+    const store = grants(1, 1_000);
+    const first = await askAll(state, ['a0', 'a1'], store);
+    expect([...first.values()].map((p) => peerOf(p.assignments[0]))).toEqual(['b1', 'wait']);
+    const later = await askAll(state, ['a1'], store, [0], options, NOW + 1_000);
+    expect(peerOf(later.get('a1')?.assignments[0])).toBe('b1');
+  });
+
+  it('does not gate nodes whose zone is unknown, or any node when the gate is off', async () => {
+    const state = zones('b1');
+    addNode(state, 'u1', '', 'va0');
+    addNode(state, 'u2', '', '');
+    const store = grants();
+    const unknown = await askAll(state, ['u1', 'u2'], store);
+    for (const p of unknown.values()) {
+      expect(peerOf(p.assignments[0])).toBe('b1');
+      expect(p.grants).toEqual([]);
+    }
+    const ungated = await askAll(state, zoneA, store, [0], { ...options, zoneGate: false });
+    for (const p of ungated.values()) expect(peerOf(p.assignments[0])).toBe('b1');
+  });
+
+  it('gates a node whose only in-zone holders are on its avoid list, through the same zone lease', async () => {
+    const state = zones('b1');
+    putHolder(state, 'a1', 'all');
+    const store = grants();
+    const avoiding = await planRequest(
+      state,
+      request('a0', [0], { avoid: ['a1'] }),
+      store,
+      decayingLoad(5_000),
+      options,
+      NOW,
+    );
+    expect(peerOf(avoiding.assignments[0])).toBe('b1');
+    expect(avoiding.grants.map((g) => g.zone)).toEqual(['A']);
+    const other = await planRequest(
+      state,
+      request('a2', [0], { avoid: ['a1'] }),
+      store,
+      decayingLoad(5_000),
+      options,
+      NOW,
+    );
+    expect(peerOf(other.assignments[0])).toBe('wait');
+    // Without the avoid list the in-zone holder serves, with no lease at all.
+    const plain = await planRequest(state, request('a2', [0]), store, decayingLoad(5_000), options, NOW);
+    expect(peerOf(plain.assignments[0])).toBe('a1');
+  });
+
+  it('takes zone leases only for chunks within the per-request origin limit', async () => {
+    const state = zones('none');
+    const store = grants();
+    const limited = { ...options, originMaxPerRequest: 1 };
+    const [first] = (await askAll(state, ['a0'], store, [0, 1, 2], limited)).values();
+    expect(first?.assignments.map((a) => a.source.kind)).toEqual(['origin', 'wait', 'wait']);
+    expect(first?.grants.map((g) => `${g.index}:${g.zone ?? 'origin'}`).sort()).toEqual(['0:A', '0:origin']);
+    // Chunks 1 and 2 are still free for the next node of the same zone.
+    const [second] = (await askAll(state, ['a1'], store, [0, 1, 2], limited)).values();
+    expect(second?.assignments.map((a) => a.source.kind)).toEqual(['wait', 'origin', 'wait']);
+  });
+
+  it('prefers a same-zone holder over another zone without taking any lease', async () => {
+    const state = zones('b1');
+    putHolder(state, 'a3', [0]);
+    const plan = await planRequest(state, request('a0', [0]), grants(), decayingLoad(5_000), options, NOW);
+    expect(peerOf(plan.assignments[0])).toBe('a3');
+    // The other zone's holder is still offered as a fallback if the first choice fails.
+    expect(plan.assignments[0]?.alternates.map((a) => a.node)).toEqual(['b1']);
+    expect(plan.grants).toEqual([]);
   });
 });
