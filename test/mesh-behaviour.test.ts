@@ -156,13 +156,13 @@ describe('fallback to the registry when the control plane is gone', () => {
       layerSize: 4 * MiB,
     });
     control = await startControlPlane(nats.url, dir);
-    // Asking for two chunks at a time keeps the agent going back to the scheduler throughout the pull.
+    // Two chunks at a time keep the agent going back to the scheduler throughout the pull.
     agent = await startAgent({
       id: 'f',
       natsUrl: nats.url,
       registries: [registry.url],
       dir,
-      extraArgs: ['--download-plan-ahead=2', '--download-concurrency=2'],
+      extraArgs: ['--download-concurrency=2'],
     });
     await waitForNodes(nats.url, ['f']);
     hostsDir = join(dir, 'hosts');

@@ -93,7 +93,6 @@ export async function createAgent(
         targetCount: config.chunkTargetCount,
       },
       concurrency: config.downloadConcurrency,
-      planAhead: config.planAhead,
       originWaitMs: config.originWaitMs,
       originRetries: config.originRetries,
     },

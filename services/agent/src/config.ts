@@ -65,10 +65,6 @@ export const agentSpec = {
     min: 1,
     max: 256,
   }),
-  planAhead: opt.int('download.planAhead', 8, 'Chunks asked of the scheduler in one request.', {
-    min: 1,
-    max: 4096,
-  }),
   schedulerTimeoutMs: opt.duration(
     'scheduler.timeout',
     '1s',

@@ -36,7 +36,6 @@ export interface TransferOptions {
   nodeId: string;
   chunkPolicy: ChunkPolicy;
   concurrency: number;
-  planAhead: number;
   originWaitMs: number;
   originRetries: number;
 }
@@ -57,8 +56,6 @@ export type FetchedFrom = 'peer' | 'origin';
 
 /** How long to stop asking the control plane for this download after it failed to answer. */
 const MESH_BACKOFF_MS = 3_000;
-/** A planned assignment older than this is asked for again: its peer may have gone, its lease lapsed. */
-const PLAN_MAX_AGE_MS = 5_000;
 /** How often an otherwise idle download loop looks again. */
 const IDLE_POLL_MS = 250;
 
@@ -192,11 +189,9 @@ export class Download {
     const inflight = new Map<number, Promise<void>>();
     /** Chunks told to wait for a peer, and when to ask again. */
     const waitUntil = new Map<number, number>();
-    const waitingSince = new Map<number, number>();
     const originFailures = new Map<number, number>();
-    // Assignments from the last plan that have not been started yet: a slot that frees up takes the
-    // next planned chunk instead of costing a scheduler round trip (and origin leases) every time.
-    const planned = new Map<number, { assignment: Assignment; at: number }>();
+    /** Since when every reply has told this download to wait; undefined while it gets work. */
+    let waitingSince: number | undefined;
     let meshDownUntil = 0;
 
     const start = (assignment: Assignment) => {
@@ -210,77 +205,81 @@ export class Download {
       inflight.set(index, task);
     };
 
-    const plan = async (need: number[]): Promise<Assignment[]> => {
+    /**
+     * Asks which of the ready chunks to fetch now: the scheduler sees every chunk this node could use and
+     * chooses `free` of them (the next in order first, then the rarest), so nodes fetch different chunks
+     * and trade. Without a scheduler, the next chunks in order come from the registry.
+     */
+    const plan = async (ready: number[], free: number): Promise<Assignment[]> => {
+      const direct = () => ready.slice(0, free).map((index) => originAssignment(index));
       const now = Date.now();
       if (now < meshDownUntil || !this.deps.mesh.usable) {
         if (now >= meshDownUntil) this.fallback('nats unavailable');
         meshDownUntil = Math.max(meshDownUntil, now + MESH_BACKOFF_MS);
-        return need.map((index) => originAssignment(index));
+        return direct();
       }
       try {
         const reply = await this.deps.mesh.plan({
           blob: this.request.digest,
           size: this.request.size,
           chunkSize: this.chunkSize,
-          need,
+          need: ready,
           avoid: [...this.avoid],
+          max: free,
         });
         if (reply.chunkSize !== this.chunkSize) {
           // Chunks cut at other boundaries cannot be exchanged; this copy stays out of the mesh.
           meshDownUntil = Number.POSITIVE_INFINITY;
           this.fallback('chunk size differs from the mesh');
-          return need.map((index) => originAssignment(index));
+          return direct();
         }
         return reply.assignments;
       } catch (err) {
         this.fallback(isShoalError(err) ? err.message : String(err));
         meshDownUntil = Date.now() + MESH_BACKOFF_MS;
-        return need.map((index) => originAssignment(index));
+        return direct();
       }
     };
 
     while (missing.size > 0) {
       const now = Date.now();
-      for (const [index, entry] of planned) {
-        if (!missing.has(index) || now - entry.at > PLAN_MAX_AGE_MS) planned.delete(index);
-      }
       for (const [index, until] of waitUntil)
         if (until <= now || !missing.has(index)) waitUntil.delete(index);
       const free = this.options.concurrency - inflight.size;
-      if (free > 0) {
-        const ready = [...missing].filter((i) => !inflight.has(i) && !waitUntil.has(i)).sort((x, y) => x - y);
-        const plannedReady = ready.filter((i) => planned.has(i)).length;
-        const unplanned = ready.filter((i) => !planned.has(i)).slice(0, this.options.planAhead);
-        if (plannedReady < free && unplanned.length > 0) {
-          for (const assignment of await plan(unplanned))
-            planned.set(assignment.index, { assignment, at: now });
-        }
-        for (const index of ready) {
+      const ready = [...missing].filter((i) => !inflight.has(i) && !waitUntil.has(i)).sort((x, y) => x - y);
+      if (free > 0 && ready.length > 0) {
+        const assignments = await plan(ready, free);
+        let started = 0;
+        let retryMs = 0;
+        for (const assignment of assignments) {
           if (inflight.size >= this.options.concurrency) break;
-          const entry = planned.get(index);
-          if (!entry || !missing.has(index) || inflight.has(index)) continue;
-          planned.delete(index);
-          const assignment = entry.assignment;
-          if (assignment.source.kind !== 'wait') {
-            start(assignment);
+          if (!missing.has(assignment.index) || inflight.has(assignment.index)) continue;
+          if (assignment.source.kind === 'wait') {
+            retryMs = Math.max(retryMs, assignment.source.retryMs);
             continue;
           }
-          const since = waitingSince.get(index) ?? Date.now();
-          waitingSince.set(index, since);
-          if (Date.now() - since < this.originWaitMs) {
-            waitUntil.set(index, Date.now() + assignment.source.retryMs);
-          } else {
+          start(assignment);
+          started++;
+        }
+        if (started > 0) {
+          waitingSince = undefined;
+        } else {
+          waitingSince ??= Date.now();
+          if (Date.now() - waitingSince >= this.originWaitMs) {
+            // Nobody has served this node for too long: take the next chunks from the registry itself.
             this.fallback('waited too long for a peer');
-            start(originAssignment(index, assignment.sha256));
+            for (const index of ready.slice(0, free)) start(originAssignment(index));
+            waitingSince = undefined;
+          } else {
+            const until = Date.now() + Math.max(retryMs, 1);
+            for (const index of ready) waitUntil.set(index, until);
           }
         }
       }
-      // Sleep until a fetch finishes or a waiting chunk may be asked for again, whichever comes first.
+      // Sleep until a fetch finishes or the waiting chunks may be asked for again, whichever comes first.
       const nextWake = waitUntil.size > 0 ? Math.min(...waitUntil.values()) - Date.now() : IDLE_POLL_MS;
       const pause = sleep(Math.min(Math.max(nextWake, 1), IDLE_POLL_MS));
-      await (inflight.size >= this.options.concurrency || inflight.size > 0
-        ? Promise.race([...inflight.values(), pause])
-        : pause);
+      await (inflight.size > 0 ? Promise.race([...inflight.values(), pause]) : pause);
     }
     await this.verifyWhole();
   }
