@@ -49,6 +49,8 @@ export interface PlanOptions {
   parentSlots?: number;
   /** With a request's `max`: the first this many chunks of `need` are taken in order (default 2). */
   inOrder?: number;
+  /** With a request's `max`: how many of the other chunks are ranked by rarity (default 64). */
+  chooseSample?: number;
 }
 
 export interface Plan {
@@ -374,17 +376,34 @@ export async function planRequest(
     const originLimit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
     // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
     // chunks actually considered, so a request listing a thousand chunks costs little more than eight.
-    const candidates = need.map((index, position) => {
-      const sha256 = manifest?.hashes[index] || null;
+    const holdersOf = (index: number) => {
       let holders = 0;
-      if (sha256)
-        for (const group of tierGroups) for (const list of holderLists(group, index)) holders += list.length;
-      return { position, index, sha256, holders, tie: 0 };
-    });
+      for (const group of tierGroups) for (const list of holderLists(group, index)) holders += list.length;
+      return holders;
+    };
+    const candidates = need.map((index, position) => ({
+      position,
+      index,
+      sha256: manifest?.hashes[index] || null,
+      holders: 0,
+      tie: 0,
+    }));
     const head = candidates.slice(0, inOrder);
-    const rest = candidates.slice(inOrder);
-    const salt = fnv(request.node);
-    for (const candidate of rest) candidate.tie = Math.imul(candidate.index + 1, 0x9e3779b1) ^ salt;
+    const salt = fnv(`${request.node}|${now}`);
+    // Rarest first among a pseudo-random sample of the rest: as good for diversity as ranking every
+    // chunk, and a request listing a thousand chunks costs no more than one listing a hundred.
+    let rest = candidates.slice(inOrder);
+    const chooseSample = Math.max(1, options.chooseSample ?? 64);
+    if (rest.length > chooseSample) {
+      const all = rest;
+      const offset = salt % all.length;
+      const stride = Math.max(1, Math.floor(all.length / chooseSample));
+      rest = Array.from({ length: chooseSample }, (_, i) => all[(offset + i * stride) % all.length]!);
+    }
+    for (const candidate of [...head, ...rest]) {
+      if (candidate.sha256) candidate.holders = holdersOf(candidate.index);
+      candidate.tie = Math.imul(candidate.index + 1, 0x9e3779b1) ^ salt;
+    }
     rest.sort((a, b) => a.holders - b.holders || a.tie - b.tie);
     let assigned = 0;
     for (const wanted of [...head, ...rest]) {

@@ -4,6 +4,7 @@ import { memoryGrantStore, type GrantStore } from '../src/grants.js';
 import { applyIndexEvent, createIndexState, type IndexState } from '../src/index-state.js';
 import {
   decayingLoad,
+  inflightLoad,
   planRequest,
   topologyTier,
   type LoadTracker,
@@ -589,5 +590,92 @@ describe('planRequest zone gate', () => {
     // The other zone's holder is still offered as a fallback if the first choice fails.
     expect(plan.assignments[0]?.alternates.map((a) => a.node)).toEqual(['b1']);
     expect(plan.grants).toEqual([]);
+  });
+});
+
+describe('planRequest choosing which chunks (max)', () => {
+  /** Requester r and parents p0..p3 in one zone; p0 holds chunks 0-5, p1 holds 0-3, p2 and p3 hold 0-1. */
+  function swarm(): IndexState {
+    return stateWith((s) => {
+      addNode(s, 'r', 'z1', 'v1');
+      applyIndexEvent(s, {
+        type: 'manifest_put',
+        blobHex: hex('a'),
+        manifest: manifest(blob, 8, [0, 1, 2, 3, 4, 5]),
+      });
+      for (const [id, have] of [
+        ['p0', [0, 1, 2, 3, 4, 5]],
+        ['p1', [0, 1, 2, 3]],
+        ['p2', [0, 1]],
+        ['p3', [0, 1]],
+      ] as const) {
+        addNode(s, id, 'z1', 'v1');
+        putHolder(s, id, [...have]);
+      }
+    });
+  }
+  const chooseOptions: PlanOptions = { ...options, parentSlots: 2, inOrder: 1, originMaxPerRequest: 1 };
+
+  it('takes the next chunk in order, then the rarest, and no more than max', async () => {
+    const plan = await planRequest(
+      swarm(),
+      request('r', [0, 1, 2, 3, 4, 5, 6, 7], { max: 3 }),
+      grants(),
+      inflightLoad(10_000),
+      chooseOptions,
+      NOW,
+    );
+    expect(plan.assignments).toHaveLength(3);
+    const [first, ...others] = plan.assignments;
+    expect(first?.index).toBe(0);
+    // Chunks 6 and 7 have no holder at all (rarest): one of them goes to the origin (limit 1), then the
+    // rarest held chunks (4 and 5, held by one node).
+    const kinds = others.map((a) => `${a.index}:${a.source.kind}`).sort();
+    expect(kinds.filter((k) => k.endsWith('origin'))).toHaveLength(1);
+    expect(kinds.filter((k) => /^[45]:peer$/.test(k))).toHaveLength(1);
+  });
+
+  it('gives a busy parent no more, and tells the node to wait when nothing is left', async () => {
+    const load = inflightLoad(10_000);
+    const state = swarm();
+    load.add('p0', NOW, 2);
+    const plan = await planRequest(
+      state,
+      request('r', [4, 5], { max: 2 }),
+      grants(),
+      load,
+      chooseOptions,
+      NOW,
+    );
+    expect(plan.assignments).toEqual([
+      {
+        index: 4,
+        sha256: expect.any(String) as string,
+        source: { kind: 'wait', retryMs: 250 },
+        alternates: [],
+      },
+    ]);
+    load.release?.('p0', NOW);
+    const again = await planRequest(
+      state,
+      request('r', [4, 5], { max: 2 }),
+      grants(),
+      load,
+      chooseOptions,
+      NOW,
+    );
+    expect(again.assignments.map(peerOf)).toEqual(['p0']);
+  });
+});
+
+describe('inflightLoad', () => {
+  it('counts transfers until released or expired', () => {
+    const load = inflightLoad(1_000);
+    load.add('p', 0);
+    load.add('p', 500);
+    expect(load.load('p', 600)).toBe(2);
+    load.release?.('p', 600);
+    expect(load.load('p', 600)).toBe(1);
+    expect(load.load('p', 1_600)).toBe(0);
   });
 });
