@@ -1,0 +1,102 @@
+/**
+ * `npm run sim`: rollouts simulated with the scheduler's own code, against the bound
+ * T_min = max(F/u_origin, F/d_min, N·F/(u_origin + Σu_i)) and two baselines (every node pulling from the
+ * registry; one whole layer from one random peer that has it complete). Flags override the scenario:
+ *
+ *   npm run sim -- [--nodes 1000] [--zones 3] [--vswitches 2] [--layers 4] [--layer-mib 512]
+ *                  [--node-gbit 1] [--origin-gbit 10] [--cross-zone-gbit 10] [--stagger-s 0]
+ *                  [--fail 0] [--fail-at-s 5] [--policies shoal,direct,whole-layer] [--preset NAME]
+ */
+import { schedulerSpec } from '@shoal/scheduler';
+import { type Policy, type SimConfig, type SimResult, simulate } from './sim.js';
+
+const MiB = 1024 * 1024;
+const gbit = (g: number) => (g * 1e9) / 8;
+
+function flag(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i === -1 ? undefined : process.argv[i + 1];
+}
+const num = (name: string, def: number) => (flag(name) === undefined ? def : Number(flag(name)));
+
+export function configFromFlags(): SimConfig {
+  return {
+    nodes: num('nodes', 1000),
+    zones: num('zones', 3),
+    vswitchesPerZone: num('vswitches', 2),
+    layers: num('layers', 4),
+    layerSize: num('layer-mib', 512) * MiB,
+    nodeUp: gbit(num('node-gbit', 1)),
+    nodeDown: gbit(num('node-gbit', 1)),
+    originUp: gbit(num('origin-gbit', 10)),
+    crossZone: gbit(num('cross-zone-gbit', 10)),
+    slots: num('slots', 8),
+    planAhead: num('plan-ahead', 8),
+    announceMs: num('announce-ms', 50),
+    staggerS: num('stagger-s', 0),
+    failFraction: num('fail', 0),
+    failAtS: num('fail-at-s', 5),
+    // Scheduler settings default to the scheduler's own defaults, so the simulation runs what ships.
+    originPerChunk: num('origin-per-chunk', schedulerSpec.originPerChunk.default),
+    originMaxPerRequest: num('origin-max-per-request', schedulerSpec.originMaxPerRequest.default),
+    choose: num('choose', 1) === 1,
+    retryMs: num('retry-ms', schedulerSpec.waitRetry.default),
+    parentSlots: num('parent-slots', schedulerSpec.parentSlots.default),
+    inOrder: num('in-order', schedulerSpec.inOrder.default),
+    seed: num('seed', 1),
+  };
+}
+
+const quantile = (values: number[], q: number) => {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
+};
+
+export function describe(result: SimResult): Record<string, string> {
+  const t = result.tMin;
+  const max = Math.max(...result.completions);
+  return {
+    policy: result.policy,
+    'p50 s': quantile(result.completions, 0.5).toFixed(1),
+    'p90 s': quantile(result.completions, 0.9).toFixed(1),
+    'max s': max.toFixed(1),
+    'max/T_min': (max / t).toFixed(2),
+    'p50/T_min': (quantile(result.completions, 0.5) / t).toFixed(2),
+    'registry (images)': (result.registryBytes / result.imageBytes).toFixed(2),
+    'cross-zone (images/zone)': result.crossZoneBytesPerZone
+      .map((b) => (b / result.imageBytes).toFixed(2))
+      .join(' '),
+    incomplete: String(result.incomplete),
+    'decisions/s': result.decisions ? (result.decisions / (result.wallMs / 1000)).toFixed(0) : '-',
+    'decision p99 ms': result.decisions ? quantile(result.decisionMs, 0.99).toFixed(2) : '-',
+    'wall s': (result.wallMs / 1000).toFixed(1),
+  };
+}
+
+export function table(rows: Record<string, string>[]): string {
+  const keys = Object.keys(rows[0] ?? {});
+  const widths = keys.map((k) => Math.max(k.length, ...rows.map((r) => (r[k] ?? '').length)));
+  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(' | ')} |`;
+  return [
+    line(keys),
+    line(widths.map((w) => '-'.repeat(w))),
+    ...rows.map((r) => line(keys.map((k) => r[k] ?? ''))),
+  ].join('\n');
+}
+
+const config = configFromFlags();
+const policies = (flag('policies') ?? 'shoal,direct,whole-layer').split(',') as Policy[];
+process.stdout.write(
+  `${config.nodes} nodes, ${config.zones} zones × ${config.vswitchesPerZone} vSwitches, ` +
+    `${config.layers} × ${config.layerSize / MiB} MiB, nodes ${(config.nodeUp * 8) / 1e9} Gbit/s, ` +
+    `registry ${(config.originUp * 8) / 1e9} Gbit/s, cross-zone ${(config.crossZone * 8) / 1e9} Gbit/s per zone, ` +
+    `${config.staggerS ? `staggered over ${config.staggerS} s` : 'all start together'}` +
+    `${config.failFraction ? `, ${config.failFraction * 100}% fail at ${config.failAtS} s` : ''}\n`,
+);
+const rows: Record<string, string>[] = [];
+for (const policy of policies) {
+  const result = await simulate(config, policy);
+  rows.push(describe(result));
+  if (rows.length === 1) process.stdout.write(`T_min = ${result.tMin.toFixed(1)} s\n`);
+}
+process.stdout.write(`${table(rows)}\n`);
