@@ -1,12 +1,14 @@
 /**
  * `npm run sim`: rollouts simulated with the scheduler's own code, against the bound
  * T_min = max(F/u_origin, F/d_min, N·F/(u_origin + Σu_i)) and two baselines (every node pulling from the
- * registry; one whole layer from one random peer that has it complete). Flags override the scenario:
+ * registry; one whole layer from one random peer that has it complete). Without flags it runs the
+ * preset scenarios below; any scenario flag runs one custom scenario instead:
  *
  *   npm run sim -- [--nodes 1000] [--zones 3] [--vswitches 2] [--layers 4] [--layer-mib 512]
  *                  [--node-gbit 1] [--origin-gbit 10] [--cross-zone-gbit 10] [--stagger-s 0]
- *                  [--fail 0] [--fail-at-s 5] [--policies shoal,direct,whole-layer] [--preset NAME]
+ *                  [--fail 0] [--fail-at-s 5] [--seed 1] [--policies shoal,direct,whole-layer]
  */
+import { agentSpec } from '@shoal/agent';
 import { schedulerSpec } from '@shoal/scheduler';
 import { type Policy, type SimConfig, type SimResult, simulate } from './sim.js';
 
@@ -30,7 +32,6 @@ export function configFromFlags(): SimConfig {
     nodeDown: gbit(num('node-gbit', 1)),
     originUp: gbit(num('origin-gbit', 10)),
     crossZone: gbit(num('cross-zone-gbit', 10)),
-    slots: num('slots', 8),
     planAhead: num('plan-ahead', 8),
     announceMs: num('announce-ms', 50),
     staggerS: num('stagger-s', 0),
@@ -43,6 +44,8 @@ export function configFromFlags(): SimConfig {
     retryMs: num('retry-ms', schedulerSpec.waitRetry.default),
     parentSlots: num('parent-slots', schedulerSpec.parentSlots.default),
     inOrder: num('in-order', schedulerSpec.inOrder.default),
+    askWhenFree: num('ask-when-free', agentSpec.askWhenFree.default),
+    slots: num('slots', agentSpec.downloadConcurrency.default),
     seed: num('seed', 1),
   };
 }
@@ -84,19 +87,54 @@ export function table(rows: Record<string, string>[]): string {
   ].join('\n');
 }
 
-const config = configFromFlags();
-const policies = (flag('policies') ?? 'shoal,direct,whole-layer').split(',') as Policy[];
-process.stdout.write(
-  `${config.nodes} nodes, ${config.zones} zones × ${config.vswitchesPerZone} vSwitches, ` +
+/** The scenarios `npm run sim` reports when no flag names a scenario of its own. */
+const presets: { name: string; overrides: Partial<SimConfig>; policies: Policy[] }[] = [
+  {
+    name: '1,000 nodes, all start together',
+    overrides: { nodes: 1000 },
+    policies: ['shoal', 'direct', 'whole-layer'],
+  },
+  {
+    name: '1,000 nodes, 10% fail mid-pull',
+    overrides: { nodes: 1000, failFraction: 0.1, failAtS: 8 },
+    policies: ['shoal'],
+  },
+  {
+    name: '1,000 nodes, starts spread over 30 s',
+    overrides: { nodes: 1000, staggerS: 30 },
+    policies: ['shoal'],
+  },
+  { name: '5,000 nodes, all start together', overrides: { nodes: 5000 }, policies: ['shoal'] },
+];
+
+function heading(config: SimConfig): string {
+  return (
+    `${config.nodes} nodes, ${config.zones} zones × ${config.vswitchesPerZone} vSwitches, ` +
     `${config.layers} × ${config.layerSize / MiB} MiB, nodes ${(config.nodeUp * 8) / 1e9} Gbit/s, ` +
     `registry ${(config.originUp * 8) / 1e9} Gbit/s, cross-zone ${(config.crossZone * 8) / 1e9} Gbit/s per zone, ` +
-    `${config.staggerS ? `staggered over ${config.staggerS} s` : 'all start together'}` +
-    `${config.failFraction ? `, ${config.failFraction * 100}% fail at ${config.failAtS} s` : ''}\n`,
-);
-const rows: Record<string, string>[] = [];
-for (const policy of policies) {
-  const result = await simulate(config, policy);
-  rows.push(describe(result));
-  if (rows.length === 1) process.stdout.write(`T_min = ${result.tMin.toFixed(1)} s\n`);
+    `${config.staggerS ? `starts spread over ${config.staggerS} s` : 'all start together'}` +
+    `${config.failFraction ? `, ${config.failFraction * 100}% fail at ${config.failAtS} s` : ''}`
+  );
 }
-process.stdout.write(`${table(rows)}\n`);
+
+const custom = process.argv.slice(2).some((arg) => arg.startsWith('--') && arg !== '--policies');
+const scenarios = custom
+  ? [
+      {
+        name: 'custom',
+        overrides: {},
+        policies: (flag('policies') ?? 'shoal,direct,whole-layer').split(',') as Policy[],
+      },
+    ]
+  : presets;
+for (const scenario of scenarios) {
+  const config = { ...configFromFlags(), ...scenario.overrides };
+  process.stdout.write(`\n## ${scenario.name}\n\n${heading(config)}\n`);
+  const rows: Record<string, string>[] = [];
+  for (const policy of scenario.policies) {
+    const result = await simulate(config, policy);
+    if (rows.length === 0) process.stdout.write(`T_min = ${result.tMin.toFixed(1)} s\n\n`);
+    rows.push(describe(result));
+  }
+  process.stdout.write(`${table(rows)}\n`);
+}

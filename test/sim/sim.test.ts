@@ -30,6 +30,7 @@ const base: SimConfig = {
   retryMs: schedulerSpec.waitRetry.default,
   parentSlots: schedulerSpec.parentSlots.default,
   inOrder: schedulerSpec.inOrder.default,
+  askWhenFree: 2,
   seed: 7,
 };
 

@@ -51,6 +51,8 @@ export interface SimConfig {
   originMaxPerRequest: number;
   /** The scheduler's plan.inOrder. */
   inOrder: number;
+  /** The agent's download.askWhenFree. */
+  askWhenFree: number;
   /** Agents list every chunk they could use and the scheduler chooses `max` of them (rarest first). */
   choose: boolean;
   retryMs: number;
@@ -391,7 +393,7 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
       taken.add(index);
     }
     const missing = node.missing[layer]!;
-    const want = Math.min(missing.length, 256);
+    const want = Math.min(missing.length, 128);
     const stride = Math.max(1, Math.floor(missing.length / want));
     const offset = Math.floor(random() * missing.length);
     for (let i = 0; i < want; i++) {
@@ -408,6 +410,9 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
     const now = queue.now;
     let nextWake = Number.POSITIVE_INFINITY;
     if (policy === 'shoal' && config.choose) {
+      // Like the agent, ask once at least `askWhenFree` slots are free (or nothing is in flight), so one
+      // decision fills several slots instead of one per finished chunk.
+      if (node.inflight > 0 && config.slots - node.inflight < config.askWhenFree) return;
       for (let layer = 0; layer < config.layers && node.inflight < config.slots; layer++) {
         if (node.layerWait[layer]! > now) {
           nextWake = Math.min(nextWake, node.layerWait[layer]!);

@@ -93,6 +93,7 @@ export async function createAgent(
         targetCount: config.chunkTargetCount,
       },
       concurrency: config.downloadConcurrency,
+      askWhenFree: Math.min(config.askWhenFree, config.downloadConcurrency),
       originWaitMs: config.originWaitMs,
       originRetries: config.originRetries,
     },

@@ -65,6 +65,12 @@ export const agentSpec = {
     min: 1,
     max: 256,
   }),
+  askWhenFree: opt.int(
+    'download.askWhenFree',
+    2,
+    'Ask the scheduler for more chunks once this many fetch slots are free (or none is busy): one decision fills several slots.',
+    { min: 1, max: 256 },
+  ),
   schedulerTimeoutMs: opt.duration(
     'scheduler.timeout',
     '1s',

@@ -36,6 +36,8 @@ export interface TransferOptions {
   nodeId: string;
   chunkPolicy: ChunkPolicy;
   concurrency: number;
+  /** Ask for more chunks once this many slots are free, or nothing is in flight. */
+  askWhenFree: number;
   originWaitMs: number;
   originRetries: number;
 }
@@ -247,7 +249,7 @@ export class Download {
         if (until <= now || !missing.has(index)) waitUntil.delete(index);
       const free = this.options.concurrency - inflight.size;
       const ready = [...missing].filter((i) => !inflight.has(i) && !waitUntil.has(i)).sort((x, y) => x - y);
-      if (free > 0 && ready.length > 0) {
+      if (free > 0 && ready.length > 0 && (inflight.size === 0 || free >= this.options.askWhenFree)) {
         const assignments = await plan(ready, free);
         let started = 0;
         let retryMs = 0;

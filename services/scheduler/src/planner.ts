@@ -381,24 +381,25 @@ export async function planRequest(
       for (const group of tierGroups) for (const list of holderLists(group, index)) holders += list.length;
       return holders;
     };
-    const candidates = need.map((index, position) => ({
-      position,
-      index,
-      sha256: manifest?.hashes[index] || null,
-      holders: 0,
-      tie: 0,
-    }));
-    const head = candidates.slice(0, inOrder);
+    const candidate = (position: number) => {
+      const index = need[position] ?? 0;
+      return { position, index, sha256: manifest?.hashes[index] || null, holders: 0, tie: 0 };
+    };
+    const headCount = Math.min(inOrder, need.length);
+    const head = Array.from({ length: headCount }, (_, position) => candidate(position));
     const salt = fnv(`${request.node}|${now}`);
-    // Rarest first among a pseudo-random sample of the rest: as good for diversity as ranking every
-    // chunk, and a request listing a thousand chunks costs no more than one listing a hundred.
-    let rest = candidates.slice(inOrder);
+    // Rarest first among a spread sample of the rest: as good for diversity as ranking every chunk, and a
+    // request listing a thousand chunks costs no more than one listing a hundred.
+    const restCount = need.length - headCount;
     const chooseSample = Math.max(1, options.chooseSample ?? 64);
-    if (rest.length > chooseSample) {
-      const all = rest;
-      const offset = salt % all.length;
-      const stride = Math.max(1, Math.floor(all.length / chooseSample));
-      rest = Array.from({ length: chooseSample }, (_, i) => all[(offset + i * stride) % all.length]!);
+    const rest: ReturnType<typeof candidate>[] = [];
+    if (restCount <= chooseSample) {
+      for (let position = headCount; position < need.length; position++) rest.push(candidate(position));
+    } else {
+      const offset = salt % restCount;
+      const stride = Math.max(1, Math.floor(restCount / chooseSample));
+      for (let i = 0; i < chooseSample; i++)
+        rest.push(candidate(headCount + ((offset + i * stride) % restCount)));
     }
     for (const candidate of [...head, ...rest]) {
       if (candidate.sha256) candidate.holders = holdersOf(candidate.index);
