@@ -48,8 +48,16 @@ export interface GrantStoreOptions {
  * base64url-encoded, which uses only letters, digits, '-' and '_'.
  */
 export function zoneGrantKey(blobHex: string, index: number, zone: string, slot: number): string {
-  return `${blobHex}.${index}.z.${Buffer.from(zone).toString('base64url')}.${slot}`;
+  let token = zoneTokens.get(zone);
+  if (token === undefined) {
+    token = Buffer.from(zone).toString('base64url');
+    // A cluster has a handful of zones; the bound only guards against a flood of made-up names.
+    if (zoneTokens.size < 4096) zoneTokens.set(zone, token);
+  }
+  return `${blobHex}.${index}.z.${token}.${slot}`;
 }
+
+const zoneTokens = new Map<string, string>();
 
 /** The key and slot count of a lease: a zone lease if a zone is named, otherwise an origin lease. */
 function scopeOf(

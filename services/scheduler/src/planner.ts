@@ -154,14 +154,6 @@ function fnv(text: string): number {
   return hash >>> 0;
 }
 
-/**
- * A stable pseudo-random tie-break between parents of equal tier and load. Replicas start with empty load
- * counters; without it they would all send the first requests to the same parent.
- */
-function tieBreak(requester: string, index: number, parent: string): number {
-  return fnv(`${requester}|${index}|${parent}`);
-}
-
 interface Ranked {
   node: NodeRecord;
   tier: number;
@@ -258,7 +250,9 @@ export async function planRequest(
             node,
             tier,
             load: load.load(node.id, now),
-            tie: tieBreak(request.node, chunk, node.id),
+            // The walk already starts at a pseudo-random offset per requester and chunk, so walk order is a
+            // fair tie-break, and far cheaper than hashing every candidate's name.
+            tie: found.length,
           });
       }
     }
