@@ -396,7 +396,9 @@ export async function planRequest(
         rest.push(candidate(headCount + ((offset + i * stride) % restCount)));
     }
     for (const candidate of [...head, ...rest]) {
-      if (candidate.sha256) candidate.holders = holdersOf(candidate.index);
+      // Holders count even while the chunk's hash is not in the manifest: then the chunk waits for its
+      // hash rather than going to the registry a second time.
+      candidate.holders = holdersOf(candidate.index);
       candidate.tie = Math.imul(candidate.index + 1, 0x9e3779b1) ^ salt;
     }
     rest.sort((a, b) => a.holders - b.holders || a.tie - b.tie);
