@@ -418,7 +418,16 @@ export async function planRequest(
         assigned++;
       } else if (wanted.holders === 0 && counts.origin < originLimit) {
         if (zone !== undefined && !(await lease(wanted.index, zone))) continue;
-        if (!(await lease(wanted.index))) continue;
+        const originLease = await lease(wanted.index);
+        if (!originLease) continue;
+        // Taking leases awaits the store, and meanwhile the index may have learnt that someone now holds
+        // the chunk (which is also when that node's lease was released): then it comes from that node,
+        // not from the registry a second time.
+        if (holdersOf(wanted.index) > 0) {
+          taken.splice(taken.indexOf(originLease), 1);
+          await grants.release(originLease).catch(() => undefined);
+          continue;
+        }
         counts.origin++;
         if (zone !== undefined) crossZone++;
         assignments[wanted.position] = {
