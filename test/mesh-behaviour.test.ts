@@ -208,7 +208,12 @@ describe('fallback to the registry when the control plane is gone', () => {
     registry.setFault();
     expect(result.ok, result.stderr).toBe(true);
     const m = await agent.metrics();
-    expect(metric(m, 'shoal_agent_fallbacks_total', { reason: 'no_scheduler' })).toBeGreaterThan(0);
+    // NATS answers "no responders" once it has noticed the scheduler's connection is gone; until then a
+    // request times out. Either way the agent went to the registry.
+    expect(
+      metric(m, 'shoal_agent_fallbacks_total', { reason: 'no_scheduler' }) +
+        metric(m, 'shoal_agent_fallbacks_total', { reason: 'scheduler_timeout' }),
+    ).toBeGreaterThan(0);
     for (const layer of image.layers) expect(bytesServed(registry, layer.digest)).toBe(layer.size);
   });
 

@@ -213,6 +213,26 @@ export async function planRequest(
   const tiers = holderIndex ? tieredGroups(holderIndex, requester) : undefined;
   const tierGroups = tiers ? [tiers.sameVswitch, tiers.sameZone, tiers.elsewhere] : [];
 
+  /**
+   * Whether anyone holds the chunk now, read afresh from the index: taking a lease awaits the store, and
+   * meanwhile a holder record may have arrived (which is also when the holder's own lease was released).
+   */
+  const heldNow = (index: number): boolean => {
+    const current = state.holderIndex.get(blobHex);
+    const groups = current ? tieredGroups(current, requester) : undefined;
+    if (!groups) return false;
+    for (const group of [groups.sameVswitch, groups.sameZone, groups.elsewhere]) {
+      for (const list of holderLists(group, index)) if (list.length > 0) return true;
+    }
+    return false;
+  };
+
+  /** Gives back an origin lease taken for a chunk that turned out to be held already. */
+  const giveBack = async (grant: Grant): Promise<void> => {
+    taken.splice(taken.indexOf(grant), 1);
+    await grants.release(grant).catch(() => undefined);
+  };
+
   const parentRecord = (id: string): NodeRecord | undefined => {
     if (id === request.node || avoid.has(id)) return undefined;
     const node = state.nodes.get(id);
@@ -334,8 +354,16 @@ export async function planRequest(
       next += window.length;
       await Promise.all(
         window.map(async (wanted) => {
+          // Only a holder that appears while the lease is taken counts here: one that was already there
+          // but cannot serve (avoided, stale, or without a known hash) is why the origin was chosen.
+          const heldBefore = heldNow(wanted.index);
           if (zone !== undefined && !(await lease(wanted.index, zone))) return;
-          if (!(await lease(wanted.index))) return;
+          const originLease = await lease(wanted.index);
+          if (!originLease) return;
+          if (!heldBefore && heldNow(wanted.index)) {
+            await giveBack(originLease);
+            return;
+          }
           counts.origin++;
           if (zone !== undefined) crossZone++;
           assignments[wanted.position] = {
@@ -420,12 +448,9 @@ export async function planRequest(
         if (zone !== undefined && !(await lease(wanted.index, zone))) continue;
         const originLease = await lease(wanted.index);
         if (!originLease) continue;
-        // Taking leases awaits the store, and meanwhile the index may have learnt that someone now holds
-        // the chunk (which is also when that node's lease was released): then it comes from that node,
-        // not from the registry a second time.
-        if (holdersOf(wanted.index) > 0) {
-          taken.splice(taken.indexOf(originLease), 1);
-          await grants.release(originLease).catch(() => undefined);
+        // Someone may have announced the chunk while the lease was being taken: then it comes from them.
+        if (heldNow(wanted.index)) {
+          await giveBack(originLease);
           continue;
         }
         counts.origin++;

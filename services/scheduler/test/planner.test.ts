@@ -679,3 +679,49 @@ describe('inflightLoad', () => {
     expect(load.load('p', 1_600)).toBe(0);
   });
 });
+
+describe('planRequest when a holder appears while a lease is being taken', () => {
+  /** A lease store that, while a lease is being taken, lets a holder record for chunk 0 arrive. */
+  function racingStore(state: IndexState): GrantStore & { released: number } {
+    const inner = memoryGrantStore({ perChunk: 1, leaseMs: 10_000 });
+    let released = 0;
+    return {
+      leaseMs: inner.leaseMs,
+      get released() {
+        return released;
+      },
+      async take(blobHex, index, node, now, zone) {
+        const grant = await inner.take(blobHex, index, node, now, zone);
+        if (!zone) putHolder(state, 'early', [0]);
+        return grant;
+      },
+      async release(grant) {
+        released++;
+        await inner.release(grant);
+      },
+    };
+  }
+
+  for (const max of [undefined, 1]) {
+    it(`gives the origin lease back and does not send the chunk to the registry twice (max ${max ?? 'unset'})`, async () => {
+      const state = stateWith((s) => {
+        addNode(s, 'r', 'z1', 'v1');
+        addNode(s, 'early', 'z1', 'v1');
+        applyIndexEvent(s, { type: 'manifest_put', blobHex: hex('a'), manifest: manifest(blob, 8, [0]) });
+        putHolder(s, 'early', [7]);
+      });
+      const store = racingStore(state);
+      const plan = await planRequest(
+        state,
+        request('r', [0], max === undefined ? {} : { max }),
+        store,
+        inflightLoad(10_000),
+        { ...options, zoneGate: false },
+        NOW,
+      );
+      expect(plan.counts.origin).toBe(0);
+      expect(store.released).toBe(1);
+      expect(plan.grants).toHaveLength(0);
+    });
+  }
+});
