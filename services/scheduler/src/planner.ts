@@ -233,6 +233,31 @@ export async function planRequest(
     await grants.release(grant).catch(() => undefined);
   };
 
+  /**
+   * Sends a chunk to the registry if its leases can be had: the zone's (when gated), then the origin's.
+   * A holder that was not there when the origin was chosen (`heldBefore` false) but is by the time the
+   * leases are taken gets the chunk instead; one that was already there but cannot serve (avoided,
+   * stale, or without a known hash) is why the origin was chosen.
+   */
+  const assignOrigin = async (wanted: Pending, heldBefore: boolean): Promise<boolean> => {
+    if (zone !== undefined && !(await lease(wanted.index, zone))) return false;
+    const originLease = await lease(wanted.index);
+    if (!originLease) return false;
+    if (!heldBefore && heldNow(wanted.index)) {
+      await giveBack(originLease);
+      return false;
+    }
+    counts.origin++;
+    if (zone !== undefined) crossZone++;
+    assignments[wanted.position] = {
+      index: wanted.index,
+      sha256: wanted.sha256,
+      source: { kind: 'origin', leaseMs: grants.leaseMs },
+      alternates: [],
+    };
+    return true;
+  };
+
   const parentRecord = (id: string): NodeRecord | undefined => {
     if (id === request.node || avoid.has(id)) return undefined;
     const node = state.nodes.get(id);
@@ -354,24 +379,7 @@ export async function planRequest(
       next += window.length;
       await Promise.all(
         window.map(async (wanted) => {
-          // Only a holder that appears while the lease is taken counts here: one that was already there
-          // but cannot serve (avoided, stale, or without a known hash) is why the origin was chosen.
-          const heldBefore = heldNow(wanted.index);
-          if (zone !== undefined && !(await lease(wanted.index, zone))) return;
-          const originLease = await lease(wanted.index);
-          if (!originLease) return;
-          if (!heldBefore && heldNow(wanted.index)) {
-            await giveBack(originLease);
-            return;
-          }
-          counts.origin++;
-          if (zone !== undefined) crossZone++;
-          assignments[wanted.position] = {
-            index: wanted.index,
-            sha256: wanted.sha256,
-            source: { kind: 'origin', leaseMs: grants.leaseMs },
-            alternates: [],
-          };
+          await assignOrigin(wanted, heldNow(wanted.index));
         }),
       );
     }
@@ -445,23 +453,8 @@ export async function planRequest(
         assignPeer(wanted, ranked);
         assigned++;
       } else if (wanted.holders === 0 && counts.origin < originLimit) {
-        if (zone !== undefined && !(await lease(wanted.index, zone))) continue;
-        const originLease = await lease(wanted.index);
-        if (!originLease) continue;
-        // Someone may have announced the chunk while the lease was being taken: then it comes from them.
-        if (heldNow(wanted.index)) {
-          await giveBack(originLease);
-          continue;
-        }
-        counts.origin++;
-        if (zone !== undefined) crossZone++;
-        assignments[wanted.position] = {
-          index: wanted.index,
-          sha256: wanted.sha256,
-          source: { kind: 'origin', leaseMs: grants.leaseMs },
-          alternates: [],
-        };
-        assigned++;
+        // Chosen because no one held it when the request began: anyone holding it by now counts.
+        if (await assignOrigin(wanted, false)) assigned++;
       }
     }
   }
