@@ -6,11 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/sbin:/sbin"
 
-bash scripts/install-deps.sh
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  npm ci --no-audit --no-fund --loglevel=error
-fi
-npx tsc -b tsconfig.json
+bash scripts/prepare.sh
 npx nx run-many -t lint typecheck --outputStyle=static
 npx prettier --check . --log-level=warn
 

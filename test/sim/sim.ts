@@ -405,6 +405,32 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
     return ready;
   };
 
+  /** One scheduler decision for a node, timed; the node makes no other decision meanwhile. */
+  async function decide(node: Node, layer: number, need: number[], max?: number) {
+    node.planning = true;
+    const began = performance.now();
+    const plan = await planRequest(
+      state,
+      {
+        v: 1,
+        node: node.id,
+        blob: digestOf(layer),
+        size: config.layerSize,
+        chunkSize,
+        need,
+        avoid: [...node.avoid[layer]!],
+        ...(max === undefined ? {} : { max }),
+      },
+      grants,
+      load,
+      planOptions,
+      queue.now * 1000,
+    );
+    decisionMs.push(performance.now() - began);
+    node.planning = false;
+    return plan;
+  }
+
   async function tick(node: Node): Promise<void> {
     if (!node.alive || node.done !== undefined || node.planning) return;
     const now = queue.now;
@@ -420,27 +446,7 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
         }
         const ready = readyChunks(node, layer);
         if (ready.length === 0) continue;
-        node.planning = true;
-        const began = performance.now();
-        const plan = await planRequest(
-          state,
-          {
-            v: 1,
-            node: node.id,
-            blob: digestOf(layer),
-            size: config.layerSize,
-            chunkSize,
-            need: ready,
-            avoid: [...node.avoid[layer]!],
-            max: config.slots - node.inflight,
-          },
-          grants,
-          load,
-          planOptions,
-          queue.now * 1000,
-        );
-        decisionMs.push(performance.now() - began);
-        node.planning = false;
+        const plan = await decide(node, layer, ready, config.slots - node.inflight);
         let started = 0;
         for (const assignment of plan.assignments) {
           if (assignment.source.kind === 'wait' || node.fetching.has(layer * 1e6 + assignment.index))
@@ -499,63 +505,9 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
         continue;
       }
       const unplanned = ready.filter((i) => !planned.has(i)).slice(0, config.planAhead);
-      if (config.choose) {
-        const free = config.slots - node.inflight;
-        node.planning = true;
-        const began = performance.now();
-        const plan = await planRequest(
-          state,
-          {
-            v: 1,
-            node: node.id,
-            blob: digestOf(layer),
-            size: config.layerSize,
-            chunkSize,
-            need: ready,
-            avoid: [...node.avoid[layer]!],
-            max: free,
-          },
-          grants,
-          load,
-          planOptions,
-          queue.now * 1000,
-        );
-        decisionMs.push(performance.now() - began);
-        node.planning = false;
-        for (const assignment of plan.assignments) {
-          if (assignment.source.kind === 'wait') {
-            const until = queue.now + assignment.source.retryMs / 1000;
-            for (const index of ready)
-              if (!node.fetching.has(layer * 1e6 + index)) waitUntil.set(index, until);
-            nextWake = Math.min(nextWake, until);
-          } else if (!node.fetching.has(layer * 1e6 + assignment.index)) {
-            fetchChunk(node, layer, assignment);
-          }
-        }
-        continue;
-      }
       const plannedReady = ready.filter((i) => planned.has(i)).length;
       if (plannedReady < config.slots - node.inflight && unplanned.length > 0) {
-        node.planning = true;
-        const began = performance.now();
-        const plan = await planRequest(
-          state,
-          {
-            v: 1,
-            node: node.id,
-            blob: digestOf(layer),
-            size: config.layerSize,
-            chunkSize,
-            need: unplanned,
-            avoid: [...node.avoid[layer]!],
-          },
-          grants,
-          load,
-          planOptions,
-          queue.now * 1000,
-        );
-        decisionMs.push(performance.now() - began);
-        node.planning = false;
+        const plan = await decide(node, layer, unplanned);
         for (const assignment of plan.assignments)
           planned.set(assignment.index, { assignment, at: queue.now });
       }
