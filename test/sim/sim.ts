@@ -9,7 +9,9 @@
  * Simplifications, stated so the figures can be read for what they are: no latency (netem-free, like
  * the emulated cluster), lane rates fixed per transfer, one pool of download lanes per node shared by all
  * layers (the agent's per-blob concurrency is similar in effect), announcements batched every
- * `announceMs` and applied to the index at once.
+ * `announceMs` and applied to the index at once. A parent's transfer stops counting against it when the
+ * child next asks for that layer (the request's `fetching`) or announces, whichever is first, as in the
+ * scheduler service.
  */
 import {
   applyIndexEvent,
@@ -105,6 +107,11 @@ interface Node {
   low: number[];
   /** Per layer: when the scheduler said to wait, until when. */
   layerWait: number[];
+  /**
+   * Per layer: peer transfers finished since the node last asked. Its next request says what it is still
+   * fetching, which frees these parents at the scheduler (or the announcement does, whichever is first).
+   */
+  finished: { parent: string; released: boolean }[][];
 }
 
 function rng(seed: number): () => number {
@@ -192,6 +199,7 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
       missingAt: Array.from({ length: config.layers }, () => Int32Array.from({ length: count }, (_, i) => i)),
       low: new Array<number>(config.layers).fill(0),
       layerWait: new Array<number>(config.layers).fill(0),
+      finished: Array.from({ length: config.layers }, () => []),
     };
   });
   const byId = new Map(nodes.map((n) => [n.id, n]));
@@ -358,10 +366,12 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
     const source =
       assignment.source.kind === 'peer' ? (byId.get(assignment.source.node) ?? 'origin') : 'origin';
     transfer(node, source, end - start, (ok) => {
-      // The scheduler learns of the finished transfer from the child's next announcement.
+      // The scheduler learns of the finished transfer from the child's next request for this layer, or
+      // from its next announcement, whichever comes first.
       if (source !== 'origin') {
-        const parent = source.id;
-        queue.after(config.announceMs / 1000, () => load.release?.(parent, queue.now * 1000));
+        const entry = { parent: source.id, released: false };
+        node.finished[layer]!.push(entry);
+        queue.after(config.announceMs / 1000, () => release(entry));
       }
       node.inflight--;
       node.fetching.delete(key);
@@ -405,10 +415,19 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
     return ready;
   };
 
+  const release = (entry: { parent: string; released: boolean }) => {
+    if (entry.released) return;
+    entry.released = true;
+    load.release?.(entry.parent, queue.now * 1000);
+  };
+
   /** One scheduler decision for a node, timed; the node makes no other decision meanwhile. */
   async function decide(node: Node, layer: number, need: number[], max?: number) {
     node.planning = true;
     const began = performance.now();
+    // What the scheduler does with the request's `fetching`: parents of finished transfers are free.
+    for (const entry of node.finished[layer]!) release(entry);
+    node.finished[layer] = [];
     const plan = await planRequest(
       state,
       {
@@ -536,13 +555,17 @@ export async function simulate(config: SimConfig, policy: Policy): Promise<SimRe
   if (process.env.SHOAL_SIM_TRACE) {
     const trace = () => {
       const inflight = nodes.reduce((a, n) => a + n.inflight, 0);
-      const queued = nodes.reduce((a, n) => a + n.upQueue.length, 0) + originQueue.length;
+      const queued = nodes.reduce((a, n) => a + n.upQueue.length, 0);
+      const upIdle = nodes.reduce((a, n) => a + (n.alive && n.held > 0 ? n.upFree : 0), 0);
       const held = nodes.reduce((a, n) => a + n.held, 0);
       const waiting = nodes.filter((n) => n.inflight === 0 && n.done === undefined).length;
       process.stderr.write(
-        `t=${queue.now.toFixed(1)} inflight=${inflight} queued=${queued} originFree=${originFree} held=${(held / total).toFixed(1)} idle=${waiting} done=${nodes.filter((n) => n.done !== undefined).length}\n`,
+        `t=${queue.now.toFixed(1)} inflight=${inflight} queued-at-parents=${queued} queued-at-origin=${originQueue.length} ` +
+          `idle-upload-lanes=${upIdle} held=${(held / total).toFixed(1)} images idle-nodes=${waiting} ` +
+          `done=${nodes.filter((n) => n.done !== undefined).length}\n`,
       );
-      if (nodes.some((n) => n.alive && n.done === undefined)) queue.after(2, trace);
+      if (nodes.some((n) => n.alive && n.done === undefined))
+        queue.after(Number(process.env.SHOAL_SIM_TRACE) || 2, trace);
     };
     queue.after(0.5, trace);
   }

@@ -99,6 +99,12 @@ export const scheduleRequest = z.object({
    * the rest of `need` is left out of the reply. Unset, every needed chunk gets an assignment.
    */
   max: z.number().int().min(1).max(100_000).optional(),
+  /**
+   * The chunks of this blob the node is fetching right now. A peer assignment from an earlier reply that
+   * is not among them has finished (or was given up), so its parent has upload to spare again: the
+   * scheduler learns that now rather than from the node's next announcement.
+   */
+  fetching: z.array(chunkIndex).max(100_000).optional(),
 });
 export type ScheduleRequest = z.infer<typeof scheduleRequest>;
 

@@ -146,6 +146,27 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     else serving.delete(key);
   }
 
+  /**
+   * A child asking again says which chunks of the blob it is still fetching: every earlier peer assignment
+   * not among them has finished or been given up, so its parent is free again now, without waiting for
+   * the child's next announcement (batched, so tens of milliseconds later: a large share of a chunk's
+   * transfer time, during which the parent would look busy and sit idle).
+   */
+  function releaseFinished(blobHex: string, child: string, fetching: readonly number[]): void {
+    const key = `${blobHex}/${child}`;
+    const pending = serving.get(key);
+    if (!pending) return;
+    const still = new Set(fetching);
+    const at = now();
+    const keep = pending.filter((p) => {
+      if (still.has(p.index)) return true;
+      load.release?.(p.parent, at);
+      return false;
+    });
+    if (keep.length) serving.set(key, keep);
+    else serving.delete(key);
+  }
+
   function rememberServing(blobHex: string, child: string, assignments: Assignment[]): void {
     const key = `${blobHex}/${child}`;
     const at = now();
@@ -280,6 +301,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     try {
       const request = decode(scheduleRequest, msg.data, 'schedule request');
       if (!grants) throw new Error('grant store is not ready');
+      if (request.fetching) releaseFinished(blobHexOf(request.blob), request.node, request.fetching);
       const plan = await planRequest(state, request, grants, load, planOptions, now());
       remember(plan.grants);
       rememberServing(blobHexOf(request.blob), request.node, plan.assignments);

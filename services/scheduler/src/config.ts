@@ -41,7 +41,7 @@ export const schedulerSpec = {
   ),
   waitRetry: opt.duration(
     'wait.retry',
-    '50ms',
+    '100ms',
     'How long a node is told to wait before asking again for a chunk no one can serve yet.',
     {
       minMs: 1,
@@ -49,7 +49,7 @@ export const schedulerSpec = {
   ),
   parentSlots: opt.int(
     'parent.slots',
-    16,
+    8,
     'Transfers a parent may be serving at once before it counts as busy and gets no more (its upload lanes).',
     { min: 1, max: 1024 },
   ),

@@ -293,6 +293,13 @@ export function tieredGroups(
  * holders and its partial holders of that chunk). The lists are the index's own arrays: read them, never
  * change them.
  */
+/** How many nodes of some groups hold `chunk`: what holderLists would return, counted without building it. */
+export function holderCount(groups: readonly HolderGroup[], chunk: number): number {
+  let count = 0;
+  for (const group of groups) count += group.complete.length + (group.partial[chunk]?.length ?? 0);
+  return count;
+}
+
 export function holderLists(groups: readonly HolderGroup[], chunk: number): (readonly string[])[] {
   const lists: (readonly string[])[] = [];
   for (const group of groups) {

@@ -19,7 +19,7 @@
  */
 import { chunkCount, ShoalError, type Assignment, type NodeRecord, type ScheduleRequest } from '@shoal/mesh';
 import type { Grant, GrantStore } from './grants.js';
-import { holderLists, tieredGroups } from './holder-index.js';
+import { holderCount, holderLists, tieredGroups } from './holder-index.js';
 import type { IndexState } from './index-state.js';
 
 export interface PlanOptions {
@@ -49,7 +49,7 @@ export interface PlanOptions {
   parentSlots?: number;
   /** With a request's `max`: the first this many chunks of `need` are taken in order (default 2). */
   inOrder?: number;
-  /** With a request's `max`: how many of the other chunks are ranked by rarity (default 64). */
+  /** With a request's `max`: how many of the other chunks are ranked by rarity (default 32). */
   chooseSample?: number;
 }
 
@@ -154,12 +154,23 @@ function fnv(text: string): number {
   return hash >>> 0;
 }
 
+/** Mixes two 32-bit numbers into a pseudo-random one (the murmur3 finaliser), far cheaper than hashing text. */
+function mix(a: number, b: number): number {
+  let h = (a ^ Math.imul(b + 1, 0x9e3779b1)) >>> 0;
+  h = Math.imul(h ^ (h >>> 16), 0x85ebca6b);
+  h = Math.imul(h ^ (h >>> 13), 0xc2b2ae35);
+  return (h ^ (h >>> 16)) >>> 0;
+}
+
 interface Ranked {
   node: NodeRecord;
   tier: number;
   load: number;
   tie: number;
 }
+
+/** Leases refused in one decision after which chunks that need a lease are no longer tried. */
+const LEASE_REFUSALS = 8;
 
 interface Pending {
   position: number;
@@ -207,6 +218,8 @@ export async function planRequest(
   const requester = state.nodes.get(request.node);
   const avoid = new Set(request.avoid);
   const sampleSize = Math.max(1, Math.floor(options.sampleSize ?? 8));
+  /** Varies per requester and per moment, so that requesters walk the holders from different places. */
+  const requestSalt = mix(fnv(request.node), now % 0x100000000);
   // The zone whose outside pulls this request is gated on; undefined when the requester's zone is unknown.
   const zone = options.zoneGate !== false && requester && requester.zone !== '' ? requester.zone : undefined;
   const holderIndex = state.holderIndex.get(blobHex);
@@ -273,7 +286,7 @@ export async function planRequest(
    */
   const sample = (chunk: number): Ranked[] => {
     const found: Ranked[] = [];
-    const start = fnv(`${request.node}|${chunk}|${now}`);
+    const start = mix(requestSalt, chunk);
     for (let tier = 0; tier < tierGroups.length && found.length < sampleSize; tier++) {
       const lists = holderLists(tierGroups[tier] ?? [], chunk);
       let total = 0;
@@ -406,22 +419,22 @@ export async function planRequest(
     const originLimit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
     // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
     // chunks actually considered, so a request listing a thousand chunks costs little more than eight.
+    /** All holders of a chunk, and those in the requester's zone (tiers 0 and 1). */
     const holdersOf = (index: number) => {
-      let holders = 0;
-      for (const group of tierGroups) for (const list of holderLists(group, index)) holders += list.length;
-      return holders;
+      const inZone = holderCount(tierGroups[0] ?? [], index) + holderCount(tierGroups[1] ?? [], index);
+      return { holders: inZone + holderCount(tierGroups[2] ?? [], index), inZone };
     };
     const candidate = (position: number) => {
       const index = need[position] ?? 0;
-      return { position, index, sha256: manifest?.hashes[index] || null, holders: 0, tie: 0 };
+      return { position, index, sha256: manifest?.hashes[index] || null, holders: 0, inZone: 0, tie: 0 };
     };
     const headCount = Math.min(inOrder, need.length);
     const head = Array.from({ length: headCount }, (_, position) => candidate(position));
-    const salt = fnv(`${request.node}|${now}`);
+    const salt = requestSalt;
     // Rarest first among a spread sample of the rest: as good for diversity as ranking every chunk, and a
     // request listing a thousand chunks costs no more than one listing a hundred.
     const restCount = need.length - headCount;
-    const chooseSample = Math.max(1, options.chooseSample ?? 64);
+    const chooseSample = Math.max(1, options.chooseSample ?? 32);
     const rest: ReturnType<typeof candidate>[] = [];
     if (restCount <= chooseSample) {
       for (let position = headCount; position < need.length; position++) rest.push(candidate(position));
@@ -434,13 +447,19 @@ export async function planRequest(
     for (const candidate of [...head, ...rest]) {
       // Holders count even while the chunk's hash is not in the manifest: then the chunk waits for its
       // hash rather than going to the registry a second time.
-      candidate.holders = holdersOf(candidate.index);
+      ({ holders: candidate.holders, inZone: candidate.inZone } = holdersOf(candidate.index));
       candidate.tie = Math.imul(candidate.index + 1, 0x9e3779b1) ^ salt;
     }
     rest.sort((a, b) => a.holders - b.holders || a.tie - b.tie);
     let assigned = 0;
+    // Leases refused in this decision. Past a few, the chunks that need one (from outside the zone, or
+    // from the registry) are spoken for by other nodes and are not tried: early in a rollout, when every
+    // chunk needs one, that keeps a decision that can give nothing as cheap as one that gives plenty.
+    let refusals = 0;
     for (const wanted of [...head, ...rest]) {
       if (assigned >= max) break;
+      const needsLease = zone !== undefined ? wanted.inZone === 0 : wanted.holders === 0;
+      if (needsLease && refusals >= LEASE_REFUSALS) continue;
       const ranked =
         wanted.sha256 && wanted.holders > 0 ? sample(wanted.index).filter((r) => r.load < parentSlots) : [];
       const best = ranked[0];
@@ -448,13 +467,17 @@ export async function planRequest(
         assignPeer(wanted, ranked);
         assigned++;
       } else if (best) {
-        if (!(await lease(wanted.index, zone))) continue;
+        if (!(await lease(wanted.index, zone))) {
+          refusals++;
+          continue;
+        }
         crossZone++;
         assignPeer(wanted, ranked);
         assigned++;
       } else if (wanted.holders === 0 && counts.origin < originLimit) {
         // Chosen because no one held it when the request began: anyone holding it by now counts.
         if (await assignOrigin(wanted, false)) assigned++;
+        else refusals++;
       }
     }
   }

@@ -291,6 +291,42 @@ describe('scheduler', () => {
     }
   });
 
+  it('frees a parent as soon as its child asks again without the chunk among those it is fetching', async () => {
+    for (const replica of [...replicas]) await stopReplica(replica);
+    const replica = await startReplica('sched-slots', { parentSlots: 1 });
+    const blob = digestOf('9');
+    const now = Date.now();
+    await Promise.all([
+      ...['k1', 'k2', 'k3'].map((id) => buckets.nodes.put(id, encode(node(id, 'z1', 'v1', now)))),
+      buckets.chunks.put(chunkKeys.manifest(hex('9')), encode(manifest(blob, 4))),
+      buckets.chunks.put(chunkKeys.holder(hex('9'), 'k2'), encode(holder('k2', blob, 4, 'all'))),
+    ]);
+    const request = { blob, size: 4 * MiB, chunkSize: MiB, max: 1 };
+    const first = ok(
+      await eventually(
+        () => ask({ ...request, node: 'k1', need: [0, 1, 2, 3], fetching: [] }),
+        (r) => sourceKind(r)[0] === 'k2',
+      ),
+    );
+    expect(sourceKind(first)).toEqual(['k2']);
+    const index = first.assignments[0]!.index;
+    const rest = [0, 1, 2, 3].filter((i) => i !== index);
+    // k2's one slot is taken: k3 waits, and so does k1 while it is still fetching the chunk.
+    expect(sourceKind(ok(await ask({ ...request, node: 'k3', need: [0, 1, 2, 3], fetching: [] })))).toEqual([
+      'wait',
+    ]);
+    expect(sourceKind(ok(await ask({ ...request, node: 'k1', need: rest, fetching: [index] })))).toEqual([
+      'wait',
+    ]);
+    // k1 asks again without it: the transfer is over, so k2 is free again before any announcement.
+    expect(sourceKind(ok(await ask({ ...request, node: 'k1', need: rest, fetching: [] })))).toEqual(['k2']);
+    expect(sourceKind(ok(await ask({ ...request, node: 'k3', need: [0, 1, 2, 3], fetching: [] })))).toEqual([
+      'wait',
+    ]);
+    await stopReplica(replica);
+    await startReplica('sched-after-slots');
+  });
+
   it('publishes a schedule_decided event per request and counts requests in its metrics', async () => {
     const sub = nc.subscribe(subjects.eventsOfType('schedule_decided'));
     await nc.flush();
