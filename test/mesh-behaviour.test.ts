@@ -7,6 +7,10 @@ import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import { connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
+import { createServer, type Server } from 'node:http';
+import { connect } from '@nats-io/transport-node';
+import { Kvm } from '@nats-io/kv';
+import { Bitmap, chunkKeys, subjects, type HolderRecord, type NodeRecord } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   buildAndPushImage,
@@ -30,6 +34,7 @@ import {
   type ShoalService,
   startAgent,
   startControlPlane,
+  startPatientAgents,
   waitForNodes,
 } from './support/shoal.js';
 
@@ -88,19 +93,7 @@ describe('a node that starts while another is half-way', () => {
       layerSize: 24 * MiB,
     });
     control = await startControlPlane(nats.url, dir);
-    for (const id of ['a', 'b'])
-      agents.push(
-        await startAgent({
-          id,
-          natsUrl: nats.url,
-          registries: [registry.url],
-          dir,
-          // These tests count registry bytes; a loaded test machine must not turn a slow scheduler reply
-          // into a (legitimate, but here confusing) fallback to the registry.
-          extraArgs: ['--scheduler-timeout=10s'],
-        }),
-      );
-    await waitForNodes(nats.url, ['a', 'b']);
+    agents.push(...(await startPatientAgents(nats.url, registry.url, dir, ['a', 'b'])));
   });
 
   afterAll(async () => {
@@ -115,6 +108,15 @@ describe('a node that starts while another is half-way', () => {
     const layer = image.layers[0]!;
     // A slow registry stretches A's pull over a few seconds, so B can start while A is half-way.
     registry.setFault({ bytesPerSecond: 1.5 * MiB, match: /\/blobs\//, methods: ['GET'] });
+    // Overhears the agents' schedule requests (outside the schedulers' queue group).
+    const overhear = await connect({ servers: nats.url });
+    const requests: { node: string; need: number[]; fetching?: number[] }[] = [];
+    overhear.subscribe(subjects.schedule, {
+      callback: (_err, msg) => {
+        requests.push(msg.json());
+      },
+    });
+    await overhear.flush();
     const pullA = pullBlob(a, image.repo, layer.digest);
     let aHadWhenBStarted = 0;
     await waitFor(
@@ -128,6 +130,17 @@ describe('a node that starts while another is half-way', () => {
     const pullB = pullBlob(b, image.repo, layer.digest);
     const [resultA, resultB] = await Promise.all([pullA, pullB]);
     registry.setFault();
+    await overhear.close();
+
+    // Each request says what the node is still fetching, so the scheduler frees those chunks' parents
+    // as soon as the node asks again; what is in flight is never asked for twice.
+    const asking = requests.filter((r) => r.need.length > 0);
+    expect(asking.length).toBeGreaterThan(0);
+    for (const request of asking) {
+      expect(request.fetching).toBeDefined();
+      expect(request.need.filter((i) => request.fetching!.includes(i))).toEqual([]);
+    }
+    expect(asking.some((r) => (r.fetching?.length ?? 0) > 0)).toBe(true);
 
     expect(resultA).toEqual({ sha256: layer.digest, bytes: layer.size });
     expect(resultB).toEqual({ sha256: layer.digest, bytes: layer.size });
@@ -147,6 +160,134 @@ describe('a node that starts while another is half-way', () => {
     // Both fetch from the registry at once, yet every chunk leaves it exactly once.
     expect(fromRegistry).toBe(layer.size);
     expect(bytesServed(registry, layer.digest)).toBe(layer.size);
+  });
+});
+
+describe('a parent far slower than the others', () => {
+  let dir: string;
+  let nats: NatsServer;
+  let registry: Registry;
+  let control: ControlPlane;
+  let image: BuiltImage;
+  let slowPeer: Server;
+  const agents: ShoalService[] = [];
+
+  beforeAll(async () => {
+    dir = await makeTempDir('slow-parent');
+    [nats, registry] = await Promise.all([startNats(), startRegistry()]);
+    image = await buildAndPushImage({
+      registry,
+      repo: 'team/slow',
+      tag: 'v1',
+      layers: 1,
+      layerSize: 16 * MiB,
+    });
+    control = await startControlPlane(nats.url, dir);
+    agents.push(...(await startPatientAgents(nats.url, registry.url, dir, ['a', 'b'])));
+  });
+
+  afterAll(async () => {
+    slowPeer?.close();
+    await Promise.allSettled(agents.map((a) => a.stop()));
+    await control?.stop();
+    await Promise.allSettled([registry?.stop(), nats?.stop()]);
+    await removeTempDir(dir);
+  });
+
+  it('is dropped for the blob, and its chunks come from elsewhere', async () => {
+    const [a, b] = agents as [ShoalService, ShoalService];
+    const layer = image.layers[0]!;
+    const hex = layer.digest.slice('sha256:'.length);
+    // A has the whole layer; the chunk size is whatever the mesh's manifest says.
+    const whole = await fetch(`${a.url}/v2/${image.repo}/blobs/${layer.digest}`);
+    const bytes = Buffer.from(await whole.arrayBuffer());
+    expect(bytes.length).toBe(layer.size);
+
+    // A third parent that serves the right bytes at 384 KiB/s: within the absolute floor's deadline
+    // (3 s + 2 MiB/s), so only a comparison with A can find it slow.
+    const served: number[] = [];
+    slowPeer = createServer((req, res) => {
+      const match = /\/chunks\/(\d+)$/.exec(req.url ?? '');
+      const index = Number(match?.[1]);
+      served.push(index);
+      const chunkSize = MiB;
+      const body = bytes.subarray(index * chunkSize, Math.min(layer.size, (index + 1) * chunkSize));
+      res.writeHead(200, { 'content-length': body.length });
+      let sent = 0;
+      const timer = setInterval(() => {
+        const piece = body.subarray(sent, sent + 48 * 1024);
+        sent += piece.length;
+        if (piece.length === 0) {
+          clearInterval(timer);
+          res.end();
+        } else res.write(piece);
+      }, 125);
+      res.on('close', () => clearInterval(timer));
+    });
+    await new Promise<void>((resolve) => slowPeer.listen(0, '127.0.0.1', resolve));
+    const address = slowPeer.address();
+    const port = typeof address === 'object' && address ? address.port : 0;
+
+    const nc = await connect({ servers: nats.url });
+    try {
+      const kvm = new Kvm(nc);
+      const now = Date.now();
+      const record: NodeRecord = {
+        id: 'slowpoke',
+        url: `http://127.0.0.1:${port}`,
+        zone: 'zone-a',
+        vswitch: 'vsw-1',
+        pool: '',
+        startedAt: now,
+        seenAt: now,
+      };
+      await (await kvm.open('shoal_nodes')).put('slowpoke', JSON.stringify(record));
+      const manifest = (await (await kvm.open('shoal_chunks')).get(chunkKeys.manifest(hex)))?.json<{
+        chunkSize: number;
+        hashes: string[];
+      }>();
+      expect(manifest?.chunkSize).toBe(MiB);
+      const count = manifest!.hashes.length;
+      const holder: HolderRecord = {
+        node: 'slowpoke',
+        blob: layer.digest,
+        seq: 1,
+        chunkCount: count,
+        have: Bitmap.full(count).toBase64(),
+        complete: true,
+        at: now,
+      };
+      await (await kvm.open('shoal_chunks')).put(chunkKeys.holder(hex, 'slowpoke'), JSON.stringify(holder));
+      const dropped: { peer: string; why: string; reason: string }[] = [];
+      nc.subscribe(subjects.eventsOfType('parent_dropped'), {
+        callback: (_err, msg) => {
+          dropped.push(msg.json());
+        },
+      });
+      await nc.flush();
+      // Give the scheduler a moment to see the new parent.
+      await new Promise((r) => setTimeout(r, 500));
+
+      const began = Date.now();
+      const result = await pullBlob(b, image.repo, layer.digest);
+      const took = Date.now() - began;
+      expect(result).toEqual({ sha256: layer.digest, bytes: layer.size });
+      await waitFor(async () => dropped.length > 0, { timeoutMs: 5_000, what: 'a parent_dropped event' });
+      expect(dropped[0]).toMatchObject({ peer: 'slowpoke', why: 'slow' });
+      // Asked for a few chunks at most (those started before anything was known to compare with, and
+      // the one that showed it slow), never for the rest of the blob.
+      expect(served.length).toBeGreaterThan(0);
+      expect(served.length).toBeLessThan(count / 2);
+      // Waiting out the slow parent's chunks would take about 2.7 s each.
+      expect(took).toBeLessThan(10_000);
+      const mb = await b.metrics();
+      expect(
+        metric(mb, 'shoal_agent_chunk_failures_total', { source: 'peer', reason: 'slow' }),
+      ).toBeGreaterThan(0);
+      expect(bytesServed(registry, layer.digest)).toBe(layer.size);
+    } finally {
+      await nc.close();
+    }
   });
 });
 

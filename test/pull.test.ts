@@ -24,10 +24,9 @@ import {
   metric,
   metricSum,
   type ShoalService,
-  startAgent,
   startControlPlane,
+  startPatientAgents,
   waitForHolders,
-  waitForNodes,
 } from './support/shoal.js';
 
 const MiB = 1024 * 1024;
@@ -46,20 +45,7 @@ describe('a real image pulled through the mesh', () => {
     [nats, registry, containerd] = await Promise.all([startNats(), startRegistry(), startContainerd()]);
     image = await buildAndPushImage({ registry, repo: 'team/app', tag: 'v1', layers: 4, layerSize: 6 * MiB });
     control = await startControlPlane(nats.url, dir, [registry.url]);
-    for (const id of ['a', 'b']) {
-      agents.push(
-        await startAgent({
-          id,
-          natsUrl: nats.url,
-          registries: [registry.url],
-          dir,
-          // These tests count registry bytes; a loaded test machine must not turn a slow scheduler reply
-          // into a (legitimate, but here confusing) fallback to the registry.
-          extraArgs: ['--scheduler-timeout=10s'],
-        }),
-      );
-    }
-    await waitForNodes(nats.url, ['a', 'b']);
+    agents.push(...(await startPatientAgents(nats.url, registry.url, dir, ['a', 'b'])));
   });
 
   afterAll(async () => {

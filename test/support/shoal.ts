@@ -103,6 +103,32 @@ export async function startAgent(options: AgentOptions): Promise<ShoalService> {
   return startShoal('agent', `agent-${options.id}`, args, port, options.logDir ?? options.dir, env);
 }
 
+/**
+ * Starts one agent per ID against one registry and waits until discovery lists them all. Their scheduler
+ * timeout is 10 s: tests that count registry bytes must not have a loaded test machine turn a slow
+ * scheduler reply into a (legitimate, but there confusing) fallback to the registry.
+ */
+export async function startPatientAgents(
+  natsUrl: string,
+  registryUrl: string,
+  dir: string,
+  ids: string[],
+): Promise<ShoalService[]> {
+  const agents: ShoalService[] = [];
+  for (const id of ids)
+    agents.push(
+      await startAgent({
+        id,
+        natsUrl,
+        registries: [registryUrl],
+        dir,
+        extraArgs: ['--scheduler-timeout=10s'],
+      }),
+    );
+  await waitForNodes(natsUrl, ids);
+  return agents;
+}
+
 export async function startControlService(
   kind: 'scheduler' | 'announcer' | 'discovery',
   options: { natsUrl: string; dir: string; instance?: string; extraArgs?: string[] },

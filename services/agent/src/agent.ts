@@ -96,6 +96,8 @@ export async function createAgent(
       askWhenFree: Math.min(config.askWhenFree, config.downloadConcurrency),
       originWaitMs: config.originWaitMs,
       originRetries: config.originRetries,
+      peerSlowFactor: config.peerSlowFactor,
+      peerSlowMinMs: config.peerSlowMinMs,
     },
     { store, upstream, peers, mesh: meshClient, hashes, metrics, events, log },
   );

@@ -67,7 +67,7 @@ export const agentSpec = {
   }),
   askWhenFree: opt.int(
     'download.askWhenFree',
-    2,
+    4,
     'Ask the scheduler for more chunks once this many fetch slots are free (or none is busy): one decision fills several slots.',
     { min: 1, max: 256 },
   ),
@@ -93,6 +93,17 @@ export const agentSpec = {
     'peer.timeout',
     '3s',
     'Timeout for a peer to start answering, and between body bytes.',
+  ),
+  peerSlowFactor: opt.int(
+    'peer.slowFactor',
+    4,
+    "A parent this many times slower than the median of the download's other parents is dropped for that blob and its chunk fetched elsewhere (0: only the absolute floor of 2 MiB/s applies).",
+    { min: 0, max: 100 },
+  ),
+  peerSlowMinMs: opt.duration(
+    'peer.slowMin',
+    '1s',
+    'The shortest time a peer chunk may take before its parent can count as slow.',
   ),
   peerSecret: opt.string(
     'peer.secret',

@@ -23,25 +23,45 @@ export class PeerClient {
     });
   }
 
-  /** Fetches one chunk; the caller verifies it. Throws SHOAL_ERR_CHUNK_UNAVAILABLE when the peer lacks it. */
-  async fetchChunk(baseUrl: string, hex: string, index: number, length: number): Promise<Buffer> {
+  /**
+   * Fetches one chunk; the caller verifies it. Throws SHOAL_ERR_CHUNK_UNAVAILABLE when the peer lacks it,
+   * fails, or misses the deadline. The caller aborts `slow` when it finds the peer far slower than the
+   * others; the error then has `details.slow` set.
+   */
+  async fetchChunk(
+    baseUrl: string,
+    hex: string,
+    index: number,
+    length: number,
+    slow?: AbortSignal,
+  ): Promise<Buffer> {
     const url = new URL(peerChunkPath(hex, index), baseUrl);
+    // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at
+    // a floor of MIN_PEER_RATE so one slow parent cannot hold up an in-order stream for long.
+    const deadline = Math.ceil(this.timeoutMs + (length / MIN_PEER_RATE) * 1000);
+    const timeout = AbortSignal.timeout(deadline);
+    const signal = slow ? AbortSignal.any([timeout, slow]) : timeout;
+    const failed = (cause: unknown) =>
+      slow?.aborted && !timeout.aborted
+        ? new ShoalError(
+            'SHOAL_ERR_CHUNK_UNAVAILABLE',
+            `peer ${url.origin} was slow: ${String(slow.reason instanceof Error ? slow.reason.message : slow.reason)}`,
+            { cause, details: { slow: true } },
+          )
+        : new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin}: ${(cause as Error).message}`, {
+            cause,
+          });
     let res;
     try {
-      // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at
-      // a floor of MIN_PEER_RATE so one slow parent cannot hold up an in-order stream for long.
-      const deadline = Math.ceil(this.timeoutMs + (length / MIN_PEER_RATE) * 1000);
       res = await this.dispatcher.request({
         origin: url.origin,
         path: url.pathname,
         method: 'GET',
-        signal: AbortSignal.timeout(deadline),
+        signal,
         ...(this.authorization ? { headers: { authorization: this.authorization() } } : {}),
       });
     } catch (cause) {
-      throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin}: ${(cause as Error).message}`, {
-        cause,
-      });
+      throw failed(cause);
     }
     if (res.statusCode !== 200) {
       await res.body.dump();
@@ -66,9 +86,7 @@ export class PeerClient {
       }
     } catch (cause) {
       if (cause instanceof ShoalError) throw cause;
-      throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin}: ${(cause as Error).message}`, {
-        cause,
-      });
+      throw failed(cause);
     }
     if (filled !== length) {
       throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', `peer ${url.origin} sent ${filled} of ${length} bytes`);

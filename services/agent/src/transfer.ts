@@ -20,6 +20,7 @@ import {
 import type { HashPool } from './hash-pool.js';
 import type { MeshClient } from './mesh-client.js';
 import type { AgentMetrics } from './metrics.js';
+import { PeerSpeeds } from './peer-speeds.js';
 import type { PeerClient } from './peers.js';
 import type { ChunkStore } from './store.js';
 import type { RegistryTarget, Upstream } from './upstream.js';
@@ -40,6 +41,10 @@ export interface TransferOptions {
   askWhenFree: number;
   originWaitMs: number;
   originRetries: number;
+  /** A peer this many times slower than the download's median peer is dropped (0: never). */
+  peerSlowFactor: number;
+  /** The shortest relative deadline for a peer chunk. */
+  peerSlowMinMs: number;
 }
 
 export interface TransferDeps {
@@ -58,6 +63,8 @@ export type FetchedFrom = 'peer' | 'origin';
 
 /** How long to stop asking the control plane for this download after it failed to answer. */
 const MESH_BACKOFF_MS = 3_000;
+/** How often a peer transfer in flight is compared with the download's other parents. */
+const SLOW_CHECK_MS = 100;
 /** How often an otherwise idle download loop looks again. */
 const IDLE_POLL_MS = 250;
 
@@ -72,6 +79,7 @@ export class Download {
   private readonly waiters = new Map<number, Waiter[]>();
   private failure: Error | undefined;
   private readonly avoid = new Set<string>();
+  private speeds: PeerSpeeds | undefined;
   /** Credentials of the clients attached to this download, most recent first (kept in memory only). */
   private readonly credentials: (string | undefined)[];
   /** The sha256 of every chunk this download verified, for re-announcing a corrected manifest. */
@@ -228,6 +236,7 @@ export class Download {
           need: ready,
           avoid: [...this.avoid],
           max: free,
+          fetching: [...inflight.keys()],
         });
         if (reply.chunkSize !== this.chunkSize) {
           // Chunks cut at other boundaries cannot be exchanged; this copy stays out of the mesh.
@@ -312,11 +321,15 @@ export class Download {
       for (const peer of candidates) {
         if (this.avoid.has(peer.node)) continue;
         const began = performance.now();
+        const speeds = (this.speeds ??= new PeerSpeeds({
+          factor: this.options.peerSlowFactor,
+          minMs: this.options.peerSlowMinMs,
+        }));
         let verified: Buffer;
         try {
           if (!assignment.sha256)
             throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', 'no known hash for this chunk');
-          const raw = await this.deps.peers.fetchChunk(peer.url, this.hex, index, length);
+          const raw = await this.fetchFromPeer(peer, index, length, speeds);
           const { sha256, chunk } = await this.deps.hashes.hashChunk(raw);
           if (sha256 !== assignment.sha256) {
             this.deps.metrics.verifyFailures.inc({ source: 'peer' });
@@ -328,11 +341,27 @@ export class Download {
           verified = chunk;
         } catch (err) {
           const reason = err instanceof Error ? err.message : String(err);
-          // A peer that fails once is not asked again for this blob; the scheduler is told via `avoid`.
-          this.avoid.add(peer.node);
+          const why = isShoalError(err, 'SHOAL_ERR_CHUNK_CORRUPT')
+            ? 'corrupt'
+            : isShoalError(err) && err.details?.slow === true
+              ? 'slow'
+              : 'failed';
+          // A peer that fails (or is far slower than the others) once is not asked again for this blob;
+          // the scheduler is told via `avoid`, and the chunk goes to the next parent.
+          if (!this.avoid.has(peer.node)) {
+            this.avoid.add(peer.node);
+            this.deps.events.publish({
+              type: 'parent_dropped',
+              node: this.options.nodeId,
+              blob: this.request.digest,
+              peer: peer.node,
+              why,
+              reason,
+            });
+          }
           this.deps.metrics.chunkFailures.inc({
             source: 'peer',
-            reason: isShoalError(err, 'SHOAL_ERR_CHUNK_CORRUPT') ? 'corrupt' : 'unavailable',
+            reason: why === 'failed' ? 'unavailable' : why,
           });
           this.deps.events.publish({
             type: 'chunk_failed',
@@ -390,6 +419,38 @@ export class Download {
     }
     await this.store(index, fetched.chunk, fetched.sha256, 'origin', began);
     return true;
+  }
+
+  /**
+   * Fetches a chunk from a parent, watching it against the download's other parents: once the transfer
+   * has taken `peer.slowFactor` times what their median rate needs (re-checked as their transfers finish,
+   * so that a chunk started before anything was known to compare with is caught too), it is abandoned.
+   */
+  private async fetchFromPeer(
+    peer: { node: string; url: string },
+    index: number,
+    length: number,
+    speeds: PeerSpeeds,
+  ): Promise<Buffer> {
+    const began = performance.now();
+    const slow = new AbortController();
+    const watch = setInterval(() => {
+      const limit = speeds.deadlineMs(peer.node, length);
+      const elapsed = performance.now() - began;
+      if (limit !== undefined && elapsed > limit)
+        slow.abort(
+          new Error(
+            `chunk ${index} took over ${Math.round(elapsed)} ms, more than ${this.options.peerSlowFactor}× what the other parents need`,
+          ),
+        );
+    }, SLOW_CHECK_MS);
+    try {
+      const raw = await this.deps.peers.fetchChunk(peer.url, this.hex, index, length, slow.signal);
+      speeds.record(peer.node, length, performance.now() - began);
+      return raw;
+    } finally {
+      clearInterval(watch);
+    }
   }
 
   /**

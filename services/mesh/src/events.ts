@@ -49,6 +49,15 @@ export type ShoalEvent = Base &
         peer?: string;
         reason: string;
       }
+    | {
+        /** A node stopped asking a parent for a blob's chunks: it failed, sent bad bytes, or was slow. */
+        type: 'parent_dropped';
+        node: string;
+        blob: string;
+        peer: string;
+        why: 'failed' | 'corrupt' | 'slow';
+        reason: string;
+      }
     | { type: 'fallback'; node: string; blob?: string; reason: string }
     | {
         type: 'schedule_decided';

@@ -1,0 +1,44 @@
+import { describe, expect, it } from 'vitest';
+import { PeerSpeeds } from '../src/peer-speeds.js';
+
+const MiB = 1024 * 1024;
+
+describe('PeerSpeeds', () => {
+  it('sets no deadline until enough transfers from other parents are known', () => {
+    const speeds = new PeerSpeeds({ factor: 4, minMs: 100 });
+    expect(speeds.deadlineMs('a', MiB)).toBeUndefined();
+    speeds.record('a', MiB, 10);
+    speeds.record('a', MiB, 10);
+    speeds.record('a', MiB, 10);
+    // Three transfers, all from a: a is not compared with itself, but b is compared with a.
+    expect(speeds.deadlineMs('a', MiB)).toBeUndefined();
+    expect(speeds.deadlineMs('b', MiB)).toBe(100);
+  });
+
+  it('gives a parent factor times what the others median rate needs, never less than the minimum', () => {
+    const speeds = new PeerSpeeds({ factor: 4, minMs: 100 });
+    // 1 MiB in 50, 100 and 400 ms: the median is 10 MiB/s.
+    speeds.record('a', MiB, 50);
+    speeds.record('b', MiB, 100);
+    speeds.record('c', MiB, 400);
+    expect(speeds.deadlineMs('d', 4 * MiB)).toBe(1600);
+    expect(speeds.deadlineMs('d', MiB / 8)).toBe(100);
+    // A slow outlier moves the median only to between its neighbours; a parent's own samples never count.
+    speeds.record('d', MiB, 60_000);
+    expect(speeds.medianOfOthers('e')).toBeCloseTo((MiB / 0.4 + MiB / 0.1) / 2, -3);
+    expect(speeds.medianOfOthers('d')).toBeCloseTo(MiB / 0.1, -3);
+  });
+
+  it('forgets old transfers beyond its window', () => {
+    const speeds = new PeerSpeeds({ factor: 2, minMs: 1, window: 3, minSamples: 3 });
+    for (let i = 0; i < 3; i++) speeds.record('slow', MiB, 1000);
+    for (let i = 0; i < 3; i++) speeds.record('fast', MiB, 10);
+    expect(speeds.medianOfOthers('x')).toBeCloseTo(MiB / 0.01, -3);
+  });
+
+  it('never sets a deadline when comparison is off', () => {
+    const speeds = new PeerSpeeds({ factor: 0, minMs: 1 });
+    for (let i = 0; i < 5; i++) speeds.record('a', MiB, 10);
+    expect(speeds.deadlineMs('b', MiB)).toBeUndefined();
+  });
+});
