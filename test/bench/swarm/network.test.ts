@@ -1,0 +1,106 @@
+/**
+ * The emulated network of the swarm benchmark: hosts in their zones and vSwitches reach each other, the
+ * shaping is in place where the design says, bytes are counted on the zone uplinks, and nothing is left
+ * behind. Rates themselves are the benchmark's business, not a test's.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { runCommand, startProcess } from '../../kit/index.js';
+import { buildNetwork, type Host, type Network } from './network.js';
+
+const namespaces = async () => (await runCommand('ip', ['netns', 'list'])).stdout;
+
+/** A TCP server in `host` that counts what it receives and answers "ok"; stopped by PID. */
+async function listen(network: Network, host: Host) {
+  const script =
+    "require('net').createServer((s) => { s.on('data', () => {}); s.on('end', () => s.end('ok')); })" +
+    ".listen(7000, '0.0.0.0', () => console.log('listening'))";
+  const [cmd, args] = network.exec(host, process.execPath, ['-e', script]);
+  const server = await startProcess({ name: `listener-${host.ns}`, cmd, args });
+  await server.waitForLine(/listening/, 10_000);
+  return server;
+}
+
+/** Sends `bytes` from `from` to the listener on `to`, and returns what came back. */
+async function send(network: Network, from: Host, to: Host, bytes: number) {
+  const script =
+    `const s = require('net').connect(7000, '${to.ip}', () => s.end(Buffer.alloc(${bytes})));` +
+    "let got = ''; s.on('data', (d) => (got += d)); s.on('end', () => { process.stdout.write(got); });" +
+    "s.on('error', (e) => { console.error(e.message); process.exit(1); });";
+  const [cmd, args] = network.exec(from, process.execPath, ['-e', script]);
+  return runCommand(cmd, args, { timeoutMs: 20_000 });
+}
+
+describe('emulated cluster network', () => {
+  let network: Network;
+
+  beforeAll(async () => {
+    network = await buildNetwork({
+      zones: 2,
+      vswitchesPerZone: 1,
+      nodesPerVswitch: 2,
+      nodeMbit: 40,
+      registryMbit: 80,
+      crossZoneMbit: 20,
+    });
+  });
+
+  afterAll(async () => {
+    await network?.destroy();
+  });
+
+  it('places hosts in zones and vSwitches, each reachable from every other', async () => {
+    expect(network.nodes.map((n) => `${n.zone}/${n.vswitch}`)).toEqual([
+      'zone-0/zone-0-vsw-0',
+      'zone-0/zone-0-vsw-0',
+      'zone-1/zone-1-vsw-0',
+      'zone-1/zone-1-vsw-0',
+    ]);
+    const [first, second, third] = network.nodes;
+    for (const [from, to] of [
+      [first!, network.registry],
+      [second!, first!],
+      [first!, third!],
+      [network.registry, third!],
+    ] as const) {
+      const server = await listen(network, to);
+      try {
+        const result = await send(network, from, to, 1000);
+        expect(result.stdout, `${from.ns} → ${to.ip}: ${result.stderr}`).toBe('ok');
+      } finally {
+        await server.stop();
+      }
+    }
+  });
+
+  it('shapes uploads, downloads, the registry and the zone uplinks with tbf', async () => {
+    const node = network.nodes[0]!;
+    const up = await runCommand('tc', ['-n', node.ns, 'qdisc', 'show', 'dev', 'eth0']);
+    expect(up.stdout).toMatch(/tbf .*rate 40Mbit/);
+    const registry = await runCommand('tc', ['-n', network.registry.ns, 'qdisc', 'show', 'dev', 'eth0']);
+    expect(registry.stdout).toMatch(/tbf .*rate 80Mbit/);
+    const fabric = network.registry.ns.replace(/-reg$/, '-fab');
+    const shaped = await runCommand('tc', ['-n', fabric, 'qdisc', 'show']);
+    // Two zone uplinks at the cross-zone cap, and the download side of every host.
+    expect(shaped.stdout.match(/rate 20Mbit/g)).toHaveLength(2);
+    expect(shaped.stdout.match(/rate 40Mbit/g)).toHaveLength(4);
+  });
+
+  it('counts the bytes that leave a zone', async () => {
+    const [first, , third] = network.nodes;
+    const server = await listen(network, first!);
+    try {
+      const before = await network.zoneEgressBytes(1);
+      expect((await send(network, third!, first!, 200_000)).stdout).toBe('ok');
+      expect((await network.zoneEgressBytes(1)) - before).toBeGreaterThanOrEqual(200_000);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it('removes every namespace it made', async () => {
+    const tag = network.registry.ns.replace(/-reg$/, '');
+    expect(await namespaces()).toContain(tag);
+    await network.destroy();
+    expect(await namespaces()).not.toContain(tag);
+  });
+});
