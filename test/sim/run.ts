@@ -10,6 +10,7 @@
  */
 import { agentSpec } from '@shoal/agent';
 import { schedulerSpec } from '@shoal/scheduler';
+import { quantile, rolloutColumns, table } from '../bench/report.js';
 import { type Policy, type SimConfig, type SimResult, simulate } from './sim.js';
 
 const MiB = 1024 * 1024;
@@ -50,41 +51,15 @@ export function configFromFlags(): SimConfig {
   };
 }
 
-const quantile = (values: number[], q: number) => {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))] ?? Number.NaN;
-};
-
 export function describe(result: SimResult): Record<string, string> {
-  const t = result.tMin;
-  const max = Math.max(...result.completions);
   return {
     policy: result.policy,
-    'p50 s': quantile(result.completions, 0.5).toFixed(1),
-    'p90 s': quantile(result.completions, 0.9).toFixed(1),
-    'max s': max.toFixed(1),
-    'max/T_min': (max / t).toFixed(2),
-    'p50/T_min': (quantile(result.completions, 0.5) / t).toFixed(2),
-    'registry (images)': (result.registryBytes / result.imageBytes).toFixed(2),
-    'cross-zone (images/zone)': result.crossZoneBytesPerZone
-      .map((b) => (b / result.imageBytes).toFixed(2))
-      .join(' '),
+    ...rolloutColumns(result),
     incomplete: String(result.incomplete),
     'decisions/s': result.decisions ? (result.decisions / (result.wallMs / 1000)).toFixed(0) : '-',
     'decision p99 ms': result.decisions ? quantile(result.decisionMs, 0.99).toFixed(2) : '-',
     'wall s': (result.wallMs / 1000).toFixed(1),
   };
-}
-
-export function table(rows: Record<string, string>[]): string {
-  const keys = Object.keys(rows[0] ?? {});
-  const widths = keys.map((k) => Math.max(k.length, ...rows.map((r) => (r[k] ?? '').length)));
-  const line = (cells: string[]) => `| ${cells.map((c, i) => c.padEnd(widths[i] ?? 0)).join(' | ')} |`;
-  return [
-    line(keys),
-    line(widths.map((w) => '-'.repeat(w))),
-    ...rows.map((r) => line(keys.map((k) => r[k] ?? ''))),
-  ].join('\n');
 }
 
 /** The scenarios `npm run sim` reports when no flag names a scenario of its own. */
