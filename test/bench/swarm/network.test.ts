@@ -3,6 +3,7 @@
  * shaping is in place where the design says, bytes are counted on the zone uplinks, and nothing is left
  * behind. Rates themselves are the benchmark's business, not a test's.
  */
+import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCommand, startProcess } from '../../kit/index.js';
 import { buildNetwork, type Host, type Network } from './network.js';
@@ -102,5 +103,22 @@ describe('emulated cluster network', () => {
     expect(await namespaces()).toContain(tag);
     await network.destroy();
     expect(await namespaces()).not.toContain(tag);
+  });
+});
+
+describe('an interrupted run', () => {
+  it('removes its namespaces when it is interrupted', async () => {
+    const script = fileURLToPath(new URL('./hold-network.ts', import.meta.url));
+    const holder = await startProcess({
+      name: 'hold-network',
+      cmd: process.execPath,
+      args: ['--import', 'tsx', script],
+    });
+    const ready = await holder.waitForLine(/^ready /, 30_000);
+    const ns = ready.slice('ready '.length).trim();
+    expect(await namespaces()).toContain(ns);
+    const exit = await holder.stop('SIGINT', 10_000);
+    expect(exit.code).toBe(130);
+    expect(await namespaces()).not.toContain(ns.replace(/-reg$/, ''));
   });
 });

@@ -14,6 +14,7 @@
  * its veth ends and qdiscs too); names carry a per-run tag so runs never collide with each other or
  * with anything else on the machine.
  */
+import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { runCommand } from '../../kit/index.js';
 
@@ -47,24 +48,30 @@ export interface Network {
   /** Bytes the registry host has sent so far. */
   registryEgressBytes(): Promise<number>;
   destroy(): Promise<void>;
+  /** Removes every namespace at once and synchronously, for exit and signal handlers. */
+  destroyNow(): void;
 }
 
 const live = new Set<Network>();
 let hooked = false;
 
-/** Removes every network still up when the process is interrupted or exits. */
+/**
+ * Removes every network still up when the process exits or is interrupted. Synchronously: an exit
+ * handler cannot wait, and a signal may be followed by a harder one before anything asynchronous ran.
+ */
 function hookCleanup(): void {
   if (hooked) return;
   hooked = true;
-  const cleanup = async () => {
-    await Promise.allSettled([...live].map((n) => n.destroy()));
+  const cleanup = () => {
+    for (const network of [...live]) network.destroyNow();
   };
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
     process.once(signal, () => {
-      void cleanup().finally(() => process.exit(130));
+      cleanup();
+      process.exit(130);
     });
   }
-  process.once('beforeExit', () => void cleanup());
+  process.once('exit', cleanup);
 }
 
 async function ip(args: string[]): Promise<string> {
@@ -164,7 +171,14 @@ export async function buildNetwork(shape_: NetworkShape): Promise<Network> {
       destroyed = true;
       live.delete(network);
       // Deleting a namespace removes its veth ends (and so their peers) and qdiscs with it.
-      for (const name of namespaces.reverse()) await runCommand('ip', ['netns', 'del', name]);
+      for (const name of [...namespaces].reverse()) await runCommand('ip', ['netns', 'del', name]);
+    },
+    destroyNow() {
+      if (destroyed) return;
+      destroyed = true;
+      live.delete(network);
+      for (const name of [...namespaces].reverse())
+        spawnSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
     },
   };
   live.add(network);
