@@ -79,7 +79,8 @@ export class Download {
   private readonly waiters = new Map<number, Waiter[]>();
   private failure: Error | undefined;
   private readonly avoid = new Set<string>();
-  private speeds: PeerSpeeds | undefined;
+  /** How fast this download's parents have been, to drop one far slower than the others. */
+  private readonly speeds: PeerSpeeds;
   /** Credentials of the clients attached to this download, most recent first (kept in memory only). */
   private readonly credentials: (string | undefined)[];
   /** The sha256 of every chunk this download verified, for re-announcing a corrected manifest. */
@@ -97,6 +98,7 @@ export class Download {
   ) {
     this.hex = request.digest.slice('sha256:'.length);
     this.credentials = [request.authorization];
+    this.speeds = new PeerSpeeds({ factor: options.peerSlowFactor, minMs: options.peerSlowMinMs });
     this.ready = new Promise<void>((resolve) => {
       this.markReady = resolve;
     });
@@ -321,15 +323,11 @@ export class Download {
       for (const peer of candidates) {
         if (this.avoid.has(peer.node)) continue;
         const began = performance.now();
-        const speeds = (this.speeds ??= new PeerSpeeds({
-          factor: this.options.peerSlowFactor,
-          minMs: this.options.peerSlowMinMs,
-        }));
         let verified: Buffer;
         try {
           if (!assignment.sha256)
             throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', 'no known hash for this chunk');
-          const raw = await this.fetchFromPeer(peer, index, length, speeds);
+          const raw = await this.fetchFromPeer(peer, index, length);
           const { sha256, chunk } = await this.deps.hashes.hashChunk(raw);
           if (sha256 !== assignment.sha256) {
             this.deps.metrics.verifyFailures.inc({ source: 'peer' });
@@ -430,12 +428,11 @@ export class Download {
     peer: { node: string; url: string },
     index: number,
     length: number,
-    speeds: PeerSpeeds,
   ): Promise<Buffer> {
     const began = performance.now();
     const slow = new AbortController();
     const watch = setInterval(() => {
-      const limit = speeds.deadlineMs(peer.node, length);
+      const limit = this.speeds.deadlineMs(peer.node, length);
       const elapsed = performance.now() - began;
       if (limit !== undefined && elapsed > limit)
         slow.abort(
@@ -446,7 +443,7 @@ export class Download {
     }, SLOW_CHECK_MS);
     try {
       const raw = await this.deps.peers.fetchChunk(peer.url, this.hex, index, length, slow.signal);
-      speeds.record(peer.node, length, performance.now() - began);
+      this.speeds.record(peer.node, length, performance.now() - began);
       return raw;
     } finally {
       clearInterval(watch);

@@ -130,20 +130,14 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
 
   /** A child announced chunks it was fetching from parents: those parents have upload to spare again. */
   function releaseParents(event: Extract<IndexEvent, { type: 'holder_put' }>): void {
-    const key = `${event.blobHex}/${event.holder.node}`;
-    const pending = serving.get(key);
-    if (!pending) return;
     const holder = state.holders.get(event.blobHex)?.get(event.holder.node);
     const at = now();
-    const keep = pending.filter((p) => {
-      if (holder?.have.has(p.index)) {
-        load.release?.(p.parent, at);
-        return false;
-      }
-      return at - p.at < config.parentExpire;
-    });
-    if (keep.length) serving.set(key, keep);
-    else serving.delete(key);
+    settleServing(
+      event.blobHex,
+      event.holder.node,
+      (p) => holder?.have.has(p.index) === true,
+      (p) => at - p.at < config.parentExpire,
+    );
   }
 
   /**
@@ -153,17 +147,30 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
    * transfer time, during which the parent would look busy and sit idle).
    */
   function releaseFinished(blobHex: string, child: string, fetching: readonly number[]): void {
+    const still = new Set(fetching);
+    settleServing(blobHex, child, (p) => !still.has(p.index));
+  }
+
+  /**
+   * Frees the parents of a child's assignments for a blob that are `done`, and forgets them along with
+   * those no longer worth keeping.
+   */
+  function settleServing(
+    blobHex: string,
+    child: string,
+    done: (p: { index: number; at: number }) => boolean,
+    keep: (p: { index: number; at: number }) => boolean = () => true,
+  ): void {
     const key = `${blobHex}/${child}`;
     const pending = serving.get(key);
     if (!pending) return;
-    const still = new Set(fetching);
     const at = now();
-    const keep = pending.filter((p) => {
-      if (still.has(p.index)) return true;
+    const left = pending.filter((p) => {
+      if (!done(p)) return keep(p);
       load.release?.(p.parent, at);
       return false;
     });
-    if (keep.length) serving.set(key, keep);
+    if (left.length) serving.set(key, left);
     else serving.delete(key);
   }
 

@@ -546,27 +546,22 @@ describe('planRequest zone gate', () => {
     const state = zones('b1');
     putHolder(state, 'a1', 'all');
     const store = grants();
-    const avoiding = await planRequest(
-      state,
-      request('a0', [0], { avoid: ['a1'] }),
-      store,
-      decayingLoad(5_000),
-      options,
-      NOW,
-    );
+    const plan = (node: string, avoid?: string[]) =>
+      planRequest(
+        state,
+        request(node, [0], avoid ? { avoid } : {}),
+        store,
+        decayingLoad(5_000),
+        options,
+        NOW,
+      );
+    const avoiding = await plan('a0', ['a1']);
     expect(peerOf(avoiding.assignments[0])).toBe('b1');
     expect(avoiding.grants.map((g) => g.zone)).toEqual(['A']);
-    const other = await planRequest(
-      state,
-      request('a2', [0], { avoid: ['a1'] }),
-      store,
-      decayingLoad(5_000),
-      options,
-      NOW,
-    );
+    const other = await plan('a2', ['a1']);
     expect(peerOf(other.assignments[0])).toBe('wait');
     // Without the avoid list the in-zone holder serves, with no lease at all.
-    const plain = await planRequest(state, request('a2', [0]), store, decayingLoad(5_000), options, NOW);
+    const plain = await plan('a2');
     expect(peerOf(plain.assignments[0])).toBe('a1');
   });
 

@@ -156,11 +156,18 @@ async function startIn(
   return startProcess({ name, cmd: wrapped, args: wrappedArgs, logFile: join(dir, `${name}.log`), env });
 }
 
-/** Runs the client on every node at once (or spread over --stagger-s) against the URLs per node. */
+/**
+ * Runs the client on every node at once (or spread over --stagger-s) against the URLs per node, and
+ * counts what left the registry host and each zone meanwhile.
+ */
 async function pullEverywhere(
   network: Network,
   urlsFor: (node: Host) => string[],
-): Promise<{ completions: number[]; failed: number }> {
+): Promise<Omit<ScenarioResult, 'scenario'>> {
+  const zoneBytes = () =>
+    Promise.all(Array.from({ length: shape.zones }, (_, z) => network.zoneEgressBytes(z)));
+  const registryBefore = await network.registryEgressBytes();
+  const zonesBefore = await zoneBytes();
   const results = await Promise.all(
     network.nodes.map(async (node, i) => {
       const delayMs = staggerS > 0 ? Math.round((i / network.nodes.length) * staggerS * 1000) : 0;
@@ -174,30 +181,23 @@ async function pullEverywhere(
       return parsed && parsed.failed === 0 ? parsed.ms / 1000 : Number.NaN;
     }),
   );
-  return { completions: results, failed: results.filter((r) => Number.isNaN(r)).length };
+  const registryBytes = (await network.registryEgressBytes()) - registryBefore;
+  const zonesAfter = await zoneBytes();
+  return {
+    completions: results,
+    failedNodes: results.filter((r) => Number.isNaN(r)).length,
+    registryBytes,
+    crossZoneBytesPerZone: zonesAfter.map((after, z) => after - (zonesBefore[z] ?? 0)),
+  };
 }
 
 async function runDirect(network: Network, image: BuiltImage): Promise<ScenarioResult> {
-  const registryBefore = await network.registryEgressBytes();
-  const zonesBefore = await Promise.all(
-    Array.from({ length: shape.zones }, (_, z) => network.zoneEgressBytes(z)),
-  );
-  const { completions, failed } = await pullEverywhere(network, () =>
+  const pulled = await pullEverywhere(network, () =>
     image.layers.map(
       (l) => `http://${network.registry.ip}:${REGISTRY_PORT}/v2/${image.repo}/blobs/${l.digest}`,
     ),
   );
-  const registryBytes = (await network.registryEgressBytes()) - registryBefore;
-  const zonesAfter = await Promise.all(
-    Array.from({ length: shape.zones }, (_, z) => network.zoneEgressBytes(z)),
-  );
-  return {
-    scenario: 'direct',
-    completions,
-    failedNodes: failed,
-    registryBytes,
-    crossZoneBytesPerZone: zonesAfter.map((after, z) => after - (zonesBefore[z] ?? 0)),
-  };
+  return { scenario: 'direct', ...pulled };
 }
 
 const NATS_PORT = 4222;
@@ -280,18 +280,10 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
     // Every agent heartbeats every 500 ms; two rounds and discovery lists them all.
     await new Promise((r) => setTimeout(r, 1_500));
 
-    const registryBefore = await network.registryEgressBytes();
-    const zonesBefore = await Promise.all(
-      Array.from({ length: shape.zones }, (_, z) => network.zoneEgressBytes(z)),
-    );
-    const { completions, failed } = await pullEverywhere(network, (node) =>
+    const pulled = await pullEverywhere(network, (node) =>
       image.layers.map(
         (l) => `http://${node.ip}:${AGENT_PORT}/v2/${image.repo}/blobs/${l.digest}?ns=${registryHost}`,
       ),
-    );
-    const registryBytes = (await network.registryEgressBytes()) - registryBefore;
-    const zonesAfter = await Promise.all(
-      Array.from({ length: shape.zones }, (_, z) => network.zoneEgressBytes(z)),
     );
     const fallbacks: Record<string, number> = {};
     for (const node of network.nodes) {
@@ -301,14 +293,7 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
       for (const match of text.matchAll(/^shoal_agent_fallbacks_total\{[^}]*reason="([^"]+)"[^}]*\} (\d+)/gm))
         fallbacks[match[1]!] = (fallbacks[match[1]!] ?? 0) + Number(match[2]);
     }
-    return {
-      fallbacks,
-      scenario: 'shoal',
-      completions,
-      failedNodes: failed,
-      registryBytes,
-      crossZoneBytesPerZone: zonesAfter.map((after, z) => after - (zonesBefore[z] ?? 0)),
-    };
+    return { scenario: 'shoal', ...pulled, fallbacks };
   } finally {
     await Promise.allSettled(started.reverse().map((p) => p.stop('SIGTERM', 10_000)));
   }
