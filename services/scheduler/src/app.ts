@@ -25,7 +25,7 @@ import type { KvWatchEntry } from '@nats-io/kv';
 import type { Msg, Subscription } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import type { SchedulerSettings } from './config.js';
-import { kvGrantStore, type Grant, type GrantStore } from './grants.js';
+import { kvGrantStore, LeaseView, readLease, type Grant, type GrantStore } from './grants.js';
 import {
   applyIndexEvent,
   chunkChangeToEvent,
@@ -105,6 +105,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   let grants: GrantStore | undefined = deps.grants;
   let buckets: MeshBuckets | undefined = deps.buckets;
   let subscription: Subscription | undefined;
+  let leaseWatch: BucketWatch | undefined;
   let stopping = false;
   const inflight = new Set<Promise<void>>();
 
@@ -260,6 +261,44 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     loaded.add(bucket);
   }
 
+  /**
+   * Keeps the lease view current from a watch of the grants bucket. Only an optimisation: while the watch
+   * is down the view is empty and every lease is read from the bucket, so requests are still answered.
+   */
+  async function watchLeases(view: LeaseView, delayMs = 1_000): Promise<void> {
+    if (!buckets || stopping) return;
+    view.reset();
+    const watch = await watchBucket(buckets.grants, (entry) =>
+      view.saw(
+        entry.key,
+        entry.revision,
+        entry.operation === 'PUT' ? readLease(entry.key, entry.value) : undefined,
+      ),
+    );
+    leaseWatch = watch;
+    void watch.initialized.then(
+      () => view.markLoaded(),
+      () => undefined,
+    );
+    void watch.ended.then(() => {
+      view.reset();
+      if (stopping || leaseWatch !== watch) return;
+      log.warn('lease watch ended; reading leases from the bucket until it is back');
+      rewatchLeases(view, delayMs);
+    });
+  }
+
+  function rewatchLeases(view: LeaseView, delayMs: number): void {
+    const timer = setTimeout(() => {
+      const next = Math.min(delayMs * 2, 30_000);
+      watchLeases(view, next).catch((err: unknown) => {
+        log.error({ err }, 'could not restart the lease watch');
+        rewatchLeases(view, next);
+      });
+    }, delayMs);
+    timer.unref();
+  }
+
   function scheduleRewatch(bucket: BucketName, delayMs: number): void {
     const timer = setTimeout(() => {
       if (stopping) return;
@@ -363,11 +402,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     async start() {
       const nc = await mesh.ready();
       buckets ??= await openBuckets(nc);
-      grants ??= kvGrantStore(buckets.grants, {
-        perChunk: config.originPerChunk,
-        perZone: config.originPerZone,
-        leaseMs: config.originLease,
-      });
+      if (!grants) {
+        const leaseView = new LeaseView(config.originLease, now);
+        grants = kvGrantStore(
+          buckets.grants,
+          { perChunk: config.originPerChunk, perZone: config.originPerZone, leaseMs: config.originLease },
+          leaseView,
+        );
+        await watchLeases(leaseView);
+      }
       await Promise.all([startWatch('chunks'), startWatch('nodes')]);
       setServing(true);
       // The queue subscription is registered asynchronously; once the server has answered a ping it is in
@@ -383,8 +426,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const draining = subscription;
       subscription = undefined;
       if (draining) await draining.drain().catch(() => undefined);
-      for (const watch of watches.values()) watch.stop();
-      await Promise.all([...watches.values()].map((w) => w.ended));
+      const all = [...watches.values(), ...(leaseWatch ? [leaseWatch] : [])];
+      for (const watch of all) watch.stop();
+      await Promise.all(all.map((w) => w.ended));
       await Promise.allSettled([...inflight]);
     },
     serving: () => subscription !== undefined,

@@ -6,6 +6,10 @@
  *
  * Origin leases live under grantKey (<blob hex>.<chunk>.<slot>); zone leases under zoneGrantKey
  * (<blob hex>.<chunk>.z.<zone as base64url>.<slot>), a different number of tokens, so the two never collide.
+ *
+ * A replica keeps a view of the bucket (a watch, see LeaseView), so that a slot it can see is held costs
+ * no round trip and a free one costs one write; compare-and-set still decides, so a view that lags only
+ * costs a retry.
  */
 import { decode, encode, grantKey, grantRecord, type GrantRecord, isCasConflict } from '@shoal/mesh';
 import type { KV } from '@nats-io/kv';
@@ -34,6 +38,12 @@ export interface GrantStore {
   take(blobHex: string, index: number, node: string, now: number, zone?: string): Promise<Grant | null>;
   /** Gives a lease back early, e.g. once its holder announced the chunk; a no-op if it was taken over. */
   release(grant: Grant): Promise<void>;
+  /**
+   * Whether `take` may succeed, answered at once from what the store has seen: false only when every slot
+   * is known to be held by another node whose lease has not expired. Lets a decision skip chunks whose
+   * leases are spoken for without waiting on the store.
+   */
+  mayTake(blobHex: string, index: number, node: string, now: number, zone?: string): boolean;
 }
 
 export interface GrantStoreOptions {
@@ -95,6 +105,14 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
     get size() {
       return leases.size;
     },
+    mayTake(blobHex, index, node, now, zone) {
+      const scope = scopeOf(options, blobHex, index, zone);
+      for (let slot = 0; slot < scope.slots; slot++) {
+        const current = leases.get(scope.key(slot));
+        if (!current || current.expiresAt <= now || current.node === node) return true;
+      }
+      return false;
+    },
     take(blobHex, index, node, now, zone) {
       const scope = scopeOf(options, blobHex, index, zone);
       for (let slot = 0; slot < scope.slots; slot++) {
@@ -114,8 +132,80 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
   };
 }
 
+/**
+ * What a replica has seen of the `grants` bucket, fed by a watch: each key's latest revision and its
+ * lease (undefined once deleted). Entries whose lease has expired are forgotten after a while; a
+ * forgotten key is simply read from the bucket again when it is next wanted.
+ */
+export class LeaseView {
+  private readonly entries = new Map<
+    string,
+    { revision: number; lease: GrantRecord | undefined; seenAt: number }
+  >();
+  private loaded = false;
+  private lastPrune = 0;
+
+  /** `forgetAfterMs`: how long an expired lease or a deletion is remembered. */
+  constructor(
+    private readonly forgetAfterMs: number,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  /** Records a key's value at `revision` (undefined for a deletion), unless a newer one is known. */
+  saw(key: string, revision: number, lease: GrantRecord | undefined): void {
+    const current = this.entries.get(key);
+    if (current && current.revision >= revision) return;
+    this.entries.set(key, { revision, lease, seenAt: this.clock() });
+    this.prune();
+  }
+
+  /** Marks the bucket's existing values as delivered: from now on a key not seen is a key not written. */
+  markLoaded(): void {
+    this.loaded = true;
+  }
+
+  /** Forgets everything, e.g. before a watch restarts; until loaded again every key is read afresh. */
+  reset(): void {
+    this.entries.clear();
+    this.loaded = false;
+  }
+
+  /**
+   * The view of one key: its revision and lease (undefined once deleted), `absent` for a key not seen
+   * since the view was loaded, or undefined when the bucket must be asked. A key forgotten by pruning
+   * reads as absent too; writing it then fails compare-and-set, and the bucket is asked.
+   */
+  lookup(key: string): { revision: number; lease: GrantRecord | undefined } | 'absent' | undefined {
+    const entry = this.entries.get(key);
+    if (entry) return entry;
+    return this.loaded ? 'absent' : undefined;
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** Drops leases that expired, and deletions seen, more than forgetAfterMs ago; runs at most that often. */
+  private prune(): void {
+    const now = this.clock();
+    if (now - this.lastPrune < this.forgetAfterMs) return;
+    this.lastPrune = now;
+    for (const [key, entry] of this.entries)
+      if ((entry.lease?.expiresAt ?? entry.seenAt) + this.forgetAfterMs <= now) this.entries.delete(key);
+  }
+}
+
+/** A stored lease, or undefined when unreadable: an unreadable lease protects nothing. */
+export function readLease(key: string, value: Uint8Array): GrantRecord | undefined {
+  try {
+    return decode(grantRecord, value, `grant ${key}`);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Leases in the `grants` KV bucket, shared by every scheduler replica. */
-export function kvGrantStore(kv: KV, options: GrantStoreOptions): GrantStore {
+export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseView): GrantStore {
   async function takeSlot(
     key: string,
     blobHex: string,
@@ -127,29 +217,27 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions): GrantStore {
   ): Promise<Grant | null> {
     const expiresAt = now + options.leaseMs;
     const value = encode({ node, expiresAt } satisfies GrantRecord);
-    // Two rounds: a lease deleted or expired between our read and our write is worth one more look.
+    // Two rounds: the first from the view when it knows the key, the second (after a write lost to a newer
+    // one, or a lease deleted or expired between read and write) from the bucket itself.
     for (let round = 0; round < 2; round++) {
-      const entry = await kv.get(key);
-      if (!entry || entry.operation !== 'PUT') {
-        try {
-          // previousSeq makes this exact: the write fails if anything was written since our read.
-          const rev = await kv.put(key, value, { previousSeq: entry?.revision ?? 0 });
-          return grantFor(key, blobHex, index, slot, node, expiresAt, rev, zone);
-        } catch (err) {
-          if (isCasConflict(err)) continue;
-          throw err;
-        }
-      }
+      const seen = round === 0 ? view?.lookup(key) : undefined;
+      let revision = 0;
       let current: GrantRecord | undefined;
-      try {
-        current = decode(grantRecord, entry.value, `grant ${key}`);
-      } catch {
-        // An unreadable lease protects nothing; it is overwritten like an expired one.
-        current = undefined;
+      if (seen === 'absent') {
+        revision = 0;
+      } else if (seen) {
+        ({ revision, lease: current } = seen);
+      } else {
+        const entry = await kv.get(key);
+        revision = entry?.revision ?? 0;
+        current = entry?.operation === 'PUT' ? readLease(key, entry.value) : undefined;
       }
       if (current && current.expiresAt > now && current.node !== node) return null;
       try {
-        const rev = await kv.update(key, value, entry.revision);
+        // previousSeq makes this exact: the write fails if anything was written since that revision
+        // (0: if the key exists at all).
+        const rev = await kv.put(key, value, { previousSeq: revision });
+        view?.saw(key, rev, { node, expiresAt });
         return grantFor(key, blobHex, index, slot, node, expiresAt, rev, zone);
       } catch (err) {
         if (isCasConflict(err)) continue;
@@ -161,6 +249,15 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions): GrantStore {
 
   return {
     leaseMs: options.leaseMs,
+    mayTake(blobHex, index, node, now, zone) {
+      const scope = scopeOf(options, blobHex, index, zone);
+      for (let slot = 0; slot < scope.slots; slot++) {
+        const seen = view?.lookup(scope.key(slot));
+        if (!seen || seen === 'absent') return true;
+        if (!seen.lease || seen.lease.expiresAt <= now || seen.lease.node === node) return true;
+      }
+      return false;
+    },
     async take(blobHex, index, node, now, zone) {
       const scope = scopeOf(options, blobHex, index, zone);
       for (let slot = 0; slot < scope.slots; slot++) {

@@ -456,6 +456,13 @@ export async function planRequest(
     // from the registry) are spoken for by other nodes and are not tried: early in a rollout, when every
     // chunk needs one, that keeps a decision that can give nothing as cheap as one that gives plenty.
     let refusals = 0;
+    // Leases are taken concurrently, each chunk counted as assigned while its lease is pending, so a
+    // decision waits for about one round trip to the store however many chunks need a lease. Leases the
+    // store's view already shows taken are refused without asking.
+    const pending: Promise<void>[] = [];
+    let originPending = 0;
+    const mayLease = (index: number, leaseZone?: string) =>
+      grants.mayTake(blobHex, index, request.node, now, leaseZone);
     for (const wanted of [...head, ...rest]) {
       if (assigned >= max) break;
       const needsLease = zone !== undefined ? wanted.inZone === 0 : wanted.holders === 0;
@@ -467,19 +474,45 @@ export async function planRequest(
         assignPeer(wanted, ranked);
         assigned++;
       } else if (best) {
-        if (!(await lease(wanted.index, zone))) {
+        if (!mayLease(wanted.index, zone)) {
           refusals++;
           continue;
         }
-        crossZone++;
+        // The parent is counted at once, so later chunks of this decision see its load.
         assignPeer(wanted, ranked);
         assigned++;
-      } else if (wanted.holders === 0 && counts.origin < originLimit) {
+        pending.push(
+          lease(wanted.index, zone).then((grant) => {
+            if (grant) {
+              crossZone++;
+              return;
+            }
+            refusals++;
+            assigned--;
+            counts.peer--;
+            assignments[wanted.position] = undefined;
+            load.release?.(best.node.id, now);
+          }),
+        );
+      } else if (wanted.holders === 0 && counts.origin + originPending < originLimit) {
+        if (!mayLease(wanted.index) || (zone !== undefined && !mayLease(wanted.index, zone))) {
+          refusals++;
+          continue;
+        }
+        assigned++;
+        originPending++;
         // Chosen because no one held it when the request began: anyone holding it by now counts.
-        if (await assignOrigin(wanted, false)) assigned++;
-        else refusals++;
+        pending.push(
+          assignOrigin(wanted, false).then((ok) => {
+            originPending--;
+            if (ok) return;
+            assigned--;
+            refusals++;
+          }),
+        );
       }
     }
+    await Promise.all(pending);
   }
 
   function finish(chosenOnly: boolean): Plan {

@@ -1,10 +1,20 @@
 /** One conformance suite for both grant stores: the in-memory one must behave exactly like the KV one. */
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { decode, grantKey, grantRecord, openBuckets, type MeshBuckets } from '@shoal/mesh';
+import {
+  type BucketWatch,
+  decode,
+  grantKey,
+  grantRecord,
+  openBuckets,
+  type MeshBuckets,
+  watchBucket,
+} from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   kvGrantStore,
+  LeaseView,
   memoryGrantStore,
+  readLease,
   zoneGrantKey,
   type GrantStore,
   type GrantStoreOptions,
@@ -14,14 +24,19 @@ import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 const NOW = 1_700_000_000_000;
 const hexOf = (n: number) => n.toString(16).padStart(64, '0');
 
-function conformance(name: string, make: (options: GrantStoreOptions) => GrantStore) {
+/** `seesLeases`: the store can tell a held lease without asking (memory, or KV with a lease view). */
+function conformance(
+  name: string,
+  make: (options: GrantStoreOptions) => GrantStore | Promise<GrantStore>,
+  seesLeases = true,
+) {
   // Each test uses its own blob, so the KV-backed stores can share one bucket.
   let blobs = 0;
   const nextBlob = () => hexOf(++blobs + name.length * 1000);
 
   describe(`${name} grant store`, () => {
     it('gives a free chunk to the first node and refuses a second while the lease lasts', async () => {
-      const store = make({ perChunk: 1, leaseMs: 1_000 });
+      const store = await make({ perChunk: 1, leaseMs: 1_000 });
       const blob = nextBlob();
       const grant = await store.take(blob, 0, 'n1', NOW);
       expect(grant).toMatchObject({ blobHex: blob, index: 0, slot: 0, node: 'n1', expiresAt: NOW + 1_000 });
@@ -31,7 +46,7 @@ function conformance(name: string, make: (options: GrantStoreOptions) => GrantSt
     });
 
     it('renews the lease of the node that holds it', async () => {
-      const store = make({ perChunk: 1, leaseMs: 1_000 });
+      const store = await make({ perChunk: 1, leaseMs: 1_000 });
       const blob = nextBlob();
       const first = await store.take(blob, 0, 'n1', NOW);
       const renewed = await store.take(blob, 0, 'n1', NOW + 500);
@@ -41,7 +56,7 @@ function conformance(name: string, make: (options: GrantStoreOptions) => GrantSt
     });
 
     it('lets another node take an expired lease', async () => {
-      const store = make({ perChunk: 1, leaseMs: 1_000 });
+      const store = await make({ perChunk: 1, leaseMs: 1_000 });
       const blob = nextBlob();
       await store.take(blob, 0, 'n1', NOW);
       expect(await store.take(blob, 0, 'n2', NOW + 1_000)).toMatchObject({
@@ -51,7 +66,7 @@ function conformance(name: string, make: (options: GrantStoreOptions) => GrantSt
     });
 
     it('hands out perChunk slots, then refuses', async () => {
-      const store = make({ perChunk: 3, leaseMs: 1_000 });
+      const store = await make({ perChunk: 3, leaseMs: 1_000 });
       const blob = nextBlob();
       const slots = [];
       for (const n of ['n1', 'n2', 'n3']) slots.push((await store.take(blob, 7, n, NOW))?.slot);
@@ -60,7 +75,7 @@ function conformance(name: string, make: (options: GrantStoreOptions) => GrantSt
     });
 
     it('releases a lease so that it can be taken at once, but never a lease taken over since', async () => {
-      const store = make({ perChunk: 1, leaseMs: 1_000 });
+      const store = await make({ perChunk: 1, leaseMs: 1_000 });
       const blob = nextBlob();
       const grant = await store.take(blob, 0, 'n1', NOW);
       await store.release(grant!);
@@ -73,7 +88,7 @@ function conformance(name: string, make: (options: GrantStoreOptions) => GrantSt
     });
 
     it('keeps zone leases apart from origin leases and from other zones, with perZone slots each', async () => {
-      const store = make({ perChunk: 1, perZone: 2, leaseMs: 1_000 });
+      const store = await make({ perChunk: 1, perZone: 2, leaseMs: 1_000 });
       const blob = nextBlob();
       const zone = 'eu-west 1a:x/ü';
       expect(await store.take(blob, 0, 'n1', NOW, zone)).toMatchObject({
@@ -94,7 +109,7 @@ function conformance(name: string, make: (options: GrantStoreOptions) => GrantSt
     });
 
     it('renews a zone lease for its holder and releases it', async () => {
-      const store = make({ perChunk: 1, leaseMs: 1_000 });
+      const store = await make({ perChunk: 1, leaseMs: 1_000 });
       const blob = nextBlob();
       const first = await store.take(blob, 3, 'n1', NOW, 'z1');
       expect(await store.take(blob, 3, 'n2', NOW + 10, 'z1')).toBeNull();
@@ -106,15 +121,34 @@ function conformance(name: string, make: (options: GrantStoreOptions) => GrantSt
     });
 
     it('grants a contended chunk exactly once', async () => {
-      const store = make({ perChunk: 1, leaseMs: 1_000 });
+      const store = await make({ perChunk: 1, leaseMs: 1_000 });
       const blob = nextBlob();
       const results = await Promise.all(
         Array.from({ length: 8 }, (_, i) => store.take(blob, 0, `n${i}`, NOW)),
       );
       expect(results.filter((r) => r !== null)).toHaveLength(1);
     });
+
+    it('says a lease may be taken unless every slot is held by another node and unexpired', async () => {
+      const store = await make({ perChunk: 2, perZone: 1, leaseMs: 1_000 });
+      const blob = nextBlob();
+      expect(store.mayTake(blob, 0, 'n1', NOW)).toBe(true);
+      await store.take(blob, 0, 'n1', NOW);
+      await store.take(blob, 0, 'n2', NOW);
+      await settle();
+      // Without a view of the leases a store cannot tell, and says yes: the take itself decides.
+      expect(store.mayTake(blob, 0, 'n3', NOW + 10)).toBe(!seesLeases);
+      // Its own lease can be renewed, an expired one taken, and other scopes are independent.
+      expect(store.mayTake(blob, 0, 'n1', NOW + 10)).toBe(true);
+      expect(store.mayTake(blob, 0, 'n3', NOW + 1_000)).toBe(true);
+      expect(store.mayTake(blob, 0, 'n3', NOW + 10, 'z1')).toBe(true);
+      expect(store.mayTake(blob, 1, 'n3', NOW + 10)).toBe(true);
+    });
   });
 }
+
+/** Lets a watch deliver what was just written (a view may lag; mayTake is allowed to say yes meanwhile). */
+const settle = () => new Promise((resolve) => setTimeout(resolve, 50));
 
 conformance('memory', (options) => memoryGrantStore(options));
 
@@ -133,7 +167,36 @@ afterAll(async () => {
   await server?.stop();
 });
 
-conformance('kv', (options) => kvGrantStore(buckets.grants, options));
+conformance('kv', (options) => kvGrantStore(buckets.grants, options), false);
+
+const watches: BucketWatch[] = [];
+afterAll(() => watches.forEach((w) => w.stop()));
+
+/** A KV store with a lease view fed by its own watch of the bucket, as a scheduler replica has. */
+async function viewedStore(options: GrantStoreOptions, counts?: { calls: number }): Promise<GrantStore> {
+  const view = new LeaseView(options.leaseMs);
+  const watch = await watchBucket(buckets.grants, (e) =>
+    view.saw(e.key, e.revision, e.operation === 'PUT' ? readLease(e.key, e.value) : undefined),
+  );
+  watches.push(watch);
+  await watch.initialized;
+  view.markLoaded();
+  const kv = counts
+    ? new Proxy(buckets.grants, {
+        get(target, prop, receiver) {
+          const value: unknown = Reflect.get(target, prop, receiver);
+          if (typeof value !== 'function') return value;
+          return (...args: unknown[]) => {
+            counts.calls++;
+            return (value as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      })
+    : buckets.grants;
+  return kvGrantStore(kv, options, view);
+}
+
+conformance('kv with a lease view', (options) => viewedStore(options));
 
 describe('kv grant store', () => {
   it('writes the lease as a grantRecord under grantKey, and shares it between store instances', async () => {
@@ -156,6 +219,34 @@ describe('kv grant store', () => {
     const entry = await buckets.grants.get(grant!.key);
     expect(decode(grantRecord, entry!.value, 'grant')).toEqual({ node: 'n1', expiresAt: NOW + 5_000 });
     expect(await buckets.grants.get(grantKey(blob, 2, 0))).toBeNull();
+  });
+
+  it('with a lease view, refuses a lease it sees held without asking the bucket, and takes a free one in one write', async () => {
+    const counts = { calls: 0 };
+    const mine = await viewedStore({ perChunk: 1, leaseMs: 5_000 }, counts);
+    const other = kvGrantStore(buckets.grants, { perChunk: 1, leaseMs: 5_000 });
+    const blob = hexOf(999_001);
+    await other.take(blob, 0, 'n1', NOW);
+    await settle();
+    counts.calls = 0;
+    expect(await mine.take(blob, 0, 'n2', NOW + 10)).toBeNull();
+    expect(counts.calls).toBe(0);
+    expect(await mine.take(blob, 1, 'n2', NOW + 10)).toMatchObject({ node: 'n2' });
+    expect(counts.calls).toBe(1);
+  });
+
+  it('with a lease view that lags, still never grants a slot twice', async () => {
+    const mine = await viewedStore({ perChunk: 1, leaseMs: 5_000 });
+    const other = kvGrantStore(buckets.grants, { perChunk: 1, leaseMs: 5_000 });
+    const blob = hexOf(999_002);
+    // Written and raced at once: the view cannot have seen the other store's lease yet.
+    await other.take(blob, 0, 'n1', NOW);
+    expect(await mine.take(blob, 0, 'n2', NOW + 10)).toBeNull();
+    // An expired lease renewed elsewhere after the view saw it: the write at the old revision fails.
+    await other.take(blob, 1, 'n1', NOW);
+    await settle();
+    await other.take(blob, 1, 'n1', NOW + 6_000);
+    expect(await mine.take(blob, 1, 'n2', NOW + 6_010)).toBeNull();
   });
 
   it('overwrites an unreadable lease instead of blocking the chunk forever', async () => {

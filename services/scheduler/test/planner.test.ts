@@ -279,6 +279,7 @@ describe('planRequest', () => {
       leaseMs: 1_000,
       take: () => Promise.reject(new Error('kv unavailable')),
       release: () => Promise.resolve(),
+      mayTake: () => true,
     };
     const plan = await planRequest(
       createIndexState(),
@@ -694,6 +695,7 @@ describe('planRequest when a holder appears while a lease is being taken', () =>
         released++;
         await inner.release(grant);
       },
+      mayTake: (...args) => inner.mayTake(...args),
     };
   }
 
