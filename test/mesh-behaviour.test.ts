@@ -204,7 +204,7 @@ describe('a parent far slower than the others', () => {
     expect(bytes.length).toBe(layer.size);
 
     // A third parent that serves the right bytes at 384 KiB/s: within the absolute floor's deadline
-    // (3 s + 2 MiB/s), so only a comparison with A can find it slow.
+    // (3 s + the chunk at peer.minRate), so only a comparison with A can find it slow.
     const served: number[] = [];
     slowPeer = createServer((req, res) => {
       const match = /\/chunks\/(\d+)$/.exec(req.url ?? '');

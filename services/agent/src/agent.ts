@@ -79,6 +79,7 @@ export async function createAgent(
   const peers = new PeerClient(
     config.peerTimeoutMs,
     config.peerSecret ? peerTokenSource(config.peerSecret, config.nodeId) : undefined,
+    config.peerMinRate,
   );
   if (!config.peerSecret) {
     log.warn('peer.secret is not set: any client that reaches this port can read cached chunks');

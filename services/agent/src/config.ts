@@ -94,10 +94,16 @@ export const agentSpec = {
     '3s',
     'Timeout for a peer to start answering, and between body bytes.',
   ),
+  peerMinRate: opt.bytes(
+    'peer.minRate',
+    '256KiB',
+    'The slowest rate, per second, at which a peer may send a chunk: a chunk not in within peer.timeout plus its size at this rate goes to another source. Set it below what one transfer gets when a node runs all its fetch slots at once (link speed / 8).',
+    { min: 1024 },
+  ),
   peerSlowFactor: opt.int(
     'peer.slowFactor',
     4,
-    "A parent this many times slower than the median of the download's other parents is dropped for that blob and its chunk fetched elsewhere (0: only the absolute floor of 2 MiB/s applies).",
+    "A parent this many times slower than the median of the download's other parents is dropped for that blob and its chunk fetched elsewhere (0: only the absolute floor, peer.minRate, applies).",
     { min: 0, max: 100 },
   ),
   peerSlowMinMs: opt.duration(

@@ -85,6 +85,7 @@ export class MeshClient {
   async plan(request: Omit<ScheduleRequest, 'v' | 'node'>): Promise<Plan> {
     const nc = this.mesh.connection();
     if (!nc) throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', 'nats is not connected');
+    const timer = this.metrics.scheduleDuration.startTimer();
     let msg;
     try {
       msg = await nc.request(subjects.schedule, encode({ v: 1, node: this.options.nodeId, ...request }), {
@@ -92,14 +93,16 @@ export class MeshClient {
       });
     } catch (cause) {
       const text = cause instanceof Error ? cause.message : String(cause);
-      const reason = /no responders/i.test(text)
-        ? 'no scheduler'
+      const [outcome, reason] = /no responders/i.test(text)
+        ? ['no_scheduler', 'no scheduler']
         : /timeout/i.test(text)
-          ? 'scheduler timeout'
-          : text;
+          ? ['timeout', 'scheduler timeout']
+          : ['error', text];
+      timer({ outcome });
       throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', reason, { cause });
     }
     const reply = decode(scheduleReply, msg.data, 'schedule reply');
+    timer({ outcome: reply.ok ? 'ok' : 'refused' });
     if (!reply.ok)
       throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', `scheduler refused: ${reply.error.message}`);
     return { chunkSize: reply.chunkSize, assignments: reply.assignments };

@@ -52,6 +52,13 @@ export function agentMetrics(registry: Registry) {
       buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60],
       registers: [registry],
     }),
+    scheduleDuration: new Histogram({
+      name: 'shoal_agent_schedule_duration_seconds',
+      help: 'Round trip of a request to the scheduler, by outcome (ok, refused, timeout, no_scheduler, error).',
+      labelNames: ['outcome'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5],
+      registers: [registry],
+    }),
     originRequests: new Counter({
       name: 'shoal_agent_origin_requests_total',
       help: 'Requests sent to the registry, by kind (manifest, authorize, chunk) and status class.',

@@ -2,17 +2,19 @@
 import { Agent } from 'undici';
 import { ShoalError } from '@shoal/mesh';
 
-/** The slowest transfer rate tolerated from a peer (bytes per second) before trying another source. */
-const MIN_PEER_RATE = 2 * 1024 * 1024;
-
 export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha256/${hex}/chunks/${index}`;
 
 export class PeerClient {
   private readonly dispatcher: Agent;
 
+  /**
+   * `timeoutMs`: for a peer to start answering, and between body bytes. `minRate`: the slowest whole-chunk
+   * rate tolerated (bytes per second) before the chunk is given to another source.
+   */
   constructor(
     private readonly timeoutMs: number,
     private readonly authorization: (() => string) | undefined,
+    private readonly minRate: number,
   ) {
     this.dispatcher = new Agent({
       keepAliveTimeout: 30_000,
@@ -36,9 +38,9 @@ export class PeerClient {
     slow?: AbortSignal,
   ): Promise<Buffer> {
     const url = new URL(peerChunkPath(hex, index), baseUrl);
-    // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at
-    // a floor of MIN_PEER_RATE so one slow parent cannot hold up an in-order stream for long.
-    const deadline = Math.ceil(this.timeoutMs + (length / MIN_PEER_RATE) * 1000);
+    // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at a
+    // floor of minRate, so one slow parent cannot hold up an in-order stream for long.
+    const deadline = Math.ceil(this.timeoutMs + (length / this.minRate) * 1000);
     const timeout = AbortSignal.timeout(deadline);
     const signal = slow ? AbortSignal.any([timeout, slow]) : timeout;
     const failed = (cause: unknown) =>

@@ -1,0 +1,51 @@
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { isShoalError } from '@shoal/mesh';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { PeerClient } from '../src/peers.js';
+
+const KiB = 1024;
+const CHUNK = 128 * KiB;
+
+/** A peer that answers at once, then trickles the chunk at 160 KiB/s: 8 KiB every 50 ms. */
+let server: Server;
+let url: string;
+beforeAll(async () => {
+  server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-length': String(CHUNK) });
+    let sent = 0;
+    const timer = setInterval(() => {
+      if (sent >= CHUNK || res.destroyed) {
+        clearInterval(timer);
+        res.end();
+        return;
+      }
+      res.write(Buffer.alloc(8 * KiB, 7));
+      sent += 8 * KiB;
+    }, 50);
+    res.on('close', () => clearInterval(timer));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+});
+afterAll(async () => {
+  server.closeAllConnections();
+  await new Promise((resolve) => server.close(resolve));
+});
+
+describe('PeerClient', () => {
+  it('gives up on a peer that trickles a chunk slower than peer.minRate, though bytes keep coming', async () => {
+    // Never idle for 300 ms, but the chunk needs 0.8 s and the deadline is 300 ms + 128 KiB at 512 KiB/s.
+    const client = new PeerClient(300, undefined, 512 * KiB);
+    const err: unknown = await client.fetchChunk(url, 'a'.repeat(64), 0, CHUNK).catch((e: unknown) => e);
+    expect(isShoalError(err, 'SHOAL_ERR_CHUNK_UNAVAILABLE')).toBe(true);
+    await client.close();
+  });
+
+  it('waits for a slow peer that stays above peer.minRate', async () => {
+    const client = new PeerClient(300, undefined, 64 * KiB);
+    const chunk = await client.fetchChunk(url, 'a'.repeat(64), 0, CHUNK);
+    expect(chunk.length).toBe(CHUNK);
+    await client.close();
+  });
+});
