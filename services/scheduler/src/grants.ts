@@ -159,6 +159,15 @@ export class LeaseView {
     this.prune();
   }
 
+  /**
+   * Notes that this replica deleted the lease written at `revision`, before the watch reports it: the
+   * key reads as free at once (its revision is then stale, so a write to it asks the bucket first).
+   */
+  released(key: string, revision: number): void {
+    const current = this.entries.get(key);
+    if (current?.revision === revision) current.lease = undefined;
+  }
+
   /** Marks the bucket's existing values as delivered: from now on a key not seen is a key not written. */
   markLoaded(): void {
     this.loaded = true;
@@ -269,6 +278,7 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
     async release(grant) {
       try {
         await kv.delete(grant.key, { previousSeq: grant.revision });
+        view?.released(grant.key, grant.revision);
       } catch (err) {
         if (!isCasConflict(err)) throw err;
       }

@@ -172,6 +172,14 @@ interface Ranked {
 /** Leases refused in one decision after which chunks that need a lease are no longer tried. */
 const LEASE_REFUSALS = 8;
 
+/**
+ * Live copies of a chunk in a zone from which on its busy holders are waited for rather than the chunk
+ * fetched from outside again. One would keep every chunk to a single import per zone but leaves the
+ * last nodes of a small zone queuing on one busy holder while other zones have upload to spare; two
+ * halved the cross-zone traffic of the emulated cluster and kept the simulated maximum.
+ */
+const ZONE_COPIES = 2;
+
 interface Pending {
   position: number;
   index: number;
@@ -467,8 +475,12 @@ export async function planRequest(
       if (assigned >= max) break;
       const needsLease = zone !== undefined ? wanted.inZone === 0 : wanted.holders === 0;
       if (needsLease && refusals >= LEASE_REFUSALS) continue;
-      const ranked =
-        wanted.sha256 && wanted.holders > 0 ? sample(wanted.index).filter((r) => r.load < parentSlots) : [];
+      // Parents with upload to spare. In a gated zone whose live holders (not avoided, not stale) of the
+      // chunk are already ZONE_COPIES or more, only those: they are busy for a moment, and going outside
+      // would copy the chunk into the zone once more.
+      const sampled = wanted.sha256 && wanted.holders > 0 ? sample(wanted.index) : [];
+      const inZoneLive = zone === undefined ? 0 : sampled.filter((r) => r.tier < 2).length;
+      const ranked = sampled.filter((r) => r.load < parentSlots && (inZoneLive < ZONE_COPIES || r.tier < 2));
       const best = ranked[0];
       if (best && (zone === undefined || best.tier < 2)) {
         assignPeer(wanted, ranked);

@@ -566,6 +566,32 @@ describe('planRequest zone gate', () => {
     expect(peerOf(plain.assignments[0])).toBe('a1');
   });
 
+  it('waits for busy in-zone holders once a zone has two copies, and goes out only before that', async () => {
+    const state = zones('b1');
+    putHolder(state, 'b2', 'all');
+    putHolder(state, 'a1', 'all');
+    const store = grants();
+    const slots = { ...options, parentSlots: 1 };
+    const load = decayingLoad(60_000);
+    const ask = (node: string, avoid: string[] = []) =>
+      planRequest(state, request(node, [0], { max: 1, avoid }), store, load, slots, NOW);
+    expect(peerOf((await ask('a2')).assignments[0])).toBe('a1');
+    // a1, the zone's only copy, is busy: one node may bring a second copy in from zone B.
+    const second = await ask('a3');
+    expect(peerOf(second.assignments[0])).toMatch(/^b[12]$/);
+    expect(second.grants.map((g) => g.zone)).toEqual(['A']);
+    putHolder(state, 'a3', [0]);
+    expect(peerOf((await ask('a4')).assignments[0])).toBe('a3');
+    // Both copies busy: the next node waits for them, though zone B has upload to spare and the lease is free.
+    await store.release(second.grants[0]!);
+    const busy = await ask('a5');
+    expect(peerOf(busy.assignments[0])).toBe('wait');
+    expect(busy.crossZone).toBe(0);
+    // Copies this node cannot use (it failed them) do not count: it goes out under the zone lease.
+    const avoiding = await ask('a6', ['a1', 'a3']);
+    expect(peerOf(avoiding.assignments[0])).toMatch(/^b[12]$/);
+  });
+
   it('takes zone leases only for chunks within the per-request origin limit', async () => {
     const state = zones('none');
     const store = grants();
