@@ -97,7 +97,7 @@ export const agentSpec = {
   peerMinRate: opt.bytes(
     'peer.minRate',
     '256KiB',
-    'The slowest rate, per second, at which a peer may send a chunk: a chunk not in within peer.timeout plus its size at this rate goes to another source. Set it below what one transfer gets when a node runs all its fetch slots at once (link speed / 8).',
+    "The slowest rate, per second, tolerated from this node's peer transfers together: each chunk has peer.timeout plus its size at its share of this rate (divided among the fetches in flight) before it goes to another source. Keep it well below the node's link speed.",
     { min: 1024 },
   ),
   peerSlowFactor: opt.int(

@@ -6,10 +6,16 @@ export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha
 
 export class PeerClient {
   private readonly dispatcher: Agent;
+  /** Chunk fetches in flight from this node, over every download: they share its link. */
+  private active = 0;
+  /** For each fetch in flight, the most fetches that were in flight while it ran. */
+  private readonly shares = new Set<{ most: number }>();
 
   /**
-   * `timeoutMs`: for a peer to start answering, and between body bytes. `minRate`: the slowest whole-chunk
-   * rate tolerated (bytes per second) before the chunk is given to another source.
+   * `timeoutMs`: for a peer to start answering, and between body bytes. `minRate`: the slowest rate
+   * (bytes per second) tolerated from this node's peer transfers together; each transfer's deadline is
+   * its chunk at its share of that rate, so a node running many fetches at once on a slow link does not
+   * give up on parents that are merely sharing it.
    */
   constructor(
     private readonly timeoutMs: number,
@@ -38,10 +44,37 @@ export class PeerClient {
     slow?: AbortSignal,
   ): Promise<Buffer> {
     const url = new URL(peerChunkPath(hex, index), baseUrl);
-    // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at a
-    // floor of minRate, so one slow parent cannot hold up an in-order stream for long.
-    const deadline = Math.ceil(this.timeoutMs + (length / this.minRate) * 1000);
-    const timeout = AbortSignal.timeout(deadline);
+    // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at this
+    // transfer's share of minRate (the most fetches in flight while it ran), so one slow parent cannot
+    // hold up an in-order stream for long.
+    const share = { most: ++this.active };
+    for (const other of this.shares) other.most = Math.max(other.most, this.active);
+    this.shares.add(share);
+    const began = performance.now();
+    const expired = new AbortController();
+    let timer: NodeJS.Timeout | undefined;
+    const check = () => {
+      const allowed = this.timeoutMs + ((length * share.most) / this.minRate) * 1000;
+      const left = allowed - (performance.now() - began);
+      if (left <= 0) expired.abort(new Error(`chunk not in within ${Math.round(allowed)} ms`));
+      else timer = setTimeout(check, left);
+    };
+    check();
+    try {
+      return await this.fetchWithin(url, length, expired.signal, slow);
+    } finally {
+      clearTimeout(timer);
+      this.shares.delete(share);
+      this.active--;
+    }
+  }
+
+  private async fetchWithin(
+    url: URL,
+    length: number,
+    timeout: AbortSignal,
+    slow?: AbortSignal,
+  ): Promise<Buffer> {
     const signal = slow ? AbortSignal.any([timeout, slow]) : timeout;
     const failed = (cause: unknown) =>
       slow?.aborted && !timeout.aborted

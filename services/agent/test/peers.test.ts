@@ -42,6 +42,16 @@ describe('PeerClient', () => {
     await client.close();
   });
 
+  it('divides peer.minRate among the fetches in flight, which share the link', async () => {
+    // Alone a transfer at 160 KiB/s misses a 512 KiB/s floor (see above); four at once need 128 KiB/s each.
+    const client = new PeerClient(300, undefined, 512 * KiB);
+    const chunks = await Promise.all(
+      [0, 1, 2, 3].map((index) => client.fetchChunk(url, 'a'.repeat(64), index, CHUNK)),
+    );
+    expect(chunks.map((c) => c.length)).toEqual([CHUNK, CHUNK, CHUNK, CHUNK]);
+    await client.close();
+  });
+
   it('waits for a slow peer that stays above peer.minRate', async () => {
     const client = new PeerClient(300, undefined, 64 * KiB);
     const chunk = await client.fetchChunk(url, 'a'.repeat(64), 0, CHUNK);
