@@ -3,7 +3,6 @@
  * `?ns=`, or clients naming the agent directly), the peer chunk API, /metrics and /healthz. The builder
  * never listens, so tests drive it with inject() or listen on a port of their choosing.
  */
-import { createReadStream } from 'node:fs';
 import type { OutgoingHttpHeaders } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
@@ -163,12 +162,25 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
       if (!blob?.have.has(index))
         throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', 'chunk not held by this node');
       const { start, end } = chunkRange(blob.meta.size, blob.meta.chunkSize, index);
-      const stream = createReadStream(deps.store.chunkPath(hex, index));
-      stream.on('data', (piece) => deps.metrics.peerUploadBytes.inc(piece.length));
-      void reply
-        .header('content-type', 'application/octet-stream')
-        .header('content-length', String(end - start));
-      return reply.send(stream);
+      // Written through reused buffers, as blobs to clients are (see FileSender).
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, {
+        'content-type': 'application/octet-stream',
+        'content-length': String(end - start),
+      });
+      const sender = new FileSender(res);
+      try {
+        await sender.send({ path: deps.store.chunkPath(hex, index), from: 0, to: end - start }, (count) =>
+          deps.metrics.peerUploadBytes.inc(count),
+        );
+        await sender.flushed();
+        res.end();
+      } catch {
+        // The child went away or the file could not be read; it sees a short body and tries elsewhere.
+        res.destroy();
+      }
+      return reply;
     },
   );
 
