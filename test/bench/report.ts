@@ -41,3 +41,34 @@ export function rolloutColumns(rollout: {
       .join(' '),
   };
 }
+
+/**
+ * The q-quantile of a Prometheus histogram from its `_bucket` series summed over every label set (and
+ * every process, when the metrics were merged), interpolated within the bucket as Prometheus does.
+ * NaN when nothing was observed; the highest finite bound when the quantile lies in the +Inf bucket.
+ */
+export function histogramQuantile(metrics: Map<string, number>, name: string, q: number): number {
+  const byBound = new Map<number, number>();
+  for (const [key, value] of metrics) {
+    if (!key.startsWith(`${name}_bucket{`)) continue;
+    const le = /le="([^"]+)"/.exec(key)?.[1];
+    if (le === undefined) continue;
+    const bound = le === '+Inf' ? Infinity : Number(le);
+    byBound.set(bound, (byBound.get(bound) ?? 0) + value);
+  }
+  const buckets = [...byBound].sort((a, b) => a[0] - b[0]);
+  const total = buckets.at(-1)?.[1] ?? 0;
+  if (total === 0) return Number.NaN;
+  const rank = q * total;
+  let lower = 0;
+  let below = 0;
+  for (const [bound, count] of buckets) {
+    if (count >= rank) {
+      if (bound === Infinity) return lower;
+      return lower + ((bound - lower) * (rank - below)) / Math.max(count - below, 1e-9);
+    }
+    lower = bound;
+    below = count;
+  }
+  return lower;
+}

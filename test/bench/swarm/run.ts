@@ -5,17 +5,22 @@
  *
  *   npm run bench:swarm -- [--zones 2] [--vswitches 2] [--nodes-per-vswitch 6] [--node-mbit 50]
  *                          [--registry-mbit 100] [--cross-zone-mbit 200] [--layers 4] [--layer-mib 16]
- *                          [--stagger-s 0] [--scenarios direct,shoal] [--out results/swarm]
- *                          [--agent-args "--scheduler-timeout=5s"]
+ *                          [--stagger-s 0] [--scenarios direct,shoal,bittorrent] [--client ctr|http]
+ *                          [--out results/swarm] [--agent-args "--scheduler-timeout=5s"]
+ *                          [--agent-node-args "--cpu-prof"]
  *
- * Scenarios: **direct** — every node pulls every layer from the registry itself; **shoal** — NATS and the
- * control plane on the registry host, an agent on every node host, every node pulling through its agent's
- * mirror API.
+ * Scenarios: **direct** — every node pulls the image from the registry itself; **shoal** — NATS and the
+ * control plane on the registry host, an agent on every node host, every node pulling through its own
+ * agent as registry mirror; **bittorrent** — the layers as torrents seeded from the registry host
+ * (WebTorrent and an HTTP tracker, see bittorrent.ts), fetched by every node. Nodes pull with `ctr
+ * content fetch` (one containerd, a containerd namespace and a hosts.toml per node) unless `--client
+ * http`, which GETs the layers with a plain client.
  *
  * The image is built and pushed to a registry on loopback with the test kit; a second docker-registry
  * in the registry host's namespace serves the same storage over the emulated network, so what leaves
- * the registry host is counted on its interface. Every namespace and process is removed at the end,
- * also on interrupt.
+ * the registry host is counted on its interface. Results go to --out as JSON and as an SVG chart of the
+ * completion-time CDFs with T_min marked. Every namespace and process is removed at the end, also on
+ * interrupt.
  */
 import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -23,6 +28,9 @@ import { join } from 'node:path';
 import {
   buildAndPushImage,
   type BuiltImage,
+  type Containerd,
+  startContainerd,
+  writeHostsToml,
   makeTempDir,
   removeTempDir,
   runCommand,
@@ -30,9 +38,12 @@ import {
   startRegistry,
   type ManagedProcess,
 } from '../../kit/index.js';
-import { serviceMain } from '../../support/shoal.js';
-import { rolloutColumns, table } from '../report.js';
+import { type Metrics, metricSum, parseMetrics, serviceMain } from '../../support/shoal.js';
+import { cdfChart } from '../chart.js';
+import { histogramQuantile, quantile, rolloutColumns, table } from '../report.js';
+import { pullEverywhereBittorrent, startBittorrentSwarm } from './bittorrent.js';
 import { buildNetwork, type Host, type Network, type NetworkShape } from './network.js';
+import { machineTicks, processUsage, type ProcessUsage } from './usage.js';
 
 const MiB = 1024 * 1024;
 
@@ -62,14 +73,22 @@ const shape: NetworkShape = {
 const layers = num('layers', 4);
 const layerSize = num('layer-mib', 16) * MiB;
 const staggerS = num('stagger-s', 0);
-const scenarios = (flag('scenarios') ?? 'direct,shoal').split(',');
+const scenarios = (flag('scenarios') ?? 'direct,shoal,bittorrent').split(',');
 const outDir = flag('out') ?? join('results', 'swarm');
+/** How nodes pull: `ctr` (containerd's own resolver and hosts.toml, content fetched and verified) or `http`. */
+const client = flag('client') ?? 'ctr';
+if (client !== 'ctr' && client !== 'http') {
+  process.stderr.write(`--client: expected ctr or http, got ${JSON.stringify(client)}\n`);
+  process.exit(2);
+}
 /** Extra agent flags, space-separated, e.g. --agent-args "--scheduler-timeout=5s". */
 const agentArgs = (flag('agent-args') ?? '').split(' ').filter((a) => a !== '');
+/** Extra flags for the agents' node runtime, e.g. --agent-node-args "--cpu-prof --cpu-prof-dir=/tmp/prof". */
+const agentNodeArgs = (flag('agent-node-args') ?? '').split(' ').filter((a) => a !== '');
 for (const scenario of scenarios) {
-  if (scenario !== 'direct' && scenario !== 'shoal') {
+  if (!['direct', 'shoal', 'bittorrent'].includes(scenario)) {
     process.stderr.write(
-      `--scenarios: unknown scenario ${JSON.stringify(scenario)} (known: direct, shoal)\n`,
+      `--scenarios: unknown scenario ${JSON.stringify(scenario)} (known: direct, shoal, bittorrent)\n`,
     );
     process.exit(2);
   }
@@ -85,8 +104,27 @@ export interface ScenarioResult {
   failedNodes: number;
   registryBytes: number;
   crossZoneBytesPerZone: number[];
+  /** Fraction of the machine's CPU time that was busy while the nodes pulled. */
+  machineBusy: number;
   /** Shoal only: pulls' fallbacks to the registry, summed over the agents, by reason. */
   fallbacks?: Record<string, number>;
+  /**
+   * Shoal only: CPU seconds spent during the pulls and peak RSS of each agent, in node order, and of each
+   * control-plane process.
+   */
+  usage?: { agents: (ProcessUsage | undefined)[]; controlPlane: Record<string, ProcessUsage | undefined> };
+  /** Shoal only: schedule round trips as the agents saw them and decision times in the scheduler, ms. */
+  schedule?: {
+    requests: number;
+    timeouts: number;
+    roundTripP50: number;
+    roundTripP99: number;
+    decisionP99: number;
+    /** Chunks the scheduler sent outside their node's zone (zone leases granted). */
+    crossZoneAssignments: number;
+  };
+  /** Shoal only: failed chunk fetches, summed over the agents, by source and reason. */
+  chunkFailures?: Record<string, number>;
 }
 
 function boundSeconds(imageBytes: number, nodes: number): number {
@@ -142,6 +180,13 @@ async function waitServing(network: Network, proc: ManagedProcess, url: string):
   }
 }
 
+/** A service's metrics, fetched from inside `host`'s namespace. */
+async function scrape(network: Network, host: Host, url: string): Promise<Metrics> {
+  const script = `fetch('${url}').then((r) => r.text()).then((t) => process.stdout.write(t))`;
+  const [cmd, args] = network.exec(host, process.execPath, ['-e', script]);
+  return parseMetrics((await runCommand(cmd, args, { timeoutMs: 10_000 })).stdout);
+}
+
 /** Starts a process inside a host's namespace, logging to `dir`. */
 async function startIn(
   network: Network,
@@ -150,40 +195,47 @@ async function startIn(
   cmd: string,
   args: string[],
   dir: string,
-  env: Record<string, string> = {},
+  options: { env?: Record<string, string>; nice?: number } = {},
 ): Promise<ManagedProcess> {
-  const [wrapped, wrappedArgs] = network.exec(host, cmd, args);
-  return startProcess({ name, cmd: wrapped, args: wrappedArgs, logFile: join(dir, `${name}.log`), env });
+  const [wrapped, wrappedArgs] =
+    options.nice === undefined
+      ? network.exec(host, cmd, args)
+      : network.exec(host, 'nice', ['-n', String(options.nice), cmd, ...args]);
+  return startProcess({
+    name,
+    cmd: wrapped,
+    args: wrappedArgs,
+    logFile: join(dir, `${name}.log`),
+    env: options.env ?? {},
+  });
 }
 
 /**
- * Runs the client on every node at once (or spread over --stagger-s) against the URLs per node, and
- * counts what left the registry host and each zone meanwhile.
+ * Scheduling priority of NATS and the control plane. In a cluster they run on their own nodes; here they
+ * share two cores with every agent and client, and without priority a schedule request waits behind
+ * dozens of runnable processes at each hop. Agents and clients keep the default priority.
  */
-async function pullEverywhere(
+const CONTROL_PLANE_NICE = -10;
+
+/**
+ * Runs `pull` (which resolves with each node's completion in seconds, NaN for a node that failed) and
+ * counts what left the registry host and each zone meanwhile, and how busy the machine was.
+ */
+async function measurePulls(
+  pull: () => Promise<number[]>,
   network: Network,
-  urlsFor: (node: Host) => string[],
 ): Promise<Omit<ScenarioResult, 'scenario'>> {
   const zoneBytes = () =>
     Promise.all(Array.from({ length: shape.zones }, (_, z) => network.zoneEgressBytes(z)));
   const registryBefore = await network.registryEgressBytes();
   const zonesBefore = await zoneBytes();
-  const results = await Promise.all(
-    network.nodes.map(async (node, i) => {
-      const delayMs = staggerS > 0 ? Math.round((i / network.nodes.length) * staggerS * 1000) : 0;
-      const [cmd, args] = network.exec(node, process.execPath, [
-        clientScript,
-        JSON.stringify({ urls: urlsFor(node), delayMs }),
-      ]);
-      const result = await runCommand(cmd, args, { timeoutMs: 30 * 60_000 });
-      const parsed = result.ok ? (JSON.parse(result.stdout) as { ms: number; failed: number }) : undefined;
-      if (!parsed || parsed.failed > 0) process.stderr.write(`${node.ns}: ${result.stderr.trim()}\n`);
-      return parsed && parsed.failed === 0 ? parsed.ms / 1000 : Number.NaN;
-    }),
-  );
+  const ticksBefore = await machineTicks();
+  const results = await pull();
+  const ticksAfter = await machineTicks();
   const registryBytes = (await network.registryEgressBytes()) - registryBefore;
   const zonesAfter = await zoneBytes();
   return {
+    machineBusy: (ticksAfter.busy - ticksBefore.busy) / Math.max(1, ticksAfter.total - ticksBefore.total),
     completions: results,
     failedNodes: results.filter((r) => Number.isNaN(r)).length,
     registryBytes,
@@ -191,13 +243,125 @@ async function pullEverywhere(
   };
 }
 
-async function runDirect(network: Network, image: BuiltImage): Promise<ScenarioResult> {
-  const pulled = await pullEverywhere(network, () =>
-    image.layers.map(
-      (l) => `http://${network.registry.ip}:${REGISTRY_PORT}/v2/${image.repo}/blobs/${l.digest}`,
-    ),
+/** Runs the HTTP client on every node at once (or spread over --stagger-s) against the URLs per node. */
+function pullEverywhere(
+  network: Network,
+  urlsFor: (node: Host) => string[],
+): Promise<Omit<ScenarioResult, 'scenario'>> {
+  return measurePulls(
+    () =>
+      Promise.all(
+        network.nodes.map(async (node, i) => {
+          const [cmd, args] = network.exec(node, process.execPath, [
+            clientScript,
+            JSON.stringify({ urls: urlsFor(node), delayMs: delayFor(i, network.nodes.length) }),
+          ]);
+          const result = await runCommand(cmd, args, { timeoutMs: 30 * 60_000 });
+          const parsed = result.ok
+            ? (JSON.parse(result.stdout) as { ms: number; failed: number })
+            : undefined;
+          if (!parsed || parsed.failed > 0) process.stderr.write(`${node.ns}: ${result.stderr.trim()}\n`);
+          return parsed && parsed.failed === 0 ? parsed.ms / 1000 : Number.NaN;
+        }),
+      ),
+    network,
   );
-  return { scenario: 'direct', ...pulled };
+}
+
+/** When node `i` of `count` starts, in ms after the first: spread evenly over --stagger-s. */
+function delayFor(i: number, count: number): number {
+  return staggerS > 0 ? Math.round((i / count) * staggerS * 1000) : 0;
+}
+
+/**
+ * The layers as torrents seeded from the registry host (the blob files of the registry's own storage),
+ * fetched by a WebTorrent client on every node.
+ */
+async function runBittorrent(
+  network: Network,
+  image: BuiltImage,
+  storageDir: string,
+  dir: string,
+): Promise<ScenarioResult> {
+  const files = image.layers.map((l, i) => {
+    const hex = l.digest.slice('sha256:'.length);
+    return {
+      name: `layer-${i}`,
+      path: join(storageDir, 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data'),
+    };
+  });
+  const swarm = await startBittorrentSwarm(network, files, dir);
+  try {
+    const pulled = await measurePulls(
+      () =>
+        pullEverywhereBittorrent(
+          network,
+          swarm.torrents.map((t) => t.torrentFile),
+          staggerS,
+          dir,
+        ),
+      network,
+    );
+    return { scenario: 'bittorrent', ...pulled };
+  } finally {
+    await swarm.stop();
+  }
+}
+
+async function runDirect(network: Network, image: BuiltImage, dir: string): Promise<ScenarioResult> {
+  return { scenario: 'direct', ...(await pullImage(network, image, 'registry', dir)) };
+}
+
+/** containerd for --client ctr: one daemon, one containerd namespace (its own content store) per node. */
+let containerd: Containerd | undefined;
+const TAG = 'v1';
+
+/**
+ * Every node pulls the image, from the registry itself or through its own agent. With --client ctr a
+ * `ctr content fetch` runs in each node's namespace with a hosts.toml of its own (the agent as mirror,
+ * the registry as fallback, as the chart sets up); with --client http a plain client GETs every layer.
+ */
+async function pullImage(
+  network: Network,
+  image: BuiltImage,
+  via: 'registry' | 'agent',
+  dir: string,
+): Promise<Omit<ScenarioResult, 'scenario'>> {
+  const registryHost = `${network.registry.ip}:${REGISTRY_PORT}`;
+  if (!containerd)
+    return pullEverywhere(network, (node) =>
+      image.layers.map((l) =>
+        via === 'agent'
+          ? `http://${node.ip}:${AGENT_PORT}/v2/${image.repo}/blobs/${l.digest}?ns=${registryHost}`
+          : `http://${registryHost}/v2/${image.repo}/blobs/${l.digest}`,
+      ),
+    );
+  const daemon = containerd;
+  const ref = `${registryHost}/${image.repo}:${TAG}`;
+  return measurePulls(
+    () =>
+      Promise.all(
+        network.nodes.map(async (node, i) => {
+          const hostsDir = join(dir, `hosts-${i}`);
+          await writeHostsToml(
+            hostsDir,
+            registryHost,
+            via === 'agent' ? `http://${node.ip}:${AGENT_PORT}` : undefined,
+          );
+          const [cmd, args] = network.exec(node, 'ctr', [
+            ...['-a', daemon.socket, '-n', daemon.newNamespace(`node${i}`)],
+            ...['content', 'fetch', '--plain-http', '--hosts-dir', hostsDir, ref],
+          ]);
+          await new Promise((resolve) => setTimeout(resolve, delayFor(i, network.nodes.length)));
+          const began = performance.now();
+          const result = await runCommand(cmd, args, { timeoutMs: 30 * 60_000 });
+          if (result.ok) return (performance.now() - began) / 1000;
+          process.stderr.write(`${node.ns}: ctr content fetch failed: ${result.stderr.trim()}\n`);
+          return Number.NaN;
+        }),
+      ),
+    network,
+  );
 }
 
 const NATS_PORT = 4222;
@@ -224,8 +388,11 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
         '',
       ].join('\n'),
     );
-    const nats = await startIn(network, network.registry, 'nats', 'nats-server', ['-c', natsConfig], dir);
+    const nats = await startIn(network, network.registry, 'nats', 'nats-server', ['-c', natsConfig], dir, {
+      nice: CONTROL_PLANE_NICE,
+    });
     started.push(nats);
+    const controlPlane = [nats];
     await waitServing(network, nats, `http://${network.registry.ip}:8222/healthz`);
     for (const [i, kind] of (['discovery', 'announcer', 'scheduler'] as const).entries()) {
       const port = 9100 + i;
@@ -242,8 +409,10 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
           `--instance=${kind}`,
         ],
         dir,
+        { nice: CONTROL_PLANE_NICE },
       );
       started.push(proc);
+      controlPlane.push(proc);
       await waitServing(network, proc, `http://${network.registry.ip}:${port}/healthz`);
     }
     const secret = randomBytes(24).toString('base64url');
@@ -256,6 +425,7 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
           `agent-${id}`,
           process.execPath,
           [
+            ...agentNodeArgs,
             serviceMain('agent'),
             `--node-id=${id}`,
             `--host=${node.ip}`,
@@ -269,7 +439,7 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
             ...agentArgs,
           ],
           dir,
-          { SHOAL_PEER_SECRET: secret },
+          { env: { SHOAL_PEER_SECRET: secret } },
         );
         started.push(proc);
         return proc;
@@ -280,23 +450,83 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
     // Every agent heartbeats every 500 ms; two rounds and discovery lists them all.
     await new Promise((r) => setTimeout(r, 1_500));
 
-    const pulled = await pullEverywhere(network, (node) =>
-      image.layers.map(
-        (l) => `http://${node.ip}:${AGENT_PORT}/v2/${image.repo}/blobs/${l.digest}?ns=${registryHost}`,
-      ),
+    const everyone = [...agents, ...controlPlane];
+    const before = await Promise.all(everyone.map((p) => processUsage(p.pid)));
+    const pulled = await pullImage(network, image, 'agent', dir);
+    const agentMetrics: Metrics = new Map();
+    for (const node of network.nodes)
+      for (const [key, value] of await scrape(network, node, `http://${node.ip}:${AGENT_PORT}/metrics`))
+        agentMetrics.set(key, (agentMetrics.get(key) ?? 0) + value);
+    const schedulerMetrics = await scrape(
+      network,
+      network.registry,
+      `http://${network.registry.ip}:9102/metrics`,
     );
-    const fallbacks: Record<string, number> = {};
-    for (const node of network.nodes) {
-      const script = `fetch('http://${node.ip}:${AGENT_PORT}/metrics').then((r) => r.text()).then((t) => process.stdout.write(t))`;
-      const [cmd, args] = network.exec(node, process.execPath, ['-e', script]);
-      const text = (await runCommand(cmd, args, { timeoutMs: 10_000 })).stdout;
-      for (const match of text.matchAll(/^shoal_agent_fallbacks_total\{[^}]*reason="([^"]+)"[^}]*\} (\d+)/gm))
-        fallbacks[match[1]!] = (fallbacks[match[1]!] ?? 0) + Number(match[2]);
-    }
-    return { scenario: 'shoal', ...pulled, fallbacks };
+    const byLabel = (name: string) => {
+      const out: Record<string, number> = {};
+      for (const [key, value] of agentMetrics) {
+        const labels = new RegExp(`^${name}\\{(.*)\\}$`).exec(key)?.[1];
+        if (labels !== undefined && value > 0) out[labels.replace(/"/g, '')] = value;
+      }
+      return out;
+    };
+    const fallbacks = byLabel('shoal_agent_fallbacks_total');
+    const chunkFailures = byLabel('shoal_agent_chunk_failures_total');
+    const roundTrip = 'shoal_agent_schedule_duration_seconds';
+    const schedule = {
+      requests: metricSum(agentMetrics, `${roundTrip}_count`),
+      timeouts: agentMetrics.get(`${roundTrip}_count{outcome="timeout"}`) ?? 0,
+      roundTripP50: histogramQuantile(agentMetrics, roundTrip, 0.5) * 1000,
+      roundTripP99: histogramQuantile(agentMetrics, roundTrip, 0.99) * 1000,
+      decisionP99:
+        histogramQuantile(schedulerMetrics, 'shoal_scheduler_decision_duration_seconds', 0.99) * 1000,
+      crossZoneAssignments: schedulerMetrics.get('shoal_scheduler_cross_zone_assignments_total') ?? 0,
+    };
+    // CPU seconds spent during the pulls (not starting up); peak RSS over the process's life.
+    const after = await Promise.all(everyone.map((p) => processUsage(p.pid)));
+    const spent = everyone.map((_, i): ProcessUsage | undefined => {
+      const [b, a] = [before[i], after[i]];
+      return a && b ? { cpuSeconds: a.cpuSeconds - b.cpuSeconds, peakRssBytes: a.peakRssBytes } : undefined;
+    });
+    const usage = {
+      agents: spent.slice(0, agents.length),
+      controlPlane: Object.fromEntries(controlPlane.map((p, i) => [p.name, spent[agents.length + i]])),
+    };
+    return { scenario: 'shoal', ...pulled, fallbacks, chunkFailures, usage, schedule };
   } finally {
     await Promise.allSettled(started.reverse().map((p) => p.stop('SIGTERM', 10_000)));
   }
+}
+
+/** Where a scenario's time and CPU went, in a few lines: machine load, agents, control plane, scheduling. */
+function describeCosts(r: ScenarioResult): string {
+  const lines = [`${r.scenario}: machine CPU ${(r.machineBusy * 100).toFixed(0)}% busy during the pulls`];
+  if (r.usage) {
+    const agents = r.usage.agents.filter((u) => u !== undefined);
+    const cpu = agents.map((u) => u.cpuSeconds);
+    const rss = agents.map((u) => u.peakRssBytes / MiB);
+    lines.push(
+      `  agents: CPU ${cpu.reduce((a, b) => a + b, 0).toFixed(1)} s in all, ${Math.max(...cpu).toFixed(1)} s the most; ` +
+        `peak RSS ${Math.max(...rss).toFixed(0)} MiB the most, ${quantile(rss, 0.5).toFixed(0)} MiB median`,
+      `  control plane: ${Object.entries(r.usage.controlPlane)
+        .map(
+          ([name, u]) =>
+            `${name} ${u ? `${u.cpuSeconds.toFixed(1)} s CPU, ${(u.peakRssBytes / MiB).toFixed(0)} MiB` : 'gone'}`,
+        )
+        .join('; ')}`,
+    );
+  }
+  if (r.schedule)
+    lines.push(
+      `  schedule: ${r.schedule.requests} requests, ${r.schedule.timeouts} timed out; round trip p50 ` +
+        `${r.schedule.roundTripP50.toFixed(1)} ms, p99 ${r.schedule.roundTripP99.toFixed(0)} ms; decision p99 ` +
+        `${r.schedule.decisionP99.toFixed(1)} ms; ${r.schedule.crossZoneAssignments} chunks sent out of their zone`,
+    );
+  if (r.chunkFailures && Object.keys(r.chunkFailures).length > 0)
+    lines.push(`  failed chunk fetches: ${JSON.stringify(r.chunkFailures)}`);
+  if (r.fallbacks && Object.keys(r.fallbacks).length > 0)
+    lines.push(`  fallbacks to the registry by reason: ${JSON.stringify(r.fallbacks)}`);
+  return `${lines.join('\n')}\n`;
 }
 
 async function main(): Promise<void> {
@@ -308,10 +538,11 @@ async function main(): Promise<void> {
     const image = await buildAndPushImage({
       registry: staging,
       repo: 'bench/swarm',
-      tag: 'v1',
+      tag: TAG,
       layers,
       layerSize,
     });
+    if (client === 'ctr') containerd = await startContainerd({ name: 'swarm-containerd' });
     network = await buildNetwork(shape);
     registry = await serveRegistry(network, join(staging.dir, 'storage'), dir);
     const imageBytes = image.layersSize;
@@ -324,8 +555,12 @@ async function main(): Promise<void> {
     );
     const results: ScenarioResult[] = [];
     for (const scenario of scenarios) {
-      if (scenario === 'direct') results.push(await runDirect(network, image));
+      if (scenario === 'direct') results.push(await runDirect(network, image, join(dir, 'direct')));
       if (scenario === 'shoal') results.push(await runShoal(network, image, join(dir, 'shoal')));
+      if (scenario === 'bittorrent')
+        results.push(
+          await runBittorrent(network, image, join(staging.dir, 'storage'), join(dir, 'bittorrent')),
+        );
     }
     const rows = results.map((r) => ({
       scenario: r.scenario,
@@ -333,20 +568,28 @@ async function main(): Promise<void> {
       failed: String(r.failedNodes),
     }));
     process.stdout.write(`${table(rows)}\n`);
-    for (const r of results)
-      if (r.fallbacks && Object.keys(r.fallbacks).length > 0)
-        process.stdout.write(
-          `\n${r.scenario}: fallbacks to the registry by reason: ${JSON.stringify(r.fallbacks)}\n`,
-        );
+    for (const r of results) process.stdout.write(`\n${describeCosts(r)}`);
     await mkdir(outDir, { recursive: true });
     const file = join(outDir, `swarm-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     await writeFile(
       file,
       JSON.stringify({ shape, layers, layerSize, staggerS, tMin, imageBytes, results }, null, 2),
     );
-    process.stdout.write(`\nwritten: ${file}\n`);
+    const chart = file.replace(/\.json$/, '.svg');
+    await writeFile(
+      chart,
+      cdfChart(
+        results.map((r) => ({ name: r.scenario, values: r.completions })),
+        {
+          tMin,
+          title: `${nodes} nodes, ${layers} × ${layerSize / MiB} MiB, nodes ${shape.nodeMbit} Mbit/s, registry ${shape.registryMbit} Mbit/s`,
+        },
+      ),
+    );
+    process.stdout.write(`\nwritten: ${file}\n         ${chart}\n`);
   } finally {
     await registry?.stop();
+    await containerd?.stop();
     await network?.destroy();
     await staging.stop();
     await removeTempDir(dir);
