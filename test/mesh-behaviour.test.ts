@@ -34,6 +34,7 @@ import {
   type ShoalService,
   startAgent,
   startControlPlane,
+  startControlService,
   startPatientAgents,
   waitForNodes,
 } from './support/shoal.js';
@@ -288,6 +289,125 @@ describe('a parent far slower than the others', () => {
     } finally {
       await nc.close();
     }
+  });
+});
+
+describe('a pull that one parent serves slowly but steadily', () => {
+  let dir: string;
+  let nats: NatsServer;
+  let registry: Registry;
+  let image: BuiltImage;
+  const services: ShoalService[] = [];
+  let parent: Server | undefined;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('steady');
+    nats = await startNats();
+    registry = await startRegistry();
+    image = await buildAndPushImage({
+      registry,
+      repo: 'team/steady',
+      tag: 'v1',
+      layers: 1,
+      layerSize: 6 * MiB,
+    });
+    // One upload slot per parent: the node gets one chunk at a time and is told to wait for the rest.
+    services.push(
+      await startControlService('scheduler', { natsUrl: nats.url, dir, extraArgs: ['--parent-slots=1'] }),
+      await startControlService('announcer', { natsUrl: nats.url, dir }),
+      await startControlService('discovery', { natsUrl: nats.url, dir }),
+    );
+  });
+
+  afterAll(async () => {
+    parent?.close();
+    await Promise.allSettled(services.map((s) => s.stop()));
+    await Promise.allSettled([registry?.stop(), nats?.stop()]);
+    await removeTempDir(dir);
+  });
+
+  it('keeps waiting for the mesh while its chunks keep arriving, however long the blob takes', async () => {
+    const layer = image.layers[0]!;
+    const hex = layer.digest.slice('sha256:'.length);
+    const bytes = Buffer.from(
+      await (await fetch(`${registry.url}/v2/${image.repo}/blobs/${layer.digest}`)).arrayBuffer(),
+    );
+    const before = bytesServed(registry, layer.digest);
+    const count = Math.ceil(bytes.length / MiB);
+    const chunk = (i: number) => bytes.subarray(i * MiB, Math.min(bytes.length, (i + 1) * MiB));
+    // The only holder: a parent that sends each chunk in about 0.6 s, so the blob takes about 4 s, more
+    // than twice the node's origin.waitTimeout, while a chunk arrives every 0.6 s.
+    parent = createServer((req, res) => {
+      const body = chunk(Number(/\/chunks\/(\d+)$/.exec(req.url ?? '')?.[1]));
+      res.writeHead(200, { 'content-length': body.length });
+      let sent = 0;
+      const timer = setInterval(() => {
+        const piece = body.subarray(sent, sent + 128 * 1024);
+        sent += piece.length;
+        if (piece.length === 0) {
+          clearInterval(timer);
+          res.end();
+        } else res.write(piece);
+      }, 75);
+      res.on('close', () => clearInterval(timer));
+    });
+    await new Promise<void>((resolve) => parent!.listen(0, '127.0.0.1', resolve));
+    const address = parent.address();
+    const port = typeof address === 'object' && address ? address.port : 0;
+
+    const nc = await connect({ servers: nats.url });
+    try {
+      const kvm = new Kvm(nc);
+      const now = Date.now();
+      const node: NodeRecord = {
+        id: 'steady',
+        url: `http://127.0.0.1:${port}`,
+        zone: 'zone-a',
+        vswitch: 'vsw-1',
+        pool: '',
+        startedAt: now,
+        seenAt: now + 60_000,
+      };
+      await (await kvm.open('shoal_nodes')).put('steady', JSON.stringify(node));
+      const chunks = await kvm.open('shoal_chunks');
+      const hashes = Array.from({ length: count }, (_, i) =>
+        createHash('sha256').update(chunk(i)).digest('hex'),
+      );
+      await chunks.put(
+        chunkKeys.manifest(hex),
+        JSON.stringify({ blob: layer.digest, size: bytes.length, chunkSize: MiB, hashes }),
+      );
+      const holder: HolderRecord = {
+        node: 'steady',
+        blob: layer.digest,
+        seq: 1,
+        chunkCount: count,
+        have: Bitmap.full(count).toBase64(),
+        complete: true,
+        at: now,
+      };
+      await chunks.put(chunkKeys.holder(hex, 'steady'), JSON.stringify(holder));
+    } finally {
+      await nc.close();
+    }
+    const b = await startAgent({
+      id: 'b',
+      natsUrl: nats.url,
+      registries: [registry.url],
+      dir,
+      extraArgs: ['--scheduler-timeout=10s', '--origin-wait-timeout=1500ms', '--peer-slow-factor=0'],
+    });
+    services.push(b);
+    await waitForNodes(nats.url, ['b']);
+
+    const began = Date.now();
+    expect(await pullBlob(b, image.repo, layer.digest)).toEqual({ sha256: layer.digest, bytes: layer.size });
+    expect(Date.now() - began).toBeGreaterThan(3_000);
+    const mb = await b.metrics();
+    // Told to wait for over 1.5 s at a time, but never for 1.5 s without a chunk arriving: no fallback.
+    expect(metricSum(mb, 'shoal_agent_fallbacks_total')).toBe(0);
+    expect(metric(mb, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(layer.size);
+    expect(bytesServed(registry, layer.digest) - before).toBe(0);
   });
 });
 
