@@ -411,6 +411,127 @@ describe('a pull that one parent serves slowly but steadily', () => {
   });
 });
 
+describe('a node told to wait while its chunks are still arriving', () => {
+  let dir: string;
+  let nats: NatsServer;
+  let registry: Registry;
+  let image: BuiltImage;
+  let agent: ShoalService | undefined;
+  let parent: Server | undefined;
+
+  beforeAll(async () => {
+    dir = await makeTempDir('arriving');
+    nats = await startNats();
+    registry = await startRegistry();
+    image = await buildAndPushImage({
+      registry,
+      repo: 'team/arriving',
+      tag: 'v1',
+      layers: 1,
+      layerSize: 12 * MiB,
+    });
+  });
+
+  afterAll(async () => {
+    parent?.close();
+    await agent?.stop();
+    await Promise.allSettled([registry?.stop(), nats?.stop()]);
+    await removeTempDir(dir);
+  });
+
+  it('does not give up on the mesh while chunks it was given keep arriving', async () => {
+    const layer = image.layers[0]!;
+    const bytes = Buffer.from(
+      await (await fetch(`${registry.url}/v2/${image.repo}/blobs/${layer.digest}`)).arrayBuffer(),
+    );
+    const before = bytesServed(registry, layer.digest);
+    const count = Math.ceil(bytes.length / MiB);
+    const chunk = (i: number) => bytes.subarray(i * MiB, Math.min(bytes.length, (i + 1) * MiB));
+    const hashes = Array.from({ length: count }, (_, i) =>
+      createHash('sha256').update(chunk(i)).digest('hex'),
+    );
+    // The first eight chunks arrive one every 0.4 s (chunk i answers after i × 0.4 s), the rest at once.
+    let firstEightDone = 0;
+    parent = createServer((req, res) => {
+      const index = Number(/\/chunks\/(\d+)$/.exec(req.url ?? '')?.[1]);
+      const body = chunk(index);
+      setTimeout(
+        () => {
+          res.writeHead(200, { 'content-length': body.length });
+          res.end(body, () => {
+            if (index < 8) firstEightDone++;
+          });
+        },
+        index < 8 ? index * 400 : 0,
+      );
+    });
+    await new Promise<void>((resolve) => parent!.listen(0, '127.0.0.1', resolve));
+    const address = parent.address();
+    const url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+
+    // A scripted scheduler: chunks 0-7 from the parent at the first request that needs chunks; then
+    // "wait" until those eight have all been sent, then the rest from the parent.
+    const nc = await connect({ servers: nats.url });
+    let requests = 0;
+    let given = false;
+    const peer = (index: number) => ({
+      index,
+      sha256: hashes[index]!,
+      source: { kind: 'peer', node: 'parent', url },
+      alternates: [],
+    });
+    nc.subscribe(subjects.schedule, {
+      callback: (_err, msg) => {
+        const request = msg.json<{ need: number[] }>();
+        requests++;
+        const first = !given && request.need.length > 0;
+        given ||= first;
+        const assignments = first
+          ? request.need.filter((i) => i < 8).map(peer)
+          : firstEightDone < 8
+            ? request.need.map((index) => ({
+                index,
+                sha256: hashes[index]!,
+                source: { kind: 'wait', retryMs: 100 },
+                alternates: [],
+              }))
+            : request.need.map(peer);
+        msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
+      },
+    });
+    await nc.flush();
+    try {
+      agent = await startAgent({
+        id: 'b',
+        natsUrl: nats.url,
+        registries: [registry.url],
+        dir,
+        extraArgs: [
+          '--origin-wait-timeout=1200ms',
+          '--peer-timeout=5s',
+          '--peer-slow-factor=0',
+          '--chunk-size=1MiB',
+        ],
+      });
+      expect(await pullBlob(agent, image.repo, layer.digest)).toEqual({
+        sha256: layer.digest,
+        bytes: layer.size,
+      });
+      const metrics = await agent.metrics();
+      // Told to wait from about 1.2 s (four chunks in) to 2.8 s, longer than origin.waitTimeout, but a
+      // chunk arrived every 0.4 s.
+      expect(requests).toBeGreaterThan(2);
+      expect([...metrics].filter(([k, v]) => k.startsWith('shoal_agent_fallbacks_total') && v > 0)).toEqual(
+        [],
+      );
+      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(layer.size);
+      expect(bytesServed(registry, layer.digest) - before).toBe(0);
+    } finally {
+      await nc.close();
+    }
+  });
+});
+
 describe('fallback to the registry when the control plane is gone', () => {
   let dir: string;
   let nats: NatsServer;

@@ -202,7 +202,10 @@ export class Download {
     /** Chunks told to wait for a peer, and when to ask again. */
     const waitUntil = new Map<number, number>();
     const originFailures = new Map<number, number>();
-    /** Since when every reply has told this download to wait; undefined while it gets work. */
+    /**
+     * Since when every reply has told this download to wait and no chunk has arrived; undefined while it
+     * gets work.
+     */
     let waitingSince: number | undefined;
     let meshDownUntil = 0;
 
@@ -211,7 +214,10 @@ export class Download {
       waitUntil.delete(index);
       const task = this.fetchChunk(assignment, originFailures)
         .then((ok) => {
-          if (ok) missing.delete(index);
+          if (!ok) return;
+          missing.delete(index);
+          // A chunk arrived: the mesh is serving this node, however long it has been told to wait.
+          waitingSince = undefined;
         })
         .finally(() => inflight.delete(index));
       inflight.set(index, task);
