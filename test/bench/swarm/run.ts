@@ -23,6 +23,7 @@
  * interrupt.
  */
 import { randomBytes } from 'node:crypto';
+import { rmSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import {
@@ -531,6 +532,10 @@ function describeCosts(r: ScenarioResult): string {
 
 async function main(): Promise<void> {
   const dir = await makeTempDir('swarm');
+  // A run that dies on the way (an interrupt, or its output piped into a command that quit) still
+  // removes its files; its namespaces are removed the same way (see network.ts).
+  const removeDir = () => rmSync(dir, { recursive: true, force: true });
+  process.once('exit', removeDir);
   const staging = await startRegistry({ name: 'swarm-staging' });
   let network: Network | undefined;
   let registry: ManagedProcess | undefined;
@@ -593,6 +598,7 @@ async function main(): Promise<void> {
     await network?.destroy();
     await staging.stop();
     await removeTempDir(dir);
+    process.removeListener('exit', removeDir);
   }
 }
 
