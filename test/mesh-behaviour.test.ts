@@ -8,7 +8,7 @@ import { readdir } from 'node:fs/promises';
 import { connect as tcpConnect } from 'node:net';
 import { join } from 'node:path';
 import { createServer, type Server } from 'node:http';
-import { connect } from '@nats-io/transport-node';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
 import { Bitmap, chunkKeys, subjects, type HolderRecord, type NodeRecord } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -56,6 +56,74 @@ async function pullBlob(
     bytes += piece.length;
   }
   return { sha256: `sha256:${hash.digest('hex')}`, bytes };
+}
+
+/** A blob cut into 1 MiB chunks, as the fake parents below serve it and a mesh manifest lists it. */
+function chunked(bytes: Buffer) {
+  const count = Math.ceil(bytes.length / MiB);
+  const chunk = (i: number) => bytes.subarray(i * MiB, Math.min(bytes.length, (i + 1) * MiB));
+  const hashes = () =>
+    Array.from({ length: count }, (_, i) => createHash('sha256').update(chunk(i)).digest('hex'));
+  return { count, chunk, hashes };
+}
+
+/** The chunk index a peer API request asks for. */
+const chunkIndexOf = (url: string | undefined) => Number(/\/chunks\/(\d+)$/.exec(url ?? '')?.[1]);
+
+/** Starts `server` on a free loopback port and returns its base URL. */
+async function listenOnLoopback(server: Server): Promise<string> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  return `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+}
+
+/** A fake parent that sends each chunk asked for `piece` bytes every `everyMs`, noting the indexes in `asked`. */
+function trickleParent(
+  chunk: (index: number) => Buffer,
+  piece: number,
+  everyMs: number,
+  asked: number[] = [],
+): Server {
+  return createServer((req, res) => {
+    const index = chunkIndexOf(req.url);
+    asked.push(index);
+    const body = chunk(index);
+    res.writeHead(200, { 'content-length': body.length });
+    let sent = 0;
+    const timer = setInterval(() => {
+      const next = body.subarray(sent, sent + piece);
+      sent += next.length;
+      if (next.length === 0) {
+        clearInterval(timer);
+        res.end();
+      } else res.write(next);
+    }, everyMs);
+    res.on('close', () => clearInterval(timer));
+  });
+}
+
+/** Registers node `id`, serving at `url` and last seen at `seenAt`, as holder of all `count` chunks of `digest`. */
+async function registerHolder(
+  nc: NatsConnection,
+  node: { id: string; url: string; seenAt: number },
+  digest: string,
+  count: number,
+): Promise<void> {
+  const kvm = new Kvm(nc);
+  const now = Date.now();
+  const record: NodeRecord = { ...node, zone: 'zone-a', vswitch: 'vsw-1', pool: '', startedAt: now };
+  await (await kvm.open('shoal_nodes')).put(node.id, JSON.stringify(record));
+  const holder: HolderRecord = {
+    node: node.id,
+    blob: digest,
+    seq: 1,
+    chunkCount: count,
+    have: Bitmap.full(count).toBase64(),
+    complete: true,
+    at: now,
+  };
+  const hex = digest.slice('sha256:'.length);
+  await (await kvm.open('shoal_chunks')).put(chunkKeys.holder(hex, node.id), JSON.stringify(holder));
 }
 
 /** Sends a request line exactly as written, so no client library normalises the path first. */
@@ -207,58 +275,19 @@ describe('a parent far slower than the others', () => {
     // A third parent that serves the right bytes at 384 KiB/s: within the absolute floor's deadline
     // (3 s + the chunk at peer.minRate), so only a comparison with A can find it slow.
     const served: number[] = [];
-    slowPeer = createServer((req, res) => {
-      const match = /\/chunks\/(\d+)$/.exec(req.url ?? '');
-      const index = Number(match?.[1]);
-      served.push(index);
-      const chunkSize = MiB;
-      const body = bytes.subarray(index * chunkSize, Math.min(layer.size, (index + 1) * chunkSize));
-      res.writeHead(200, { 'content-length': body.length });
-      let sent = 0;
-      const timer = setInterval(() => {
-        const piece = body.subarray(sent, sent + 48 * 1024);
-        sent += piece.length;
-        if (piece.length === 0) {
-          clearInterval(timer);
-          res.end();
-        } else res.write(piece);
-      }, 125);
-      res.on('close', () => clearInterval(timer));
-    });
-    await new Promise<void>((resolve) => slowPeer.listen(0, '127.0.0.1', resolve));
-    const address = slowPeer.address();
-    const port = typeof address === 'object' && address ? address.port : 0;
+    slowPeer = trickleParent(chunked(bytes).chunk, 48 * 1024, 125, served);
+    const url = await listenOnLoopback(slowPeer);
 
     const nc = await connect({ servers: nats.url });
     try {
       const kvm = new Kvm(nc);
-      const now = Date.now();
-      const record: NodeRecord = {
-        id: 'slowpoke',
-        url: `http://127.0.0.1:${port}`,
-        zone: 'zone-a',
-        vswitch: 'vsw-1',
-        pool: '',
-        startedAt: now,
-        seenAt: now,
-      };
-      await (await kvm.open('shoal_nodes')).put('slowpoke', JSON.stringify(record));
       const manifest = (await (await kvm.open('shoal_chunks')).get(chunkKeys.manifest(hex)))?.json<{
         chunkSize: number;
         hashes: string[];
       }>();
       expect(manifest?.chunkSize).toBe(MiB);
       const count = manifest!.hashes.length;
-      const holder: HolderRecord = {
-        node: 'slowpoke',
-        blob: layer.digest,
-        seq: 1,
-        chunkCount: count,
-        have: Bitmap.full(count).toBase64(),
-        complete: true,
-        at: now,
-      };
-      await (await kvm.open('shoal_chunks')).put(chunkKeys.holder(hex, 'slowpoke'), JSON.stringify(holder));
+      await registerHolder(nc, { id: 'slowpoke', url, seenAt: Date.now() }, layer.digest, count);
       const dropped: { peer: string; why: string; reason: string }[] = [];
       nc.subscribe(subjects.eventsOfType('parent_dropped'), {
         callback: (_err, msg) => {
@@ -333,60 +362,21 @@ describe('a pull that one parent serves slowly but steadily', () => {
       await (await fetch(`${registry.url}/v2/${image.repo}/blobs/${layer.digest}`)).arrayBuffer(),
     );
     const before = bytesServed(registry, layer.digest);
-    const count = Math.ceil(bytes.length / MiB);
-    const chunk = (i: number) => bytes.subarray(i * MiB, Math.min(bytes.length, (i + 1) * MiB));
+    const { count, chunk, hashes } = chunked(bytes);
     // The only holder: a parent that sends each chunk in about 0.6 s, so the blob takes about 4 s, more
     // than twice the node's origin.waitTimeout, while a chunk arrives every 0.6 s.
-    parent = createServer((req, res) => {
-      const body = chunk(Number(/\/chunks\/(\d+)$/.exec(req.url ?? '')?.[1]));
-      res.writeHead(200, { 'content-length': body.length });
-      let sent = 0;
-      const timer = setInterval(() => {
-        const piece = body.subarray(sent, sent + 128 * 1024);
-        sent += piece.length;
-        if (piece.length === 0) {
-          clearInterval(timer);
-          res.end();
-        } else res.write(piece);
-      }, 75);
-      res.on('close', () => clearInterval(timer));
-    });
-    await new Promise<void>((resolve) => parent!.listen(0, '127.0.0.1', resolve));
-    const address = parent.address();
-    const port = typeof address === 'object' && address ? address.port : 0;
+    parent = trickleParent(chunk, 128 * 1024, 75);
+    const url = await listenOnLoopback(parent);
 
     const nc = await connect({ servers: nats.url });
     try {
-      const kvm = new Kvm(nc);
-      const now = Date.now();
-      const node: NodeRecord = {
-        id: 'steady',
-        url: `http://127.0.0.1:${port}`,
-        zone: 'zone-a',
-        vswitch: 'vsw-1',
-        pool: '',
-        startedAt: now,
-        seenAt: now + 60_000,
-      };
-      await (await kvm.open('shoal_nodes')).put('steady', JSON.stringify(node));
-      const chunks = await kvm.open('shoal_chunks');
-      const hashes = Array.from({ length: count }, (_, i) =>
-        createHash('sha256').update(chunk(i)).digest('hex'),
-      );
-      await chunks.put(
+      await (
+        await new Kvm(nc).open('shoal_chunks')
+      ).put(
         chunkKeys.manifest(hex),
-        JSON.stringify({ blob: layer.digest, size: bytes.length, chunkSize: MiB, hashes }),
+        JSON.stringify({ blob: layer.digest, size: bytes.length, chunkSize: MiB, hashes: hashes() }),
       );
-      const holder: HolderRecord = {
-        node: 'steady',
-        blob: layer.digest,
-        seq: 1,
-        chunkCount: count,
-        have: Bitmap.full(count).toBase64(),
-        complete: true,
-        at: now,
-      };
-      await chunks.put(chunkKeys.holder(hex, 'steady'), JSON.stringify(holder));
+      await registerHolder(nc, { id: 'steady', url, seenAt: Date.now() + 60_000 }, layer.digest, count);
     } finally {
       await nc.close();
     }
@@ -445,15 +435,12 @@ describe('a node told to wait while its chunks are still arriving', () => {
       await (await fetch(`${registry.url}/v2/${image.repo}/blobs/${layer.digest}`)).arrayBuffer(),
     );
     const before = bytesServed(registry, layer.digest);
-    const count = Math.ceil(bytes.length / MiB);
-    const chunk = (i: number) => bytes.subarray(i * MiB, Math.min(bytes.length, (i + 1) * MiB));
-    const hashes = Array.from({ length: count }, (_, i) =>
-      createHash('sha256').update(chunk(i)).digest('hex'),
-    );
+    const { chunk, hashes: hashesOf } = chunked(bytes);
+    const hashes = hashesOf();
     // The first eight chunks arrive one every 0.4 s (chunk i answers after i × 0.4 s), the rest at once.
     let firstEightDone = 0;
     parent = createServer((req, res) => {
-      const index = Number(/\/chunks\/(\d+)$/.exec(req.url ?? '')?.[1]);
+      const index = chunkIndexOf(req.url);
       const body = chunk(index);
       setTimeout(
         () => {
@@ -465,9 +452,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
         index < 8 ? index * 400 : 0,
       );
     });
-    await new Promise<void>((resolve) => parent!.listen(0, '127.0.0.1', resolve));
-    const address = parent.address();
-    const url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+    const url = await listenOnLoopback(parent);
 
     // A scripted scheduler: chunks 0-7 from the parent at the first request that needs chunks; then
     // "wait" until those eight have all been sent, then the rest from the parent.

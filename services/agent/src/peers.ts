@@ -6,9 +6,10 @@ export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha
 
 export class PeerClient {
   private readonly dispatcher: Agent;
-  /** Chunk fetches in flight from this node, over every download: they share its link. */
-  private active = 0;
-  /** For each fetch in flight, the most fetches that were in flight while it ran. */
+  /**
+   * One entry per chunk fetch in flight from this node, over every download (they share its link): the
+   * most fetches that were in flight while it ran.
+   */
   private readonly shares = new Set<{ most: number }>();
 
   /**
@@ -47,9 +48,9 @@ export class PeerClient {
     // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at this
     // transfer's share of minRate (the most fetches in flight while it ran), so one slow parent cannot
     // hold up an in-order stream for long.
-    const share = { most: ++this.active };
-    for (const other of this.shares) other.most = Math.max(other.most, this.active);
+    const share = { most: 0 };
     this.shares.add(share);
+    for (const other of this.shares) other.most = Math.max(other.most, this.shares.size);
     const began = performance.now();
     const expired = new AbortController();
     let timer: NodeJS.Timeout | undefined;
@@ -65,7 +66,6 @@ export class PeerClient {
     } finally {
       clearTimeout(timer);
       this.shares.delete(share);
-      this.active--;
     }
   }
 

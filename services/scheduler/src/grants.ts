@@ -190,10 +190,6 @@ export class LeaseView {
     return this.loaded ? 'absent' : undefined;
   }
 
-  get size(): number {
-    return this.entries.size;
-  }
-
   /** Drops leases that expired, and deletions seen, more than forgetAfterMs ago; runs at most that often. */
   private prune(): void {
     const now = this.clock();
