@@ -11,6 +11,7 @@ import {
 } from '@shoal/mesh';
 import { buildAgentApp } from './app.js';
 import type { AgentConfig } from './config.js';
+import { BufferPool } from './buffers.js';
 import { createHashPool, type HashPool } from './hash-pool.js';
 import { MeshClient } from './mesh-client.js';
 import { agentMetrics } from './metrics.js';
@@ -19,6 +20,9 @@ import { PeerClient } from './peers.js';
 import { ChunkStore } from './store.js';
 import { Transfers } from './transfer.js';
 import { parseRegistries, Upstream } from './upstream.js';
+
+/** Idle chunk buffers kept for reuse: a few default-sized chunks between one download's fetches. */
+const IDLE_CHUNK_BUFFER_BYTES = 16 * 1024 * 1024;
 
 export interface Agent {
   app: FastifyInstance;
@@ -76,6 +80,9 @@ export async function createAgent(
     log,
   );
   const hashes: HashPool = createHashPool(config.hashWorkers);
+  // Chunks in flight are taken from the pool and handed back once written; what sits idle between
+  // them is a few chunks' worth, released after a quiet spell.
+  const buffers = new BufferPool(IDLE_CHUNK_BUFFER_BYTES);
   const peers = new PeerClient(
     config.peerTimeoutMs,
     config.peerSecret ? peerTokenSource(config.peerSecret, config.nodeId) : undefined,
@@ -100,7 +107,7 @@ export async function createAgent(
       peerSlowFactor: config.peerSlowFactor,
       peerSlowMinMs: config.peerSlowMinMs,
     },
-    { store, upstream, peers, mesh: meshClient, hashes, metrics, events, log },
+    { store, upstream, peers, mesh: meshClient, hashes, buffers, metrics, events, log },
   );
   const utilization = setInterval(() => metrics.hashPoolUtilization.set(hashes.utilization()), 5_000);
   utilization.unref();
@@ -110,6 +117,7 @@ export async function createAgent(
     store,
     upstream,
     transfers,
+    buffers,
     metrics,
     registry,
     events,

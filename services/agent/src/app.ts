@@ -17,6 +17,7 @@ import {
   parseDigest,
   ShoalError,
 } from '@shoal/mesh';
+import type { BufferPool } from './buffers.js';
 import { FileSender } from './file-sender.js';
 import type { AgentMetrics } from './metrics.js';
 import { verifyPeerAuthorization } from './peer-auth.js';
@@ -32,6 +33,8 @@ export interface HttpDeps {
   store: ChunkStore;
   upstream: Upstream;
   transfers: Transfers;
+  /** Buffers for sending chunk files, shared with the downloads. */
+  buffers: BufferPool;
   metrics: AgentMetrics;
   registry: Registry;
   events: EventPublisher;
@@ -169,7 +172,7 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
         'content-type': 'application/octet-stream',
         'content-length': String(end - start),
       });
-      const sender = new FileSender(res);
+      const sender = new FileSender(res, deps.buffers);
       try {
         await sender.send({ path: deps.store.chunkPath(hex, index), from: 0, to: end - start }, (count) =>
           deps.metrics.peerUploadBytes.inc(count),
@@ -330,7 +333,7 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
     reply.hijack();
     const res = reply.raw;
     res.writeHead(reply.statusCode, reply.getHeaders() as OutgoingHttpHeaders);
-    const sender = new FileSender(res);
+    const sender = new FileSender(res, deps.buffers);
     let ok = false;
     let error: string | undefined;
     try {

@@ -3,10 +3,13 @@
  * Reading each chunk into a fresh buffer made the agent allocate its serving rate in large buffers
  * outside the V8 heap, and full garbage collections to free them took more CPU than the copying itself.
  * A buffer goes back to the pool only once the socket has taken its bytes (the write callback), so at
- * most POOL × PIECE bytes per response are held, and a slow client simply slows the reads.
+ * most POOL × PIECE bytes per response are held, and a slow client simply slows the reads. The buffers
+ * are borrowed from the agent's buffer pool, and returned to it when the response is over, so a
+ * response allocates nothing either.
  */
 import { open } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
+import type { BufferPool } from './buffers.js';
 
 /**
  * Two 1 MiB buffers per response: one being read while the other drains. Measured on loopback, 256 KiB
@@ -25,19 +28,26 @@ export interface FileRange {
 
 export class FileSender {
   private readonly free: Buffer[] = [];
+  /** Buffers borrowed from the pool so far: free, being read into, or queued on the socket. */
+  private borrowed = 0;
   private waiting: { resolve: (buffer: Buffer) => void; reject: (err: Error) => void } | undefined;
   private allFree: (() => void) | undefined;
   private failure: Error | undefined;
+  private over = false;
 
-  constructor(private readonly res: ServerResponse) {
-    for (let i = 0; i < POOL; i++) this.free.push(Buffer.allocUnsafeSlow(PIECE));
+  constructor(
+    private readonly res: ServerResponse,
+    private readonly pool: BufferPool,
+  ) {
     res.once('close', () => {
-      if (res.writableFinished) return;
-      this.failure ??= new Error('the client went away');
-      const waiting = this.waiting;
-      this.waiting = undefined;
-      waiting?.reject(this.failure);
-      this.allFree?.();
+      if (!res.writableFinished) {
+        this.failure ??= new Error('the client went away');
+        const waiting = this.waiting;
+        this.waiting = undefined;
+        waiting?.reject(this.failure);
+        this.allFree?.();
+      }
+      this.release();
     });
   }
 
@@ -69,19 +79,36 @@ export class FileSender {
 
   /** Waits until the socket has taken everything written (every buffer is back), or the client left. */
   async flushed(): Promise<void> {
-    if (this.free.length < POOL && !this.failure)
+    if (this.free.length < this.borrowed && !this.failure)
       await new Promise<void>((resolve) => (this.allFree = resolve));
     if (this.failure) throw this.failure;
+  }
+
+  /**
+   * Returns the buffers to the agent's pool once the response is over (the socket closed); one still
+   * queued on the socket goes back when its write callback runs.
+   */
+  private release(): void {
+    this.over = true;
+    for (const buffer of this.free.splice(0)) this.pool.give(buffer);
   }
 
   private take(): Promise<Buffer> {
     if (this.failure) return Promise.reject(this.failure);
     const buffer = this.free.pop();
     if (buffer) return Promise.resolve(buffer);
+    if (this.borrowed < POOL) {
+      this.borrowed++;
+      return Promise.resolve(this.pool.take(PIECE));
+    }
     return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
   }
 
   private give(buffer: Buffer): void {
+    if (this.over) {
+      this.pool.give(buffer);
+      return;
+    }
     const waiting = this.waiting;
     if (waiting && !this.failure) {
       this.waiting = undefined;
@@ -89,7 +116,7 @@ export class FileSender {
       return;
     }
     this.free.push(buffer);
-    if (this.free.length === POOL && this.allFree) {
+    if (this.free.length === this.borrowed && this.allFree) {
       const done = this.allFree;
       this.allFree = undefined;
       done();

@@ -5,8 +5,12 @@ import { Piscina } from 'piscina';
 import type { HashResult, HashTask } from './hash-worker.js';
 
 export interface HashPool {
-  /** Hashes a chunk; the buffer is lent to a worker and handed back with the result. */
-  hashChunk(chunk: Buffer): Promise<{ sha256: string; chunk: Buffer }>;
+  /**
+   * Hashes a chunk; its memory is lent to a worker and handed back with the result, as `chunk`. With
+   * `whole`, the caller owns the chunk's entire ArrayBuffer (a pooled buffer), which is moved as it is;
+   * otherwise a chunk that shares its ArrayBuffer is copied once first.
+   */
+  hashChunk(chunk: Buffer, whole?: boolean): Promise<{ sha256: string; chunk: Buffer }>;
   /** Hashes the concatenation of files, streaming, off the event loop. */
   hashFiles(paths: string[]): Promise<string>;
   utilization(): number;
@@ -33,24 +37,23 @@ export function createHashPool(threads: number): HashPool {
     idleTimeout: 60_000,
   });
   return {
-    async hashChunk(chunk) {
-      // A chunk that shares its ArrayBuffer with others (Buffer pooling) cannot be moved; copy it once.
-      // Moving a slice of Node's shared Buffer pool would detach the pool itself, so such a chunk is
-      // copied once into an ArrayBuffer of its own.
+    async hashChunk(chunk, whole = false) {
+      // Moving a slice of Node's shared Buffer pool would detach the pool itself, so a chunk that may
+      // share its ArrayBuffer is copied once into an ArrayBuffer of its own.
       let owned = chunk;
-      if (chunk.byteOffset !== 0 || chunk.byteLength !== chunk.buffer.byteLength) {
+      if (!whole && (chunk.byteOffset !== 0 || chunk.byteLength !== chunk.buffer.byteLength)) {
         owned = Buffer.allocUnsafeSlow(chunk.byteLength);
         chunk.copy(owned);
       }
       const task: HashTask = {
         kind: 'chunk',
         buffer: owned.buffer as ArrayBuffer,
-        offset: 0,
+        offset: owned.byteOffset,
         length: owned.byteLength,
       };
       const result = (await pool.run(task, { transferList: [task.buffer] })) as HashResult;
       if (result.kind !== 'chunk') throw new Error('hash worker answered the wrong task');
-      return { sha256: result.sha256, chunk: Buffer.from(result.buffer, 0, task.length) };
+      return { sha256: result.sha256, chunk: Buffer.from(result.buffer, task.offset, task.length) };
     },
     async hashFiles(paths) {
       const result = (await pool.run({ kind: 'files', paths } satisfies HashTask)) as HashResult;

@@ -33,7 +33,8 @@ export class PeerClient {
   }
 
   /**
-   * Fetches one chunk; the caller verifies it. Throws SHOAL_ERR_CHUNK_UNAVAILABLE when the peer lacks it,
+   * Fetches one chunk into `into`, which is exactly the chunk's length, and returns it; the caller
+   * verifies it. Throws SHOAL_ERR_CHUNK_UNAVAILABLE when the peer lacks it,
    * fails, or misses the deadline. The caller aborts `slow` when it finds the peer far slower than the
    * others; the error then has `details.slow` set.
    */
@@ -41,10 +42,11 @@ export class PeerClient {
     baseUrl: string,
     hex: string,
     index: number,
-    length: number,
+    into: Buffer,
     slow?: AbortSignal,
   ): Promise<Buffer> {
     const url = new URL(peerChunkPath(hex, index), baseUrl);
+    const length = into.length;
     // Idle timeouts do not catch a peer that trickles bytes; a deadline for the whole chunk does, at this
     // transfer's share of minRate (the most fetches in flight while it ran), so one slow parent cannot
     // hold up an in-order stream for long.
@@ -62,7 +64,7 @@ export class PeerClient {
     };
     check();
     try {
-      return await this.fetchWithin(url, length, expired.signal, slow);
+      return await this.fetchWithin(url, into, expired.signal, slow);
     } finally {
       clearTimeout(timer);
       this.shares.delete(share);
@@ -71,7 +73,7 @@ export class PeerClient {
 
   private async fetchWithin(
     url: URL,
-    length: number,
+    out: Buffer,
     timeout: AbortSignal,
     slow?: AbortSignal,
   ): Promise<Buffer> {
@@ -104,7 +106,7 @@ export class PeerClient {
         details: { status: res.statusCode },
       });
     }
-    const out = Buffer.allocUnsafeSlow(length);
+    const length = out.length;
     let filled = 0;
     try {
       for await (const piece of res.body) {

@@ -17,6 +17,7 @@ import {
   type Logger,
   ShoalError,
 } from '@shoal/mesh';
+import type { BufferPool } from './buffers.js';
 import type { HashPool } from './hash-pool.js';
 import type { MeshClient } from './mesh-client.js';
 import type { AgentMetrics } from './metrics.js';
@@ -53,6 +54,7 @@ export interface TransferDeps {
   peers: PeerClient;
   mesh: MeshClient;
   hashes: HashPool;
+  buffers: BufferPool;
   metrics: AgentMetrics;
   events: EventPublisher;
   log: Logger;
@@ -329,12 +331,13 @@ export class Download {
       for (const peer of candidates) {
         if (this.avoid.has(peer.node)) continue;
         const began = performance.now();
-        let verified: Buffer;
+        let held = this.deps.buffers.take(length);
         try {
           if (!assignment.sha256)
             throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', 'no known hash for this chunk');
-          const raw = await this.fetchFromPeer(peer, index, length);
-          const { sha256, chunk } = await this.deps.hashes.hashChunk(raw);
+          await this.fetchFromPeer(peer, index, held);
+          const { sha256, chunk } = await this.deps.hashes.hashChunk(held, true);
+          held = chunk;
           if (sha256 !== assignment.sha256) {
             this.deps.metrics.verifyFailures.inc({ source: 'peer' });
             throw new ShoalError(
@@ -342,8 +345,8 @@ export class Download {
               `chunk ${index} from ${peer.node} failed sha256 verification`,
             );
           }
-          verified = chunk;
         } catch (err) {
+          this.deps.buffers.give(held);
           const reason = err instanceof Error ? err.message : String(err);
           const why = isShoalError(err, 'SHOAL_ERR_CHUNK_CORRUPT')
             ? 'corrupt'
@@ -378,7 +381,11 @@ export class Download {
           });
           continue;
         }
-        await this.store(index, verified, assignment.sha256, 'peer', began, peer.node);
+        try {
+          await this.store(index, held, assignment.sha256, 'peer', began, peer.node);
+        } finally {
+          this.deps.buffers.give(held);
+        }
         return true;
       }
       return false;
@@ -392,8 +399,10 @@ export class Download {
         // The registry and the mesh disagree. Ask the registry once more: if it answers the same bytes
         // again, it is the mesh's manifest that is wrong, and the whole-blob check will confirm it.
         this.deps.metrics.verifyFailures.inc({ source: 'origin' });
+        this.deps.buffers.give(fetched.chunk);
         const again = await this.fetchFromOrigin(index, start, end);
         if (again.sha256 !== fetched.sha256) {
+          this.deps.buffers.give(again.chunk);
           throw new ShoalError(
             'SHOAL_ERR_UPSTREAM',
             `the registry sent different bytes twice for chunk ${index}`,
@@ -421,7 +430,11 @@ export class Download {
       await sleep(100 * 2 ** failures * (0.5 + Math.random()));
       return false;
     }
-    await this.store(index, fetched.chunk, fetched.sha256, 'origin', began);
+    try {
+      await this.store(index, fetched.chunk, fetched.sha256, 'origin', began);
+    } finally {
+      this.deps.buffers.give(fetched.chunk);
+    }
     return true;
   }
 
@@ -433,8 +446,9 @@ export class Download {
   private async fetchFromPeer(
     peer: { node: string; url: string },
     index: number,
-    length: number,
-  ): Promise<Buffer> {
+    into: Buffer,
+  ): Promise<void> {
+    const length = into.length;
     const began = performance.now();
     const slow = new AbortController();
     const watch = setInterval(() => {
@@ -448,9 +462,8 @@ export class Download {
         );
     }, SLOW_CHECK_MS);
     try {
-      const raw = await this.deps.peers.fetchChunk(peer.url, this.hex, index, length, slow.signal);
+      await this.deps.peers.fetchChunk(peer.url, this.hex, index, into, slow.signal);
       this.speeds.record(peer.node, length, performance.now() - began);
-      return raw;
     } finally {
       clearInterval(watch);
     }
@@ -467,17 +480,21 @@ export class Download {
   ): Promise<{ sha256: string; chunk: Buffer }> {
     for (;;) {
       const authorization = this.credentials[0];
+      let held = this.deps.buffers.take(end - start);
       try {
-        const raw = await this.deps.upstream.fetchRange(
+        await this.deps.upstream.fetchRange(
           this.request.target,
           this.request.repository,
           this.request.digest,
           start,
-          end,
+          held,
           authorization,
         );
-        return await this.deps.hashes.hashChunk(raw);
+        const hashed = await this.deps.hashes.hashChunk(held, true);
+        held = hashed.chunk;
+        return hashed;
       } catch (err) {
+        this.deps.buffers.give(held);
         const status = isShoalError(err) ? err.details?.status : undefined;
         if ((status === 401 || status === 403) && this.credentials.length > 1) {
           this.credentials.shift();

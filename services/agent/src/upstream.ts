@@ -230,15 +230,16 @@ export class Upstream {
     return size;
   }
 
-  /** Fetches bytes [start, end) of a blob from the registry. */
+  /** Fetches bytes [start, start + into.length) of a blob from the registry into `into`, and returns it. */
   async fetchRange(
     target: RegistryTarget,
     repository: string,
     digest: string,
     start: number,
-    end: number,
+    into: Buffer,
     authorization: string | undefined,
   ): Promise<Buffer> {
+    const end = start + into.length;
     const headers: Record<string, string> = { range: `bytes=${start}-${end - 1}` };
     if (authorization) headers.authorization = authorization;
     const res = await this.send(target, 'GET', `/v2/${repository}/blobs/${digest}`, headers);
@@ -253,13 +254,12 @@ export class Upstream {
         },
       );
     }
-    const length = end - start;
-    const out = Buffer.allocUnsafeSlow(length);
+    const length = into.length;
     let filled = 0;
     for await (const piece of res.body) {
       const buf = piece as Buffer;
       const take = Math.min(buf.length, length - filled);
-      buf.copy(out, filled, 0, take);
+      buf.copy(into, filled, 0, take);
       filled += take;
       if (filled >= length) break;
     }
@@ -270,7 +270,7 @@ export class Upstream {
         `registry ${target.name} sent ${filled} of ${length} bytes of ${digest}`,
       );
     }
-    return out;
+    return into;
   }
 
   async close(): Promise<void> {

@@ -5,6 +5,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BufferPool } from '../src/buffers.js';
 import { FileSender } from '../src/file-sender.js';
 
 const MiB = 1024 * 1024;
@@ -14,6 +15,7 @@ let server: Server;
 let url: string;
 /** How each response ended: the error FileSender gave, or 'ok'. */
 const outcomes: string[] = [];
+const pool = new BufferPool(16 * MiB);
 
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'file-sender-'));
@@ -29,7 +31,7 @@ beforeAll(async () => {
   // socket buffers hold.
   server = createServer((req, res) => {
     res.writeHead(200);
-    const sender = new FileSender(res);
+    const sender = new FileSender(res, pool);
     const ranges =
       req.url === '/big'
         ? [{ path: big, from: 0, to: 64 * MiB }]
@@ -70,6 +72,11 @@ describe('FileSender', () => {
     const expected = Buffer.concat(files.map((f) => f.data.subarray(100, f.data.length - 100)));
     expect(Buffer.from(body).equals(expected)).toBe(true);
     await until(() => outcomes.includes('/: ok'));
+    // Its two buffers went back to the agent's pool, and the next response borrows the same two.
+    await until(() => pool.idleBytes === 2 * MiB);
+    await (await fetch(url)).arrayBuffer();
+    await until(() => outcomes.filter((o) => o === '/: ok').length === 2);
+    await until(() => pool.idleBytes === 2 * MiB);
   });
 
   it('stops, without hanging, when the client goes away mid-body', async () => {
@@ -91,5 +98,7 @@ describe('FileSender', () => {
     expect(outcomes.filter((o) => o.startsWith('/big'))).toEqual([
       expect.stringMatching(/went away|EPIPE|ECONNRESET|destroyed/),
     ]);
+    // Also the buffer that was queued on the socket when the client left comes back.
+    await until(() => pool.idleBytes === 2 * MiB);
   });
 });

@@ -30,6 +30,19 @@ describe('hash pool', () => {
     expect(neighbour.toString()).toBe('neighbour');
   });
 
+  it('moves a whole pooled buffer, shorter chunk and all, and hands the same memory back', async () => {
+    const memory = new ArrayBuffer(2 * 1024 * 1024);
+    const chunk = Buffer.from(memory, 0, 1_500_000);
+    const data = randomBytes(chunk.length);
+    data.copy(chunk);
+    const { sha256, chunk: back } = await pool.hashChunk(chunk, true);
+    expect(sha256).toBe(createHash('sha256').update(data).digest('hex'));
+    expect(memory.byteLength).toBe(0); // moved, not copied
+    expect(back.buffer.byteLength).toBe(2 * 1024 * 1024);
+    expect(back.byteOffset).toBe(0);
+    expect(back.equals(data)).toBe(true);
+  });
+
   it('hashes the concatenation of files', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'shoal-hash-'));
     try {

@@ -37,7 +37,9 @@ describe('PeerClient', () => {
   it('gives up on a peer that trickles a chunk slower than peer.minRate, though bytes keep coming', async () => {
     // Never idle for 300 ms, but the chunk needs 0.8 s and the deadline is 300 ms + 128 KiB at 512 KiB/s.
     const client = new PeerClient(300, undefined, 512 * KiB);
-    const err: unknown = await client.fetchChunk(url, 'a'.repeat(64), 0, CHUNK).catch((e: unknown) => e);
+    const err: unknown = await client
+      .fetchChunk(url, 'a'.repeat(64), 0, Buffer.alloc(CHUNK))
+      .catch((e: unknown) => e);
     expect(isShoalError(err, 'SHOAL_ERR_CHUNK_UNAVAILABLE')).toBe(true);
     await client.close();
   });
@@ -46,7 +48,7 @@ describe('PeerClient', () => {
     // Alone a transfer at 160 KiB/s misses a 512 KiB/s floor (see above); four at once need 128 KiB/s each.
     const client = new PeerClient(300, undefined, 512 * KiB);
     const chunks = await Promise.all(
-      [0, 1, 2, 3].map((index) => client.fetchChunk(url, 'a'.repeat(64), index, CHUNK)),
+      [0, 1, 2, 3].map((index) => client.fetchChunk(url, 'a'.repeat(64), index, Buffer.alloc(CHUNK))),
     );
     expect(chunks.map((c) => c.length)).toEqual([CHUNK, CHUNK, CHUNK, CHUNK]);
     await client.close();
@@ -54,7 +56,7 @@ describe('PeerClient', () => {
 
   it('waits for a slow peer that stays above peer.minRate', async () => {
     const client = new PeerClient(300, undefined, 64 * KiB);
-    const chunk = await client.fetchChunk(url, 'a'.repeat(64), 0, CHUNK);
+    const chunk = await client.fetchChunk(url, 'a'.repeat(64), 0, Buffer.alloc(CHUNK));
     expect(chunk.length).toBe(CHUNK);
     await client.close();
   });
