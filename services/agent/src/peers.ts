@@ -1,11 +1,11 @@
-/** Fetching chunks from other agents over HTTP, with one keep-alive pool per peer. */
-import { Agent } from 'undici';
+/** Fetching chunks from other agents over HTTP, with keep-alive connections per peer. */
 import { ShoalError } from '@shoal/mesh';
+import { PeerHttp, PeerHttpError } from './peer-http.js';
 
 export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha256/${hex}/chunks/${index}`;
 
 export class PeerClient {
-  private readonly dispatcher: Agent;
+  private readonly http: PeerHttp;
   /**
    * One entry per chunk fetch in flight from this node, over every download (they share its link): the
    * most fetches that were in flight while it ran.
@@ -23,13 +23,7 @@ export class PeerClient {
     private readonly authorization: (() => string) | undefined,
     private readonly minRate: number,
   ) {
-    this.dispatcher = new Agent({
-      keepAliveTimeout: 30_000,
-      connections: 16,
-      headersTimeout: timeoutMs,
-      bodyTimeout: timeoutMs,
-      connectTimeout: timeoutMs,
-    });
+    this.http = new PeerHttp({ timeoutMs, keepAliveMs: 30_000, maxIdlePerPeer: 16 });
   }
 
   /**
@@ -88,50 +82,30 @@ export class PeerClient {
         : new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin}: ${(cause as Error).message}`, {
             cause,
           });
-    let res;
+    let status: number;
     try {
-      res = await this.dispatcher.request({
-        origin: url.origin,
-        path: url.pathname,
-        method: 'GET',
+      status = await this.http.get(
+        url,
+        url.pathname,
+        this.authorization ? { authorization: this.authorization() } : {},
+        out,
         signal,
-        ...(this.authorization ? { headers: { authorization: this.authorization() } } : {}),
-      });
+      );
     } catch (cause) {
+      if (cause instanceof PeerHttpError && cause.failure === 'length')
+        throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', `peer ${url.origin}: ${cause.message}`, { cause });
       throw failed(cause);
     }
-    if (res.statusCode !== 200) {
-      await res.body.dump();
-      throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin} answered ${res.statusCode}`, {
-        details: { status: res.statusCode },
+    if (status !== 200) {
+      throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin} answered ${status}`, {
+        details: { status },
       });
-    }
-    const length = out.length;
-    let filled = 0;
-    try {
-      for await (const piece of res.body) {
-        const buf = piece as Buffer;
-        if (filled + buf.length > length) {
-          res.body.destroy();
-          throw new ShoalError(
-            'SHOAL_ERR_CHUNK_CORRUPT',
-            `peer ${url.origin} sent more than ${length} bytes`,
-          );
-        }
-        buf.copy(out, filled);
-        filled += buf.length;
-      }
-    } catch (cause) {
-      if (cause instanceof ShoalError) throw cause;
-      throw failed(cause);
-    }
-    if (filled !== length) {
-      throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', `peer ${url.origin} sent ${filled} of ${length} bytes`);
     }
     return out;
   }
 
-  async close(): Promise<void> {
-    await this.dispatcher.close();
+  close(): Promise<void> {
+    this.http.close();
+    return Promise.resolve();
   }
 }
