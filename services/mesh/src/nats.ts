@@ -52,6 +52,9 @@ export function connectMesh(options: MeshConnectionOptions): MeshConnection {
     pingInterval: options.pingIntervalMs ?? 2_000,
     maxPingOut: 2,
     timeout: 1_000,
+    // Each request would otherwise build an Error for its call site's stack, in case it fails; agents
+    // make thousands per rollout, and callers wrap a failed request with their own context.
+    noAsyncTraces: true,
   };
   if (options.user !== undefined) connectOptions.user = options.user;
   if (options.pass !== undefined) connectOptions.pass = options.pass;
