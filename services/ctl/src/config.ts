@@ -18,6 +18,11 @@ export const ctlSpec = {
   ),
   follow: opt.bool('follow', false, 'Keep printing new events as they arrive (events only).'),
   timeoutMs: opt.duration('timeout', '5s', 'How long to wait for NATS before giving up.'),
+  silentAfter: opt.duration(
+    'silent-after',
+    '15s',
+    "nodes: show an agent as silent when its last heartbeat is older than this (discovery's node.ttl).",
+  ),
 };
 
 export type CtlConfig = ConfigOf<typeof ctlSpec>;

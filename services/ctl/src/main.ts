@@ -4,6 +4,7 @@
  *
  *   shoalctl events [--since 1h] [--node N] [--blob D] [--type T] [--follow] [--output table|json]
  *   shoalctl pulls  [--since 1h] [--node N] [--blob D] [--output table|json]
+ *   shoalctl nodes  [--silent-after 15s] [--output table|json]
  */
 import { connect } from '@nats-io/transport-node';
 import {
@@ -16,17 +17,20 @@ import {
 } from '@shoal/mesh';
 import { ctlSpec } from './config.js';
 import { readEvents } from './events.js';
+import { formatNodes, nodeViews, readNodes } from './nodes.js';
 import { formatEvent, formatPulls, summarisePulls } from './report.js';
 
 const summaries: Record<string, string> = {
   events: 'Print events from the event stream: the timeline of pulls, chunks, fallbacks and nodes.',
   pulls: 'Summarise pulls: for each node and layer, its size, time, and where its chunks came from.',
+  nodes: "List the mesh's nodes by zone and vSwitch: each agent's state, address, uptime and last heartbeat.",
 };
 
 async function main(argv: string[]): Promise<void> {
   const [command, ...rest] = argv;
   if (command === 'config-reference') {
-    const summary = 'Options shared by every shoalctl command (`shoalctl events`, `shoalctl pulls`).';
+    const summary =
+      'Options shared by every shoalctl command (`shoalctl events`, `shoalctl pulls`, `shoalctl nodes`).';
     process.stdout.write(
       renderReference([{ command: 'shoalctl', summary, spec: ctlSpec }], { header: false }),
     );
@@ -79,7 +83,14 @@ async function main(argv: string[]): Promise<void> {
       ...(config.blob ? { blob: config.blob } : {}),
       ...(config.type ? { type: config.type } : {}),
     };
-    if (command === 'events') {
+    if (command === 'nodes') {
+      const { nodes, unreadable } = await readNodes(nc);
+      const now = Date.now();
+      const views = nodeViews(nodes, now, config.silentAfter);
+      if (config.output === 'json')
+        for (const view of views) process.stdout.write(`${JSON.stringify(view)}\n`);
+      else process.stdout.write(`${formatNodes(views, now, unreadable)}\n`);
+    } else if (command === 'events') {
       for await (const event of readEvents(nc, filter, config.follow)) {
         process.stdout.write(`${config.output === 'json' ? JSON.stringify(event) : formatEvent(event)}\n`);
       }

@@ -71,7 +71,11 @@ export function formatPulls(pulls: PullSummary[]): string {
       sources,
     ];
   });
-  const header = ['NODE', 'LAYER', 'SIZE', 'TIME', 'RESULT', 'CHUNKS'];
+  return renderTable(['NODE', 'LAYER', 'SIZE', 'TIME', 'RESULT', 'CHUNKS'], rows);
+}
+
+/** Columns padded to their widest cell, two spaces apart. */
+export function renderTable(header: string[], rows: string[][]): string {
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: string[]) =>
     cells

@@ -1,0 +1,89 @@
+/**
+ * `shoalctl nodes` against a running mesh: agents registering themselves with their zone and vSwitch
+ * through discovery, listed by zone and vSwitch, and an agent that stops heartbeating shown as silent.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { makeTempDir, type NatsServer, removeTempDir, runCommand, startNats } from './kit/index.js';
+import {
+  type ShoalService,
+  shoalctlMain,
+  startAgent,
+  startControlService,
+  waitForNodes,
+} from './support/shoal.js';
+
+describe('shoalctl nodes', () => {
+  let dir: string;
+  let nats: NatsServer;
+  let discovery: ShoalService;
+  const agents: ShoalService[] = [];
+  const shoalctl = (...args: string[]) =>
+    runCommand(process.execPath, [shoalctlMain, 'nodes', '--nats-servers', nats.url, ...args], {
+      timeoutMs: 20_000,
+    });
+
+  beforeAll(async () => {
+    dir = await makeTempDir('nodes');
+    nats = await startNats();
+    discovery = await startControlService('discovery', { natsUrl: nats.url, dir });
+    const placed = [
+      ['n1', 'zone-b', 'vsw-3'],
+      ['n2', 'zone-a', 'vsw-2'],
+      ['n3', 'zone-a', 'vsw-1'],
+      ['n4', 'zone-a', 'vsw-1'],
+    ] as const;
+    for (const [id, zone, vswitch] of placed)
+      agents.push(
+        await startAgent({ id, natsUrl: nats.url, registries: ['http://127.0.0.1:1'], dir, zone, vswitch }),
+      );
+    await waitForNodes(
+      nats.url,
+      placed.map(([id]) => id),
+    );
+  });
+
+  afterAll(async () => {
+    await Promise.allSettled(agents.map((a) => a.stop()));
+    await discovery?.stop();
+    await nats?.stop();
+    await removeTempDir(dir);
+  });
+
+  it('lists every node by zone and vSwitch with its agent', async () => {
+    const result = await shoalctl();
+    expect(result.code, result.stderr).toBe(0);
+    const lines = result.stdout.trimEnd().split('\n');
+    expect(lines[0]).toMatch(/^ZONE\s+VSWITCH\s+NODE\s+AGENT\s+ADDRESS\s+POOL\s+UP\s+LAST HEARTBEAT$/);
+    // Zone and vSwitch are printed where they change.
+    expect(lines.slice(1, 5)).toEqual([
+      expect.stringMatching(/^zone-a\s+vsw-1\s+n3\s+ready\s+http:\/\/127\.0\.0\.1:\d+\s+-\s+\S+\s+\S+ ago$/),
+      expect.stringMatching(/^\s+n4\s+ready\s/),
+      expect.stringMatching(/^\s+vsw-2\s+n2\s+ready\s/),
+      expect.stringMatching(/^zone-b\s+vsw-3\s+n1\s+ready\s/),
+    ]);
+    expect(result.stdout).toContain(agents[0]!.url);
+    expect(lines.at(-1)).toBe('4 nodes in 2 zones and 3 vSwitches');
+  });
+
+  it('shows an agent that stopped heartbeating as silent, before discovery removes it', async () => {
+    await agents[0]!.process.stop('SIGKILL', 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    const result = await shoalctl('--silent-after', '1s', '--output', 'json');
+    expect(result.code, result.stderr).toBe(0);
+    const views = result.stdout
+      .trimEnd()
+      .split('\n')
+      .map(
+        (line) =>
+          JSON.parse(line) as { id: string; zone: string; vswitch: string; state: string; url: string },
+      );
+    expect(views.map((v) => [v.id, v.zone, v.vswitch, v.state])).toEqual([
+      ['n3', 'zone-a', 'vsw-1', 'ready'],
+      ['n4', 'zone-a', 'vsw-1', 'ready'],
+      ['n2', 'zone-a', 'vsw-2', 'ready'],
+      ['n1', 'zone-b', 'vsw-3', 'silent'],
+    ]);
+    const table = await shoalctl('--silent-after', '1s');
+    expect(table.stdout).toContain('4 nodes in 2 zones and 3 vSwitches; 1 silent');
+  });
+});
