@@ -515,6 +515,132 @@ describe('a node told to wait while its chunks are still arriving', () => {
       await nc.close();
     }
   });
+
+  it('keeps waiting past origin.waitTimeout while a chunk is in flight, however slow', async () => {
+    const layer = image.layers[0]!;
+    const bytes = Buffer.from(
+      await (await fetch(`${registry.url}/v2/${image.repo}/blobs/${layer.digest}`)).arrayBuffer(),
+    );
+    const before = bytesServed(registry, layer.digest);
+    const { chunk, hashes: hashesOf } = chunked(bytes);
+    const hashes = hashesOf();
+    // Chunk 0 takes 2.5 s to come, more than twice origin.waitTimeout; the rest come at once, but the
+    // scheduler says "wait" for them until chunk 0 is through.
+    let firstDone = false;
+    const slowParent = createServer((req, res) => {
+      const index = chunkIndexOf(req.url);
+      const body = chunk(index);
+      setTimeout(
+        () => {
+          res.writeHead(200, { 'content-length': body.length });
+          res.end(body, () => {
+            if (index === 0) firstDone = true;
+          });
+        },
+        index === 0 ? 2_500 : 0,
+      );
+    });
+    const url = await listenOnLoopback(slowParent);
+    const nc = await connect({ servers: nats.url });
+    let given = false;
+    nc.subscribe(subjects.schedule, {
+      callback: (_err, msg) => {
+        const request = msg.json<{ need: number[] }>();
+        const first = !given && request.need.includes(0);
+        given ||= first;
+        const assignments = request.need
+          .filter((index) => !first || index === 0)
+          .map((index) => ({
+            index,
+            sha256: hashes[index]!,
+            source:
+              first || firstDone
+                ? { kind: 'peer', node: 'slow-parent', url }
+                : { kind: 'wait', retryMs: 100 },
+            alternates: [],
+          }));
+        msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
+      },
+    });
+    await nc.flush();
+    let patient: ShoalService | undefined;
+    try {
+      patient = await startAgent({
+        id: 'd',
+        natsUrl: nats.url,
+        registries: [registry.url],
+        dir,
+        extraArgs: [
+          '--origin-wait-timeout=1s',
+          '--peer-timeout=5s',
+          '--peer-slow-factor=0',
+          '--chunk-size=1MiB',
+        ],
+      });
+      expect(await pullBlob(patient, image.repo, layer.digest)).toEqual({
+        sha256: layer.digest,
+        bytes: layer.size,
+      });
+      const metrics = await patient.metrics();
+      expect([...metrics].filter(([k, v]) => k.startsWith('shoal_agent_fallbacks_total') && v > 0)).toEqual(
+        [],
+      );
+      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(layer.size);
+      expect(bytesServed(registry, layer.digest) - before).toBe(0);
+    } finally {
+      await patient?.stop();
+      await nc.close();
+      slowParent.close();
+    }
+  });
+
+  it('goes to the registry once told to wait with nothing in flight for longer than origin.waitTimeout', async () => {
+    const layer = image.layers[0]!;
+    const before = bytesServed(registry, layer.digest);
+    // A scheduler that has nothing for anyone: every chunk, every time, "wait".
+    const nc = await connect({ servers: nats.url });
+    let requests = 0;
+    nc.subscribe(subjects.schedule, {
+      callback: (_err, msg) => {
+        const request = msg.json<{ need: number[] }>();
+        requests++;
+        const assignments = request.need.map((index) => ({
+          index,
+          sha256: null,
+          source: { kind: 'wait', retryMs: 100 },
+          alternates: [],
+        }));
+        msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
+      },
+    });
+    await nc.flush();
+    let waiter: ShoalService | undefined;
+    try {
+      waiter = await startAgent({
+        id: 'c',
+        natsUrl: nats.url,
+        registries: [registry.url],
+        dir,
+        extraArgs: ['--origin-wait-timeout=1s', '--chunk-size=1MiB'],
+      });
+      const began = Date.now();
+      expect(await pullBlob(waiter, image.repo, layer.digest)).toEqual({
+        sha256: layer.digest,
+        bytes: layer.size,
+      });
+      expect(Date.now() - began).toBeGreaterThan(800);
+      const metrics = await waiter.metrics();
+      expect(requests).toBeGreaterThan(2);
+      expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBeGreaterThan(
+        0,
+      );
+      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'origin' })).toBe(layer.size);
+      expect(bytesServed(registry, layer.digest) - before).toBe(layer.size);
+    } finally {
+      await waiter?.stop();
+      await nc.close();
+    }
+  });
 });
 
 describe('fallback to the registry when the control plane is gone', () => {

@@ -284,6 +284,13 @@ export class Download {
         }
         if (started > 0) {
           waitingSince = undefined;
+        } else if (inflight.size > 0) {
+          // Chunks are still arriving: the mesh is serving this node, and its link is busy with them;
+          // fetching the rest from the registry as well would only load the registry. The clock starts
+          // once nothing is in flight.
+          waitingSince = undefined;
+          const until = Date.now() + Math.max(retryMs, 1);
+          for (const index of ready) waitUntil.set(index, until);
         } else {
           waitingSince ??= Date.now();
           if (Date.now() - waitingSince >= this.originWaitMs) {
