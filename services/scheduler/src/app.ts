@@ -41,6 +41,7 @@ import {
   type Translation,
 } from './index-state.js';
 import { createSchedulerMetrics, type RequestOutcome } from './metrics.js';
+import { OriginBudget } from './origin-budget.js';
 import { blobHexOf, inflightLoad, planRequest, type PlanOptions } from './planner.js';
 
 export interface SchedulerDeps {
@@ -84,7 +85,24 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const events = deps.events ?? natsEventPublisher(mesh, instance);
   // A parent's load is the transfers assigned to it that its children have not yet announced.
   const load = inflightLoad(config.parentExpire);
+  const budget =
+    config.originBudgetMax > 0
+      ? new OriginBudget({
+          min: Math.min(config.originBudgetMin, config.originBudgetMax),
+          max: config.originBudgetMax,
+          targetMs: config.originTarget,
+        })
+      : undefined;
+  if (budget) metrics.originBudget.set(budget.limit);
+  /** What the origin budget leaves for this decision, counted over every replica's leases. */
+  const originRoom = (): number | undefined => {
+    const live = budget ? grants?.liveOrigin(now()) : undefined;
+    if (!budget || live === undefined) return undefined;
+    metrics.originLeases.set(live);
+    return budget.limit - live;
+  };
   const planOptions: PlanOptions = {
+    originRoom,
     nodeTtlMs: config.nodeTtl,
     retryMs: config.waitRetry,
     maxAlternates: config.alternates,
@@ -190,9 +208,15 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     if (!mine || !grants) return;
     const holder = state.holders.get(event.blobHex)?.get(event.holder.node);
     const keep: Grant[] = [];
+    const at = now();
     for (const grant of mine) {
       if (holder?.have.has(grant.index)) {
         const store = grants;
+        if (budget && grant.zone === undefined) {
+          // From the grant (or its latest renewal) to the announcement: how long the registry took.
+          budget.arrived(at - (grant.expiresAt - store.leaseMs), at);
+          metrics.originBudget.set(budget.limit);
+        }
         track(
           store.release(grant).catch((err: unknown) => {
             log.debug({ err, key: grant.key }, 'could not release a lease; it will expire');

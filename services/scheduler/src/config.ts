@@ -39,6 +39,21 @@ export const schedulerSpec = {
     'At most this many origin grants in one reply (0: no limit), so that the first nodes of a swarm fetch different chunks from the origin.',
     { min: 0 },
   ),
+  originBudgetMax: opt.int(
+    'origin.budgetMax',
+    256,
+    'Most origin leases the whole mesh may hold at once (0: no budget). The budget follows the registry: it grows while origin chunks arrive within origin.target and shrinks when they take longer.',
+    { min: 0 },
+  ),
+  originBudgetMin: opt.int('origin.budgetMin', 4, 'The origin budget never falls below this many leases.', {
+    min: 1,
+  }),
+  originTarget: opt.duration(
+    'origin.target',
+    '5s',
+    "An origin chunk that takes longer than this from grant to announcement shrinks the origin budget; keep it well under the agents' origin.waitTimeout.",
+    { minMs: 10 },
+  ),
   waitRetry: opt.duration(
     'wait.retry',
     '100ms',
@@ -86,6 +101,9 @@ export type SchedulerSettings = Pick<
   | 'originPerZone'
   | 'originLease'
   | 'originMaxPerRequest'
+  | 'originBudgetMax'
+  | 'originBudgetMin'
+  | 'originTarget'
   | 'waitRetry'
   | 'parentSlots'
   | 'parentExpire'

@@ -44,6 +44,11 @@ export interface GrantStore {
    * leases are spoken for without waiting on the store.
    */
   mayTake(blobHex: string, index: number, node: string, now: number, zone?: string): boolean;
+  /**
+   * Origin leases held now, over the whole mesh as far as this store has seen (zone leases are not
+   * counted); undefined when the store keeps no view to count from.
+   */
+  liveOrigin(now: number): number | undefined;
 }
 
 export interface GrantStoreOptions {
@@ -68,6 +73,9 @@ export function zoneGrantKey(blobHex: string, index: number, zone: string, slot:
 }
 
 const zoneTokens = new Map<string, string>();
+
+/** An origin lease's key is <blob hex>.<chunk>.<slot>; a zone lease's has two more tokens. */
+const isOriginKey = (key: string) => key.split('.').length === 3;
 
 /** The key and slot count of a lease: a zone lease if a zone is named, otherwise an origin lease. */
 function scopeOf(
@@ -129,6 +137,11 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
       if (leases.get(grant.key)?.revision === grant.revision) leases.delete(grant.key);
       return Promise.resolve();
     },
+    liveOrigin(now) {
+      let live = 0;
+      for (const [key, lease] of leases) if (lease.expiresAt > now && isOriginKey(key)) live++;
+      return live;
+    },
   };
 }
 
@@ -188,6 +201,15 @@ export class LeaseView {
     const entry = this.entries.get(key);
     if (entry) return entry;
     return this.loaded ? 'absent' : undefined;
+  }
+
+  /** Origin leases in the view that have not expired; undefined until the view is loaded. */
+  liveOrigin(now: number): number | undefined {
+    if (!this.loaded) return undefined;
+    let live = 0;
+    for (const [key, entry] of this.entries)
+      if (entry.lease && entry.lease.expiresAt > now && isOriginKey(key)) live++;
+    return live;
   }
 
   /** Drops leases that expired, and deletions seen, more than forgetAfterMs ago; runs at most that often. */
@@ -279,5 +301,6 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
         if (!isCasConflict(err)) throw err;
       }
     },
+    liveOrigin: (now) => view?.liveOrigin(now),
   };
 }

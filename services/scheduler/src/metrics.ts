@@ -11,6 +11,8 @@ export interface SchedulerMetrics {
   grantErrors: Counter;
   indexErrors: Counter;
   crossZone: Counter;
+  originBudget: Gauge;
+  originLeases: Gauge;
 }
 
 export function createSchedulerMetrics(registry: Registry, sizes: () => IndexSizes): SchedulerMetrics {
@@ -61,6 +63,16 @@ export function createSchedulerMetrics(registry: Registry, sizes: () => IndexSiz
     indexErrors: new Counter({
       name: 'shoal_scheduler_index_unreadable_total',
       help: 'KV values the index could not read and treated as deleted.',
+      registers: [registry],
+    }),
+    originBudget: new Gauge({
+      name: 'shoal_scheduler_origin_budget',
+      help: 'Origin leases the mesh may hold at once, as this replica judges from how fast origin chunks arrive.',
+      registers: [registry],
+    }),
+    originLeases: new Gauge({
+      name: 'shoal_scheduler_origin_leases',
+      help: 'Origin leases held over the whole mesh, as of this replica’s last decision.',
       registers: [registry],
     }),
     crossZone: new Counter({

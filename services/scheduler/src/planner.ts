@@ -30,6 +30,11 @@ export interface PlanOptions {
   maxAlternates: number;
   /** At most this many origin grants per plan; 0 means no limit. */
   originMaxPerRequest: number;
+  /**
+   * How many more origin leases the mesh may hold now (the origin budget less those held), read once per
+   * decision; undefined means no budget.
+   */
+  originRoom?: () => number | undefined;
   /** How many leases (origin or zone) are requested at once. */
   grantConcurrency?: number;
   /**
@@ -392,8 +397,15 @@ export async function planRequest(
   // first: a node that cannot have it never competes for the origin, and the one that has it keeps it
   // while it waits for an origin lease, so that it, and no one else in its zone, fetches the chunk once
   // the chunk appears in another zone or the origin lease frees up.
+  /** Origin grants this decision may make: the per-request limit, and what the mesh's budget leaves. */
+  function originLimit(): number {
+    const perRequest = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
+    const room = options.originRoom?.();
+    return room === undefined ? perRequest : Math.min(perRequest, Math.max(0, room));
+  }
+
   const leaseOrigin = async (): Promise<void> => {
-    const limit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
+    const limit = originLimit();
     let next = 0;
     while (next < toOrigin.length && counts.origin < limit) {
       const window = toOrigin.slice(next, next + Math.min(concurrency, limit - counts.origin));
@@ -424,7 +436,7 @@ export async function planRequest(
   async function chooseAndAssign(max: number): Promise<void> {
     const parentSlots = options.parentSlots ?? 8;
     const inOrder = Math.max(0, options.inOrder ?? 2);
-    const originLimit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
+    const originCap = originLimit();
     // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
     // chunks actually considered, so a request listing a thousand chunks costs little more than eight.
     /** All holders of a chunk, and those in the requester's zone (tiers 0 and 1). */
@@ -506,7 +518,7 @@ export async function planRequest(
             load.release?.(best.node.id, now);
           }),
         );
-      } else if (wanted.holders === 0 && counts.origin + originPending < originLimit) {
+      } else if (wanted.holders === 0 && counts.origin + originPending < originCap) {
         if (!mayLease(wanted.index) || (zone !== undefined && !mayLease(wanted.index, zone))) {
           refusals++;
           continue;

@@ -31,6 +31,9 @@ const settings: SchedulerSettings = {
   originPerZone: 1,
   originLease: 30_000,
   originMaxPerRequest: 0,
+  originBudgetMax: 256,
+  originBudgetMin: 4,
+  originTarget: 5_000,
   waitRetry: 250,
   parentSlots: 16,
   parentExpire: 10_000,
@@ -325,6 +328,35 @@ describe('scheduler', () => {
     ]);
     await stopReplica(replica);
     await startReplica('sched-after-slots');
+  });
+
+  it('holds the origin leases of the mesh to its budget, and frees one as its chunk is announced', async () => {
+    for (const replica of [...replicas]) await stopReplica(replica);
+    // Leases left by earlier tests would count against the budget.
+    for await (const key of await buckets.grants.keys()) await buckets.grants.purge(key);
+    const replica = await startReplica('sched-budget', { originBudgetMax: 3, originBudgetMin: 1 });
+    const blob = digestOf('b');
+    const request = { blob, size: 6 * MiB, chunkSize: MiB };
+    const first = ok(await ask({ ...request, node: 'b1', need: [0, 1, 2, 3, 4] }));
+    expect(sourceKind(first)).toEqual(['origin', 'origin', 'origin', 'wait', 'wait']);
+    // The budget is spent, for every node and blob.
+    expect(sourceKind(ok(await ask({ ...request, node: 'b2', need: [5] })))).toEqual(['wait']);
+    expect(
+      sourceKind(ok(await ask({ node: 'b2', blob: digestOf('e'), size: MiB, chunkSize: MiB, need: [0] }))),
+    ).toEqual(['wait']);
+    // b1 announces chunk 0, in time: its lease is released and another origin fetch may start.
+    await buckets.chunks.put(chunkKeys.holder(hex('b'), 'b1'), encode(holder('b1', blob, 6, [0])));
+    const next = await eventually(
+      async () => sourceKind(ok(await ask({ ...request, node: 'b2', need: [5] }))),
+      (kinds) => kinds[0] === 'origin',
+    );
+    expect(next).toEqual(['origin']);
+    const text = await replica.registry.metrics();
+    expect(text).toMatch(/shoal_scheduler_origin_budget 3/);
+    // Counted as the last decision began: b1's two leases still held.
+    expect(text).toMatch(/shoal_scheduler_origin_leases 2/);
+    await stopReplica(replica);
+    await startReplica('sched-after-budget');
   });
 
   it('publishes a schedule_decided event per request and counts requests in its metrics', async () => {

@@ -144,6 +144,32 @@ function conformance(
       expect(store.mayTake(blob, 0, 'n3', NOW + 10, 'z1')).toBe(true);
       expect(store.mayTake(blob, 1, 'n3', NOW + 10)).toBe(true);
     });
+
+    it('counts the origin leases held now, by any node, and not the zone leases', async () => {
+      // On the real clock: a lease view forgets leases that expired long ago.
+      const t = Date.now();
+      const store = await make({ perChunk: 2, perZone: 1, leaseMs: 5_000 });
+      const blob = nextBlob();
+      await settle();
+      const before = store.liveOrigin(t);
+      const taken = [
+        await store.take(blob, 0, 'n1', t),
+        await store.take(blob, 0, 'n2', t),
+        await store.take(blob, 1, 'n1', t),
+      ];
+      await store.take(blob, 0, 'n3', t, 'z1');
+      await settle();
+      if (!seesLeases) {
+        expect(store.liveOrigin(t)).toBeUndefined();
+        return;
+      }
+      expect(store.liveOrigin(t)! - before!).toBe(3);
+      await store.release(taken[0]!);
+      await settle();
+      expect(store.liveOrigin(t)! - before!).toBe(2);
+      // Expired leases are not held.
+      expect(store.liveOrigin(t + 60_000)).toBe(0);
+    });
   });
 }
 

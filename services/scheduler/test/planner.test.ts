@@ -274,12 +274,38 @@ describe('planRequest', () => {
     expect(second.grants.map((g) => g.index)).toEqual([3, 4, 5]);
   });
 
+  for (const max of [undefined, 8]) {
+    it(`grants no more origin leases than the mesh's origin budget leaves (max ${max ?? 'unset'})`, async () => {
+      const store = grants();
+      const budgeted: PlanOptions = { ...options, originRoom: () => 4 - store.liveOrigin(NOW)! };
+      const ask = (node: string) =>
+        planRequest(
+          createIndexState(),
+          request(node, [0, 1, 2, 3, 4, 5, 6, 7], max ? { max } : {}),
+          store,
+          decayingLoad(1),
+          budgeted,
+          NOW,
+        );
+      const kinds = (plan: Awaited<ReturnType<typeof ask>>) =>
+        plan.assignments.filter((a) => a.source.kind === 'origin').map((a) => a.index);
+      const first = await ask('n1');
+      expect(kinds(first)).toHaveLength(4);
+      // The budget is spent: the next node waits, whatever chunks it needs.
+      expect(kinds(await ask('n2'))).toEqual([]);
+      // One lease given back frees one grant.
+      await store.release(first.grants[0]!);
+      expect(kinds(await ask('n3'))).toEqual([first.grants[0]!.index]);
+    });
+  }
+
   it('tells chunks to wait, and reports the error, when the grant store fails', async () => {
     const failing: GrantStore = {
       leaseMs: 1_000,
       take: () => Promise.reject(new Error('kv unavailable')),
       release: () => Promise.resolve(),
       mayTake: () => true,
+      liveOrigin: () => undefined,
     };
     const plan = await planRequest(
       createIndexState(),
@@ -722,6 +748,7 @@ describe('planRequest when a holder appears while a lease is being taken', () =>
         await inner.release(grant);
       },
       mayTake: (...args) => inner.mayTake(...args),
+      liveOrigin: (now) => inner.liveOrigin(now),
     };
   }
 
