@@ -77,6 +77,29 @@ async function listenOnLoopback(server: Server): Promise<string> {
   return `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
 }
 
+/**
+ * A stand-in scheduler on NATS that answers every schedule request with `answer(need)` as assignments;
+ * close the returned connection to remove it.
+ */
+async function scriptedScheduler(
+  natsUrl: string,
+  answer: (need: number[]) => unknown[],
+): Promise<NatsConnection> {
+  const nc = await connect({ servers: natsUrl });
+  nc.subscribe(subjects.schedule, {
+    callback: (_err, msg) => {
+      const assignments = answer(msg.json<{ need: number[] }>().need);
+      msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
+    },
+  });
+  await nc.flush();
+  return nc;
+}
+
+/** Fallbacks to the registry an agent counted, by reason; none is an empty list. */
+const fallbacks = (metrics: Map<string, number>) =>
+  [...metrics].filter(([k, v]) => k.startsWith('shoal_agent_fallbacks_total') && v > 0);
+
 /** A fake parent that sends each chunk asked for `piece` bytes every `everyMs`, noting the indexes in `asked`. */
 function trickleParent(
   chunk: (index: number) => Buffer,
@@ -456,7 +479,6 @@ describe('a node told to wait while its chunks are still arriving', () => {
 
     // A scripted scheduler: chunks 0-7 from the parent at the first request that needs chunks; then
     // "wait" until those eight have all been sent, then the rest from the parent.
-    const nc = await connect({ servers: nats.url });
     let requests = 0;
     let given = false;
     const peer = (index: number) => ({
@@ -465,26 +487,21 @@ describe('a node told to wait while its chunks are still arriving', () => {
       source: { kind: 'peer', node: 'parent', url },
       alternates: [],
     });
-    nc.subscribe(subjects.schedule, {
-      callback: (_err, msg) => {
-        const request = msg.json<{ need: number[] }>();
-        requests++;
-        const first = !given && request.need.length > 0;
-        given ||= first;
-        const assignments = first
-          ? request.need.filter((i) => i < 8).map(peer)
-          : firstEightDone < 8
-            ? request.need.map((index) => ({
-                index,
-                sha256: hashes[index]!,
-                source: { kind: 'wait', retryMs: 100 },
-                alternates: [],
-              }))
-            : request.need.map(peer);
-        msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
-      },
+    const nc = await scriptedScheduler(nats.url, (need) => {
+      requests++;
+      const first = !given && need.length > 0;
+      given ||= first;
+      return first
+        ? need.filter((i) => i < 8).map(peer)
+        : firstEightDone < 8
+          ? need.map((index) => ({
+              index,
+              sha256: hashes[index]!,
+              source: { kind: 'wait', retryMs: 100 },
+              alternates: [],
+            }))
+          : need.map(peer);
     });
-    await nc.flush();
     try {
       agent = await startAgent({
         id: 'b',
@@ -506,9 +523,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
       // Told to wait from about 1.2 s (four chunks in) to 2.8 s, longer than origin.waitTimeout, but a
       // chunk arrived every 0.4 s.
       expect(requests).toBeGreaterThan(2);
-      expect([...metrics].filter(([k, v]) => k.startsWith('shoal_agent_fallbacks_total') && v > 0)).toEqual(
-        [],
-      );
+      expect(fallbacks(metrics)).toEqual([]);
       expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(layer.size);
       expect(bytesServed(registry, layer.digest) - before).toBe(0);
     } finally {
@@ -541,28 +556,20 @@ describe('a node told to wait while its chunks are still arriving', () => {
       );
     });
     const url = await listenOnLoopback(slowParent);
-    const nc = await connect({ servers: nats.url });
     let given = false;
-    nc.subscribe(subjects.schedule, {
-      callback: (_err, msg) => {
-        const request = msg.json<{ need: number[] }>();
-        const first = !given && request.need.includes(0);
-        given ||= first;
-        const assignments = request.need
-          .filter((index) => !first || index === 0)
-          .map((index) => ({
-            index,
-            sha256: hashes[index]!,
-            source:
-              first || firstDone
-                ? { kind: 'peer', node: 'slow-parent', url }
-                : { kind: 'wait', retryMs: 100 },
-            alternates: [],
-          }));
-        msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
-      },
+    const nc = await scriptedScheduler(nats.url, (need) => {
+      const first = !given && need.includes(0);
+      given ||= first;
+      return need
+        .filter((index) => !first || index === 0)
+        .map((index) => ({
+          index,
+          sha256: hashes[index]!,
+          source:
+            first || firstDone ? { kind: 'peer', node: 'slow-parent', url } : { kind: 'wait', retryMs: 100 },
+          alternates: [],
+        }));
     });
-    await nc.flush();
     let patient: ShoalService | undefined;
     try {
       patient = await startAgent({
@@ -582,9 +589,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
         bytes: layer.size,
       });
       const metrics = await patient.metrics();
-      expect([...metrics].filter(([k, v]) => k.startsWith('shoal_agent_fallbacks_total') && v > 0)).toEqual(
-        [],
-      );
+      expect(fallbacks(metrics)).toEqual([]);
       expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(layer.size);
       expect(bytesServed(registry, layer.digest) - before).toBe(0);
     } finally {
@@ -598,22 +603,16 @@ describe('a node told to wait while its chunks are still arriving', () => {
     const layer = image.layers[0]!;
     const before = bytesServed(registry, layer.digest);
     // A scheduler that has nothing for anyone: every chunk, every time, "wait".
-    const nc = await connect({ servers: nats.url });
     let requests = 0;
-    nc.subscribe(subjects.schedule, {
-      callback: (_err, msg) => {
-        const request = msg.json<{ need: number[] }>();
-        requests++;
-        const assignments = request.need.map((index) => ({
-          index,
-          sha256: null,
-          source: { kind: 'wait', retryMs: 100 },
-          alternates: [],
-        }));
-        msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
-      },
+    const nc = await scriptedScheduler(nats.url, (need) => {
+      requests++;
+      return need.map((index) => ({
+        index,
+        sha256: null,
+        source: { kind: 'wait', retryMs: 100 },
+        alternates: [],
+      }));
     });
-    await nc.flush();
     let waiter: ShoalService | undefined;
     try {
       waiter = await startAgent({
