@@ -599,6 +599,47 @@ describe('a node told to wait while its chunks are still arriving', () => {
     }
   });
 
+  it('waits its turn for the registry, past origin.waitTimeout, when told the origin is queued', async () => {
+    const layer = image.layers[0]!;
+    const before = bytesServed(registry, layer.digest);
+    // For 2.5 s every chunk is queued for the origin (a registry as busy as the budget allows); then
+    // they are granted.
+    const turnAt = Date.now() + 2_500;
+    const nc = await scriptedScheduler(nats.url, (need) =>
+      need.map((index) => ({
+        index,
+        sha256: null,
+        source:
+          Date.now() < turnAt
+            ? { kind: 'wait', retryMs: 100, queue: 'origin' }
+            : { kind: 'origin', leaseMs: 10_000 },
+        alternates: [],
+      })),
+    );
+    let queued: ShoalService | undefined;
+    try {
+      queued = await startAgent({
+        id: 'e',
+        natsUrl: nats.url,
+        registries: [registry.url],
+        dir,
+        extraArgs: ['--origin-wait-timeout=1s', '--chunk-size=1MiB'],
+      });
+      expect(await pullBlob(queued, image.repo, layer.digest)).toEqual({
+        sha256: layer.digest,
+        bytes: layer.size,
+      });
+      expect(Date.now()).toBeGreaterThanOrEqual(turnAt);
+      const metrics = await queued.metrics();
+      expect(fallbacks(metrics)).toEqual([]);
+      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'origin' })).toBe(layer.size);
+      expect(bytesServed(registry, layer.digest) - before).toBe(layer.size);
+    } finally {
+      await queued?.stop();
+      await nc.close();
+    }
+  });
+
   it('goes to the registry once told to wait with nothing in flight for longer than origin.waitTimeout', async () => {
     const layer = image.layers[0]!;
     const before = bytesServed(registry, layer.digest);

@@ -272,11 +272,14 @@ export class Download {
         const assignments = await plan(ready, free);
         let started = 0;
         let retryMs = 0;
+        /** Told that chunks no one holds wait their turn for a registry as busy as the mesh allows. */
+        let queued = false;
         for (const assignment of assignments) {
           if (inflight.size >= this.options.concurrency) break;
           if (!missing.has(assignment.index) || inflight.has(assignment.index)) continue;
           if (assignment.source.kind === 'wait') {
             retryMs = Math.max(retryMs, assignment.source.retryMs);
+            queued ||= assignment.source.queue === 'origin';
             continue;
           }
           start(assignment);
@@ -284,10 +287,11 @@ export class Download {
         }
         if (started > 0) {
           waitingSince = undefined;
-        } else if (inflight.size > 0) {
+        } else if (inflight.size > 0 || queued) {
           // Chunks are still arriving: the mesh is serving this node, and its link is busy with them;
-          // fetching the rest from the registry as well would only load the registry. The clock starts
-          // once nothing is in flight.
+          // or the chunks wait their turn for the registry, which is already as busy as it can be kept.
+          // Fetching them from the registry as well would only load it. The clock starts once nothing
+          // is in flight and nothing is queued.
           waitingSince = undefined;
           const until = Date.now() + Math.max(retryMs, 1);
           for (const index of ready) waitUntil.set(index, until);

@@ -111,7 +111,15 @@ export type ScheduleRequest = z.infer<typeof scheduleRequest>;
 export const chunkSource = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('peer'), node: nodeId, url: z.string() }),
   z.object({ kind: z.literal('origin'), leaseMs: z.number().int().min(0) }),
-  z.object({ kind: z.literal('wait'), retryMs: z.number().int().min(0) }),
+  z.object({
+    kind: z.literal('wait'),
+    retryMs: z.number().int().min(0),
+    /**
+     * `origin`: a chunk no one holds is waiting its turn for the registry, which is as busy as the mesh's
+     * origin budget allows; fetching it from the registry anyway would only slow the others.
+     */
+    queue: z.literal('origin').optional(),
+  }),
 ]);
 export type ChunkSource = z.infer<typeof chunkSource>;
 

@@ -392,20 +392,26 @@ export async function planRequest(
     }
   };
 
+  /** Set when a chunk no one holds was left to wait because the mesh's origin budget is spent. */
+  let originQueued = false;
+  /**
+   * Origin grants this decision may make: the per-request limit, and what the mesh's budget leaves
+   * (`byBudget` when the budget is the tighter of the two).
+   */
+  function originLimit(): { limit: number; byBudget: boolean } {
+    const perRequest = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
+    const room = options.originRoom?.();
+    if (room === undefined || room >= perRequest) return { limit: perRequest, byBudget: false };
+    return { limit: Math.max(0, room), byBudget: true };
+  }
+
   // Leases are requested a window at a time, never more than the per-request limit still allows, so the
   // limit is exact without taking leases one round trip at a time. In a gated zone the zone lease comes
   // first: a node that cannot have it never competes for the origin, and the one that has it keeps it
   // while it waits for an origin lease, so that it, and no one else in its zone, fetches the chunk once
   // the chunk appears in another zone or the origin lease frees up.
-  /** Origin grants this decision may make: the per-request limit, and what the mesh's budget leaves. */
-  function originLimit(): number {
-    const perRequest = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
-    const room = options.originRoom?.();
-    return room === undefined ? perRequest : Math.min(perRequest, Math.max(0, room));
-  }
-
   const leaseOrigin = async (): Promise<void> => {
-    const limit = originLimit();
+    const { limit, byBudget } = originLimit();
     let next = 0;
     while (next < toOrigin.length && counts.origin < limit) {
       const window = toOrigin.slice(next, next + Math.min(concurrency, limit - counts.origin));
@@ -416,6 +422,7 @@ export async function planRequest(
         }),
       );
     }
+    if (byBudget && next < toOrigin.length) originQueued = true;
   };
 
   if (request.max !== undefined) {
@@ -436,7 +443,7 @@ export async function planRequest(
   async function chooseAndAssign(max: number): Promise<void> {
     const parentSlots = options.parentSlots ?? 8;
     const inOrder = Math.max(0, options.inOrder ?? 2);
-    const originCap = originLimit();
+    const { limit: originCap, byBudget } = originLimit();
     // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
     // chunks actually considered, so a request listing a thousand chunks costs little more than eight.
     /** All holders of a chunk, and those in the requester's zone (tiers 0 and 1). */
@@ -534,6 +541,9 @@ export async function planRequest(
             refusals++;
           }),
         );
+      } else if (wanted.holders === 0 && byBudget) {
+        // No one holds it and the registry is as busy as the budget allows: it waits its turn.
+        originQueued = true;
       }
     }
     await Promise.all(pending);
@@ -551,7 +561,9 @@ export async function planRequest(
       assignments[position] = {
         index,
         sha256: manifest?.hashes[index] || null,
-        source: { kind: 'wait', retryMs: options.retryMs },
+        source: originQueued
+          ? { kind: 'wait', retryMs: options.retryMs, queue: 'origin' }
+          : { kind: 'wait', retryMs: options.retryMs },
         alternates: [],
       };
     }

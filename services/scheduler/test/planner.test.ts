@@ -272,6 +272,8 @@ describe('planRequest', () => {
       'wait',
     ]);
     expect(second.grants.map((g) => g.index)).toEqual([3, 4, 5]);
+    // Held back by the per-request limit, not by the registry: the waits are not queued for the origin.
+    for (const a of second.assignments) if (a.source.kind === 'wait') expect(a.source.queue).toBeUndefined();
   });
 
   for (const max of [undefined, 8]) {
@@ -291,8 +293,15 @@ describe('planRequest', () => {
         plan.assignments.filter((a) => a.source.kind === 'origin').map((a) => a.index);
       const first = await ask('n1');
       expect(kinds(first)).toHaveLength(4);
-      // The budget is spent: the next node waits, whatever chunks it needs.
-      expect(kinds(await ask('n2'))).toEqual([]);
+      // The budget is spent: the next node waits, whatever chunks it needs, and is told it is queued
+      // for the origin rather than left waiting for a peer.
+      const queued = await ask('n2');
+      expect(kinds(queued)).toEqual([]);
+      expect(queued.assignments.map((a) => a.source)).toContainEqual({
+        kind: 'wait',
+        retryMs: 250,
+        queue: 'origin',
+      });
       // One lease given back frees one grant.
       await store.release(first.grants[0]!);
       expect(kinds(await ask('n3'))).toEqual([first.grants[0]!.index]);
