@@ -22,8 +22,9 @@ export async function readNodes(nc: NatsConnection): Promise<{ nodes: NodeRecord
   }
   const nodes: NodeRecord[] = [];
   const unreadable: string[] = [];
-  const keys: string[] = [];
-  for await (const key of await kv.keys()) keys.push(key);
+  // Heartbeats rewrite the keys while they are listed, and the listing may then name a key twice.
+  const keys = new Set<string>();
+  for await (const key of await kv.keys()) keys.add(key);
   for (const key of keys) {
     const entry = await kv.get(key);
     if (entry?.operation !== 'PUT') continue;
