@@ -94,15 +94,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         })
       : undefined;
   if (budget) metrics.originBudget.set(budget.limit);
-  /** What the origin budget leaves for this decision, counted over every replica's leases. */
-  const originRoom = (): number | undefined => {
-    const live = budget ? grants?.liveOrigin(now()) : undefined;
-    if (!budget || live === undefined) return undefined;
-    metrics.originLeases.set(live);
-    return budget.limit - live;
-  };
   const planOptions: PlanOptions = {
-    originRoom,
+    ...(budget ? { originBudget: () => budget.limit } : {}),
     nodeTtlMs: config.nodeTtl,
     retryMs: config.waitRetry,
     maxAlternates: config.alternates,
@@ -373,6 +366,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (!grants) throw new Error('grant store is not ready');
       if (request.fetching) releaseFinished(blobHexOf(request.blob), request.node, request.fetching);
       const plan = await planRequest(state, request, grants, load, planOptions, now());
+      if (budget) metrics.originLeases.set(grants.liveOrigin(now()) ?? 0);
       remember(plan.grants);
       rememberServing(blobHexOf(request.blob), request.node, plan.assignments);
       if (plan.grantErrors.length) {

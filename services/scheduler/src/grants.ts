@@ -45,8 +45,9 @@ export interface GrantStore {
    */
   mayTake(blobHex: string, index: number, node: string, now: number, zone?: string): boolean;
   /**
-   * Origin leases held now, over the whole mesh as far as this store has seen (zone leases are not
-   * counted); undefined when the store keeps no view to count from.
+   * Origin leases held now, over the whole mesh as far as this store has seen, counting those this
+   * process has asked for and not yet heard back about (zone leases are not counted); undefined when the
+   * store keeps no view to count from.
    */
   liveOrigin(now: number): number | undefined;
 }
@@ -233,6 +234,8 @@ export function readLease(key: string, value: Uint8Array): GrantRecord | undefin
 
 /** Leases in the `grants` KV bucket, shared by every scheduler replica. */
 export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseView): GrantStore {
+  /** Origin leases asked for and not yet answered: counted as held, so a budget is never overrun. */
+  let asking = 0;
   async function takeSlot(
     key: string,
     blobHex: string,
@@ -287,11 +290,17 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
     },
     async take(blobHex, index, node, now, zone) {
       const scope = scopeOf(options, blobHex, index, zone);
-      for (let slot = 0; slot < scope.slots; slot++) {
-        const grant = await takeSlot(scope.key(slot), blobHex, index, slot, node, now, scope.zone);
-        if (grant) return grant;
+      const origin = scope.zone === undefined;
+      if (origin) asking++;
+      try {
+        for (let slot = 0; slot < scope.slots; slot++) {
+          const grant = await takeSlot(scope.key(slot), blobHex, index, slot, node, now, scope.zone);
+          if (grant) return grant;
+        }
+        return null;
+      } finally {
+        if (origin) asking--;
       }
-      return null;
     },
     async release(grant) {
       try {
@@ -301,6 +310,9 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
         if (!isCasConflict(err)) throw err;
       }
     },
-    liveOrigin: (now) => view?.liveOrigin(now),
+    liveOrigin(now) {
+      const seen = view?.liveOrigin(now);
+      return seen === undefined ? undefined : seen + asking;
+    },
   };
 }

@@ -31,10 +31,11 @@ export interface PlanOptions {
   /** At most this many origin grants per plan; 0 means no limit. */
   originMaxPerRequest: number;
   /**
-   * How many more origin leases the mesh may hold now (the origin budget less those held), read once per
-   * decision; undefined means no budget.
+   * The mesh's origin budget: how many origin leases may be held at once, over every replica. Checked
+   * against the grant store's count right before each origin lease is taken; without it, origin grants
+   * are limited only per chunk and per request.
    */
-  originRoom?: () => number | undefined;
+  originBudget?: () => number;
   /** How many leases (origin or zone) are requested at once. */
   grantConcurrency?: number;
   /**
@@ -253,6 +254,9 @@ export async function planRequest(
     return false;
   };
 
+  /** Chunks no one holds that were left to wait because the mesh's origin budget is spent. */
+  const originQueued = new Set<number>();
+
   /** Gives back an origin lease taken for a chunk that turned out to be held already. */
   const giveBack = async (grant: Grant): Promise<void> => {
     taken.splice(taken.indexOf(grant), 1);
@@ -267,6 +271,12 @@ export async function planRequest(
    */
   const assignOrigin = async (wanted: Pending, heldBefore: boolean): Promise<boolean> => {
     if (zone !== undefined && !(await lease(wanted.index, zone))) return false;
+    // The budget is read and the lease asked for in one step, so decisions running at once cannot each
+    // see the same room: the store counts a lease from the moment it is asked for.
+    if (options.originBudget && (grants.liveOrigin(now) ?? 0) >= options.originBudget()) {
+      originQueued.add(wanted.index);
+      return false;
+    }
     const originLease = await lease(wanted.index);
     if (!originLease) return false;
     if (!heldBefore && heldNow(wanted.index)) {
@@ -392,18 +402,7 @@ export async function planRequest(
     }
   };
 
-  /** Set when a chunk no one holds was left to wait because the mesh's origin budget is spent. */
-  let originQueued = false;
-  /**
-   * Origin grants this decision may make: the per-request limit, and what the mesh's budget leaves
-   * (`byBudget` when the budget is the tighter of the two).
-   */
-  function originLimit(): { limit: number; byBudget: boolean } {
-    const perRequest = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
-    const room = options.originRoom?.();
-    if (room === undefined || room >= perRequest) return { limit: perRequest, byBudget: false };
-    return { limit: Math.max(0, room), byBudget: true };
-  }
+  const originLimit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
 
   // Leases are requested a window at a time, never more than the per-request limit still allows, so the
   // limit is exact without taking leases one round trip at a time. In a gated zone the zone lease comes
@@ -411,18 +410,19 @@ export async function planRequest(
   // while it waits for an origin lease, so that it, and no one else in its zone, fetches the chunk once
   // the chunk appears in another zone or the origin lease frees up.
   const leaseOrigin = async (): Promise<void> => {
-    const { limit, byBudget } = originLimit();
     let next = 0;
-    while (next < toOrigin.length && counts.origin < limit) {
-      const window = toOrigin.slice(next, next + Math.min(concurrency, limit - counts.origin));
+    while (next < toOrigin.length && counts.origin < originLimit) {
+      const window = toOrigin.slice(next, next + Math.min(concurrency, originLimit - counts.origin));
       next += window.length;
       await Promise.all(
         window.map(async (wanted) => {
           await assignOrigin(wanted, heldNow(wanted.index));
         }),
       );
+      if (originQueued.size > 0) break;
     }
-    if (byBudget && next < toOrigin.length) originQueued = true;
+    // Once the budget has no room, the rest of the chunks no one holds are in line for it too.
+    if (originQueued.size > 0) for (const wanted of toOrigin.slice(next)) originQueued.add(wanted.index);
   };
 
   if (request.max !== undefined) {
@@ -443,7 +443,7 @@ export async function planRequest(
   async function chooseAndAssign(max: number): Promise<void> {
     const parentSlots = options.parentSlots ?? 8;
     const inOrder = Math.max(0, options.inOrder ?? 2);
-    const { limit: originCap, byBudget } = originLimit();
+    const originCap = originLimit;
     // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
     // chunks actually considered, so a request listing a thousand chunks costs little more than eight.
     /** All holders of a chunk, and those in the requester's zone (tiers 0 and 1). */
@@ -541,9 +541,9 @@ export async function planRequest(
             refusals++;
           }),
         );
-      } else if (wanted.holders === 0 && byBudget) {
+      } else if (wanted.holders === 0 && originQueued.size > 0) {
         // No one holds it and the registry is as busy as the budget allows: it waits its turn.
-        originQueued = true;
+        originQueued.add(wanted.index);
       }
     }
     await Promise.all(pending);
@@ -558,10 +558,12 @@ export async function planRequest(
       if (chosenOnly && (anyAssigned || position > 0)) continue;
       const index = need[position] ?? 0;
       counts.wait++;
+      // A chosen-only reply that gives nothing names one chunk for all: it is queued if any chunk was.
+      const queued = originQueued.has(index) || (chosenOnly && originQueued.size > 0);
       assignments[position] = {
         index,
         sha256: manifest?.hashes[index] || null,
-        source: originQueued
+        source: queued
           ? { kind: 'wait', retryMs: options.retryMs, queue: 'origin' }
           : { kind: 'wait', retryMs: options.retryMs },
         alternates: [],

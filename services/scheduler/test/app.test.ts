@@ -353,8 +353,8 @@ describe('scheduler', () => {
     expect(next).toEqual(['origin']);
     const text = await replica.registry.metrics();
     expect(text).toMatch(/shoal_scheduler_origin_budget 3/);
-    // Counted as the last decision began: b1's two leases still held.
-    expect(text).toMatch(/shoal_scheduler_origin_leases 2/);
+    // Counted after the last decision: b1's two leases and b2's new one.
+    expect(text).toMatch(/shoal_scheduler_origin_leases 3/);
     await stopReplica(replica);
     await startReplica('sched-after-budget');
   });

@@ -279,7 +279,7 @@ describe('planRequest', () => {
   for (const max of [undefined, 8]) {
     it(`grants no more origin leases than the mesh's origin budget leaves (max ${max ?? 'unset'})`, async () => {
       const store = grants();
-      const budgeted: PlanOptions = { ...options, originRoom: () => 4 - store.liveOrigin(NOW)! };
+      const budgeted: PlanOptions = { ...options, originBudget: () => 4 };
       const ask = (node: string) =>
         planRequest(
           createIndexState(),
@@ -307,6 +307,43 @@ describe('planRequest', () => {
       expect(kinds(await ask('n3'))).toEqual([first.grants[0]!.index]);
     });
   }
+
+  it('keeps to the origin budget when decisions run at once and leases take a round trip', async () => {
+    const inner = grants();
+    // Each lease is stored 20 ms after it is asked for, and counted from the moment it is asked for, as
+    // the KV store does.
+    let asking = 0;
+    const slow: GrantStore = {
+      leaseMs: inner.leaseMs,
+      take: async (blobHex, index, node, now, zone) => {
+        if (!zone) asking++;
+        await new Promise((resolve) => setTimeout(resolve, 20));
+        try {
+          return await inner.take(blobHex, index, node, now, zone);
+        } finally {
+          if (!zone) asking--;
+        }
+      },
+      release: (grant) => inner.release(grant),
+      mayTake: (...args) => inner.mayTake(...args),
+      liveOrigin: (now) => inner.liveOrigin(now)! + asking,
+    };
+    const budgeted: PlanOptions = { ...options, originBudget: () => 4 };
+    const plans = await Promise.all(
+      ['n1', 'n2', 'n3', 'n4', 'n5', 'n6'].map((node) =>
+        planRequest(
+          createIndexState(),
+          request(node, [0, 1, 2, 3, 4, 5, 6, 7]),
+          slow,
+          decayingLoad(1),
+          budgeted,
+          NOW,
+        ),
+      ),
+    );
+    expect(plans.reduce((sum, plan) => sum + plan.counts.origin, 0)).toBe(4);
+    expect(inner.liveOrigin(NOW)).toBe(4);
+  });
 
   it('tells chunks to wait, and reports the error, when the grant store fails', async () => {
     const failing: GrantStore = {
