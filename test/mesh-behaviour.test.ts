@@ -640,6 +640,42 @@ describe('a node told to wait while its chunks are still arriving', () => {
     }
   });
 
+  it('gives up its turn for the registry after four times origin.waitTimeout queued', async () => {
+    const layer = image.layers[0]!;
+    const nc = await scriptedScheduler(nats.url, (need) =>
+      need.map((index) => ({
+        index,
+        sha256: null,
+        source: { kind: 'wait', retryMs: 100, queue: 'origin' },
+        alternates: [],
+      })),
+    );
+    let forgotten: ShoalService | undefined;
+    try {
+      forgotten = await startAgent({
+        id: 'f',
+        natsUrl: nats.url,
+        registries: [registry.url],
+        dir,
+        extraArgs: ['--origin-wait-timeout=500ms', '--chunk-size=1MiB'],
+      });
+      const began = Date.now();
+      expect(await pullBlob(forgotten, image.repo, layer.digest)).toEqual({
+        sha256: layer.digest,
+        bytes: layer.size,
+      });
+      // 4 × 500 ms, less the 15% jitter.
+      expect(Date.now() - began).toBeGreaterThan(1_700);
+      const metrics = await forgotten.metrics();
+      expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBeGreaterThan(
+        0,
+      );
+    } finally {
+      await forgotten?.stop();
+      await nc.close();
+    }
+  });
+
   it('goes to the registry once told to wait with nothing in flight for longer than origin.waitTimeout', async () => {
     const layer = image.layers[0]!;
     const before = bytesServed(registry, layer.digest);

@@ -69,6 +69,8 @@ const MESH_BACKOFF_MS = 3_000;
 const SLOW_CHECK_MS = 100;
 /** How often an otherwise idle download loop looks again. */
 const IDLE_POLL_MS = 250;
+/** How many times origin.waitTimeout a download waits while told its chunks are queued for the origin. */
+const QUEUED_WAIT_FACTOR = 4;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
@@ -287,17 +289,20 @@ export class Download {
         }
         if (started > 0) {
           waitingSince = undefined;
-        } else if (inflight.size > 0 || queued) {
+        } else if (inflight.size > 0) {
           // Chunks are still arriving: the mesh is serving this node, and its link is busy with them;
-          // or the chunks wait their turn for the registry, which is already as busy as it can be kept.
-          // Fetching them from the registry as well would only load it. The clock starts once nothing
-          // is in flight and nothing is queued.
+          // fetching the rest from the registry as well would only load it. The clock starts once
+          // nothing is in flight.
           waitingSince = undefined;
           const until = Date.now() + Math.max(retryMs, 1);
           for (const index of ready) waitUntil.set(index, until);
         } else {
           waitingSince ??= Date.now();
-          if (Date.now() - waitingSince >= this.originWaitMs) {
+          // Chunks queued for the origin wait their turn for a registry that is already as busy as the
+          // mesh keeps it: going to it anyway would only slow everyone's share. They get longer, but not
+          // for ever, in case the turn never comes.
+          const limit = queued ? this.originWaitMs * QUEUED_WAIT_FACTOR : this.originWaitMs;
+          if (Date.now() - waitingSince >= limit) {
             // Nobody has served this node for too long: take the next chunks from the registry itself.
             this.fallback('waited too long for a peer');
             for (const index of ready.slice(0, free)) start(originAssignment(index));
