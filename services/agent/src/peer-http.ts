@@ -73,7 +73,9 @@ class Connection {
       },
     });
     this.socket.setTimeout(connectTimeoutMs);
-    this.socket.on('timeout', () => this.fail(new PeerHttpError('no answer in time', 'transport')));
+    this.socket.on('timeout', () =>
+      this.fail(new PeerHttpError('no answer in time', 'transport', { cause: { timeout: true } })),
+    );
     this.socket.on('error', (err) => this.fail(new PeerHttpError(err.message, 'transport', { cause: err })));
     this.socket.on('end', () => this.fail(new PeerHttpError('the peer closed the connection', 'transport')));
     this.socket.on('close', () => {
@@ -147,14 +149,17 @@ class Connection {
       return false;
     }
     let length: number | undefined;
+    let encoded = false;
     for (const line of lines.slice(1)) {
       const colon = line.indexOf(':');
       const name = line.slice(0, colon).trim().toLowerCase();
       const value = line.slice(colon + 1).trim();
       if (name === 'content-length') length = /^\d+$/.test(value) ? Number(value) : Number.NaN;
       else if (name === 'connection' && value.toLowerCase() === 'close') exchange.reusable = false;
-      else if (name === 'transfer-encoding') length = Number.NaN;
+      else if (name === 'transfer-encoding') encoded = true;
     }
+    // A transfer encoding overrides any length, wherever the headers put it; peers never send one.
+    if (encoded) length = Number.NaN;
     const code = Number(status[1]);
     if (code !== 200) {
       // The body of a refusal is not needed; the connection goes rather than be drained.
@@ -197,6 +202,7 @@ class Connection {
 /** Keep-alive connections to peers, by host:port. */
 export class PeerHttp {
   private readonly idle = new Map<string, Connection[]>();
+  private closed = false;
 
   constructor(private readonly options: PeerHttpOptions) {}
 
@@ -234,13 +240,15 @@ export class PeerHttp {
         return await connection.request(head, into, this.options.timeoutMs);
       } catch (err) {
         // A kept connection the peer has just closed fails before any answer; that is not the peer
-        // failing, so the request is sent again on a new connection.
+        // failing, so the request is sent again on a new connection. A peer that is merely slow to
+        // answer (a timeout) is not asked twice.
         if (
           reused &&
           !signal.aborted &&
           err instanceof PeerHttpError &&
           err.failure === 'transport' &&
-          !connection.answered
+          !connection.answered &&
+          !(err.cause as { timeout?: boolean } | undefined)?.timeout
         )
           continue;
         throw err;
@@ -250,8 +258,9 @@ export class PeerHttp {
     }
   }
 
-  /** Closes every idle connection; requests in progress finish or fail on their own. */
+  /** Closes every idle connection; requests in progress finish or fail on their own, and are not kept. */
   close(): void {
+    this.closed = true;
     for (const connections of this.idle.values()) for (const c of connections) c.socket.destroy();
     this.idle.clear();
   }
@@ -269,7 +278,7 @@ export class PeerHttp {
     const connection = new Connection(host, Number(origin.port || 80), this.options.timeoutMs);
     connection.onIdle = () => {
       const connections = this.idle.get(key) ?? [];
-      if (connections.length >= this.options.maxIdlePerPeer) {
+      if (this.closed || connections.length >= this.options.maxIdlePerPeer) {
         connection.socket.destroy();
         return;
       }

@@ -40,6 +40,9 @@ const scripts: Record<string, (socket: Socket) => Promise<void>> = {
   '/chunked': async (socket) => {
     socket.write(head('200 OK', ['transfer-encoding: chunked']));
   },
+  '/chunked-with-length': async (socket) => {
+    socket.write(head('200 OK', ['transfer-encoding: chunked', `content-length: ${BODY.length}`]));
+  },
   '/extra': async (socket) => {
     socket.write(Buffer.concat([Buffer.from(head('200 OK', [`content-length: ${BODY.length}`])), BODY]));
     await sleep(20);
@@ -146,6 +149,10 @@ describe('PeerHttp', () => {
       http.get(origin, '/chunked', {}, Buffer.alloc(BODY.length), new AbortController().signal),
     );
     expect(chunked.failure).toBe('length');
+    const both = await failure(
+      http.get(origin, '/chunked-with-length', {}, Buffer.alloc(BODY.length), new AbortController().signal),
+    );
+    expect(both.failure).toBe('length');
     http.close();
   });
 
