@@ -65,6 +65,21 @@ describe('shoalctl nodes', () => {
     expect(lines.at(-1)).toBe('4 nodes in 2 zones and 3 vSwitches');
   });
 
+  it('says no node is registered where discovery has never run', async () => {
+    const empty = await startNats();
+    try {
+      const result = await runCommand(
+        process.execPath,
+        [shoalctlMain, 'nodes', '--nats-servers', empty.url],
+        { timeoutMs: 20_000 },
+      );
+      expect(result.code, result.stderr).toBe(0);
+      expect(result.stdout.trim()).toBe('no nodes registered');
+    } finally {
+      await empty.stop();
+    }
+  });
+
   it('shows an agent that stopped heartbeating as silent, before discovery removes it', async () => {
     await agents[0]!.process.stop('SIGKILL', 5_000);
     await new Promise((resolve) => setTimeout(resolve, 1_500));

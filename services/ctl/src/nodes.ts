@@ -13,18 +13,18 @@ export interface NodeView extends NodeRecord {
 
 /** Every node record in the nodes bucket; records that cannot be read are reported, not hidden. */
 export async function readNodes(nc: NatsConnection): Promise<{ nodes: NodeRecord[]; unreadable: string[] }> {
-  let kv;
+  const kv = await new Kvm(nc).open(buckets.nodes);
+  // Heartbeats rewrite the keys while they are listed, and the listing may then name a key twice.
+  const keys = new Set<string>();
   try {
-    kv = await new Kvm(nc).open(buckets.nodes);
-  } catch {
-    // No bucket yet: discovery has never run against this NATS.
+    for await (const key of await kv.keys()) keys.add(key);
+  } catch (err) {
+    // No bucket yet: discovery has never run against this NATS. Anything else is an error to report.
+    if (!/not found/i.test(err instanceof Error ? err.message : String(err))) throw err;
     return { nodes: [], unreadable: [] };
   }
   const nodes: NodeRecord[] = [];
   const unreadable: string[] = [];
-  // Heartbeats rewrite the keys while they are listed, and the listing may then name a key twice.
-  const keys = new Set<string>();
-  for await (const key of await kv.keys()) keys.add(key);
   for (const key of keys) {
     const entry = await kv.get(key);
     if (entry?.operation !== 'PUT') continue;
