@@ -270,11 +270,21 @@ export async function planRequest(
    * stale, or without a known hash) is why the origin was chosen.
    */
   const assignOrigin = async (wanted: Pending, heldBefore: boolean): Promise<boolean> => {
-    if (zone !== undefined && !(await lease(wanted.index, zone))) return false;
-    // The budget is read and the lease asked for in one step, so decisions running at once cannot each
-    // see the same room: the store counts a lease from the moment it is asked for.
-    if (options.originBudget && (grants.liveOrigin(now) ?? 0) >= options.originBudget()) {
+    // Read before the zone lease, so that a node in line for the registry does not hold its zone's lease
+    // (and keep its zone from the chunk) while it waits; and again in one step with asking for the origin
+    // lease, so that decisions running at once cannot each spend the same room: the store counts a lease
+    // from the moment it is asked for.
+    const budgetSpent = () =>
+      options.originBudget !== undefined && (grants.liveOrigin(now) ?? 0) >= options.originBudget();
+    if (budgetSpent()) {
       originQueued.add(wanted.index);
+      return false;
+    }
+    const zoneLease = zone !== undefined ? await lease(wanted.index, zone) : undefined;
+    if (zoneLease === null) return false;
+    if (budgetSpent()) {
+      originQueued.add(wanted.index);
+      if (zoneLease) await giveBack(zoneLease);
       return false;
     }
     const originLease = await lease(wanted.index);

@@ -308,6 +308,16 @@ describe('planRequest', () => {
     });
   }
 
+  it('takes no zone lease for a chunk queued for the origin, so the zone is not held up by it', async () => {
+    const store = grants();
+    const state = stateWith((s) => addNode(s, 'n1', 'z1', 'v1'));
+    const spent: PlanOptions = { ...options, originBudget: () => 0 };
+    const plan = await planRequest(state, request('n1', [0], { max: 1 }), store, decayingLoad(1), spent, NOW);
+    expect(plan.assignments.map((a) => a.source)).toEqual([{ kind: 'wait', retryMs: 250, queue: 'origin' }]);
+    expect(plan.grants).toEqual([]);
+    expect(store.size).toBe(0);
+  });
+
   it('keeps to the origin budget when decisions run at once and leases take a round trip', async () => {
     const inner = grants();
     // Each lease is stored 20 ms after it is asked for, and counted from the moment it is asked for, as
