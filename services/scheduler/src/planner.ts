@@ -412,6 +412,7 @@ export async function planRequest(
     }
   };
 
+  /** Origin grants one decision may make (the mesh's budget is checked as each is asked for). */
   const originLimit = options.originMaxPerRequest > 0 ? options.originMaxPerRequest : Infinity;
 
   // Leases are requested a window at a time, never more than the per-request limit still allows, so the
@@ -453,7 +454,6 @@ export async function planRequest(
   async function chooseAndAssign(max: number): Promise<void> {
     const parentSlots = options.parentSlots ?? 8;
     const inOrder = Math.max(0, options.inOrder ?? 2);
-    const originCap = originLimit;
     // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
     // chunks actually considered, so a request listing a thousand chunks costs little more than eight.
     /** All holders of a chunk, and those in the requester's zone (tiers 0 and 1). */
@@ -535,7 +535,7 @@ export async function planRequest(
             load.release?.(best.node.id, now);
           }),
         );
-      } else if (wanted.holders === 0 && counts.origin + originPending < originCap) {
+      } else if (wanted.holders === 0 && counts.origin + originPending < originLimit) {
         if (!mayLease(wanted.index) || (zone !== undefined && !mayLease(wanted.index, zone))) {
           refusals++;
           continue;
