@@ -429,7 +429,6 @@ describe('a node told to wait while its chunks are still arriving', () => {
   let nats: NatsServer;
   let registry: Registry;
   let image: BuiltImage;
-  let agent: ShoalService | undefined;
   let parent: Server | undefined;
 
   beforeAll(async () => {
@@ -447,18 +446,59 @@ describe('a node told to wait while its chunks are still arriving', () => {
 
   afterAll(async () => {
     parent?.close();
-    await agent?.stop();
     await Promise.allSettled([registry?.stop(), nats?.stop()]);
     await removeTempDir(dir);
   });
 
+  /** The layer's bytes as the registry has them, for fake parents to serve. */
+  async function layerBytes(): Promise<Buffer> {
+    const layer = image.layers[0]!;
+    const res = await fetch(`${registry.url}/v2/${image.repo}/blobs/${layer.digest}`);
+    return Buffer.from(await res.arrayBuffer());
+  }
+
+  /**
+   * Pulls the layer through a new agent `id` while `answer` plays the scheduler, and checks the bytes;
+   * resolves with the agent's metrics, the pull's duration and the blob bytes the registry sent.
+   */
+  async function pullScripted(
+    id: string,
+    extraArgs: string[],
+    answer: (need: number[]) => unknown[],
+  ): Promise<{ metrics: Map<string, number>; ms: number; registryBytes: number }> {
+    const layer = image.layers[0]!;
+    const before = bytesServed(registry, layer.digest);
+    const nc = await scriptedScheduler(nats.url, answer);
+    let agent: ShoalService | undefined;
+    try {
+      agent = await startAgent({ id, natsUrl: nats.url, registries: [registry.url], dir, extraArgs });
+      const began = Date.now();
+      expect(await pullBlob(agent, image.repo, layer.digest)).toEqual({
+        sha256: layer.digest,
+        bytes: layer.size,
+      });
+      const ms = Date.now() - began;
+      return {
+        metrics: await agent.metrics(),
+        ms,
+        registryBytes: bytesServed(registry, layer.digest) - before,
+      };
+    } finally {
+      await agent?.stop();
+      await nc.close();
+    }
+  }
+
+  const toWait = (index: number, sha256: string | null, queue?: 'origin') => ({
+    index,
+    sha256,
+    source: { kind: 'wait', retryMs: 100, ...(queue ? { queue } : {}) },
+    alternates: [],
+  });
+
   it('does not give up on the mesh while chunks it was given keep arriving', async () => {
     const layer = image.layers[0]!;
-    const bytes = Buffer.from(
-      await (await fetch(`${registry.url}/v2/${image.repo}/blobs/${layer.digest}`)).arrayBuffer(),
-    );
-    const before = bytesServed(registry, layer.digest);
-    const { chunk, hashes: hashesOf } = chunked(bytes);
+    const { chunk, hashes: hashesOf } = chunked(await layerBytes());
     const hashes = hashesOf();
     // The first eight chunks arrive one every 0.4 s (chunk i answers after i × 0.4 s), the rest at once.
     let firstEightDone = 0;
@@ -487,57 +527,31 @@ describe('a node told to wait while its chunks are still arriving', () => {
       source: { kind: 'peer', node: 'parent', url },
       alternates: [],
     });
-    const nc = await scriptedScheduler(nats.url, (need) => {
-      requests++;
-      const first = !given && need.length > 0;
-      given ||= first;
-      return first
-        ? need.filter((i) => i < 8).map(peer)
-        : firstEightDone < 8
-          ? need.map((index) => ({
-              index,
-              sha256: hashes[index]!,
-              source: { kind: 'wait', retryMs: 100 },
-              alternates: [],
-            }))
-          : need.map(peer);
-    });
-    try {
-      agent = await startAgent({
-        id: 'b',
-        natsUrl: nats.url,
-        registries: [registry.url],
-        dir,
-        extraArgs: [
-          '--origin-wait-timeout=1200ms',
-          '--peer-timeout=5s',
-          '--peer-slow-factor=0',
-          '--chunk-size=1MiB',
-        ],
-      });
-      expect(await pullBlob(agent, image.repo, layer.digest)).toEqual({
-        sha256: layer.digest,
-        bytes: layer.size,
-      });
-      const metrics = await agent.metrics();
-      // Told to wait from about 1.2 s (four chunks in) to 2.8 s, longer than origin.waitTimeout, but a
-      // chunk arrived every 0.4 s.
-      expect(requests).toBeGreaterThan(2);
-      expect(fallbacks(metrics)).toEqual([]);
-      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(layer.size);
-      expect(bytesServed(registry, layer.digest) - before).toBe(0);
-    } finally {
-      await nc.close();
-    }
+    const { metrics, registryBytes } = await pullScripted(
+      'b',
+      ['--origin-wait-timeout=1200ms', '--peer-timeout=5s', '--peer-slow-factor=0', '--chunk-size=1MiB'],
+      (need) => {
+        requests++;
+        const first = !given && need.length > 0;
+        given ||= first;
+        return first
+          ? need.filter((i) => i < 8).map(peer)
+          : firstEightDone < 8
+            ? need.map((index) => toWait(index, hashes[index]!))
+            : need.map(peer);
+      },
+    );
+    // Told to wait from about 1.2 s (four chunks in) to 2.8 s, longer than origin.waitTimeout, but a
+    // chunk arrived every 0.4 s.
+    expect(requests).toBeGreaterThan(2);
+    expect(fallbacks(metrics)).toEqual([]);
+    expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(layer.size);
+    expect(registryBytes).toBe(0);
   });
 
   it('keeps waiting past origin.waitTimeout while a chunk is in flight, however slow', async () => {
     const layer = image.layers[0]!;
-    const bytes = Buffer.from(
-      await (await fetch(`${registry.url}/v2/${image.repo}/blobs/${layer.digest}`)).arrayBuffer(),
-    );
-    const before = bytesServed(registry, layer.digest);
-    const { chunk, hashes: hashesOf } = chunked(bytes);
+    const { chunk, hashes: hashesOf } = chunked(await layerBytes());
     const hashes = hashesOf();
     // Chunk 0 takes 2.5 s to come, more than twice origin.waitTimeout; the rest come at once, but the
     // scheduler says "wait" for them until chunk 0 is through.
@@ -557,165 +571,88 @@ describe('a node told to wait while its chunks are still arriving', () => {
     });
     const url = await listenOnLoopback(slowParent);
     let given = false;
-    const nc = await scriptedScheduler(nats.url, (need) => {
-      const first = !given && need.includes(0);
-      given ||= first;
-      return need
-        .filter((index) => !first || index === 0)
-        .map((index) => ({
-          index,
-          sha256: hashes[index]!,
-          source:
-            first || firstDone ? { kind: 'peer', node: 'slow-parent', url } : { kind: 'wait', retryMs: 100 },
-          alternates: [],
-        }));
-    });
-    let patient: ShoalService | undefined;
     try {
-      patient = await startAgent({
-        id: 'd',
-        natsUrl: nats.url,
-        registries: [registry.url],
-        dir,
-        extraArgs: [
-          '--origin-wait-timeout=1s',
-          '--peer-timeout=5s',
-          '--peer-slow-factor=0',
-          '--chunk-size=1MiB',
-        ],
-      });
-      expect(await pullBlob(patient, image.repo, layer.digest)).toEqual({
-        sha256: layer.digest,
-        bytes: layer.size,
-      });
-      const metrics = await patient.metrics();
+      const { metrics, registryBytes } = await pullScripted(
+        'd',
+        ['--origin-wait-timeout=1s', '--peer-timeout=5s', '--peer-slow-factor=0', '--chunk-size=1MiB'],
+        (need) => {
+          const first = !given && need.includes(0);
+          given ||= first;
+          return need
+            .filter((index) => !first || index === 0)
+            .map((index) =>
+              first || firstDone
+                ? {
+                    index,
+                    sha256: hashes[index]!,
+                    source: { kind: 'peer', node: 'slow-parent', url },
+                    alternates: [],
+                  }
+                : toWait(index, hashes[index]!),
+            );
+        },
+      );
       expect(fallbacks(metrics)).toEqual([]);
       expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(layer.size);
-      expect(bytesServed(registry, layer.digest) - before).toBe(0);
+      expect(registryBytes).toBe(0);
     } finally {
-      await patient?.stop();
-      await nc.close();
       slowParent.close();
     }
   });
 
   it('waits its turn for the registry, past origin.waitTimeout, when told the origin is queued', async () => {
     const layer = image.layers[0]!;
-    const before = bytesServed(registry, layer.digest);
     // For 2.5 s every chunk is queued for the origin (a registry as busy as the budget allows); then
     // they are granted.
     const turnAt = Date.now() + 2_500;
-    const nc = await scriptedScheduler(nats.url, (need) =>
-      need.map((index) => ({
-        index,
-        sha256: null,
-        source:
+    const { metrics, registryBytes } = await pullScripted(
+      'e',
+      ['--origin-wait-timeout=1s', '--chunk-size=1MiB'],
+      (need) =>
+        need.map((index) =>
           Date.now() < turnAt
-            ? { kind: 'wait', retryMs: 100, queue: 'origin' }
-            : { kind: 'origin', leaseMs: 10_000 },
-        alternates: [],
-      })),
+            ? toWait(index, null, 'origin')
+            : { index, sha256: null, source: { kind: 'origin', leaseMs: 10_000 }, alternates: [] },
+        ),
     );
-    let queued: ShoalService | undefined;
-    try {
-      queued = await startAgent({
-        id: 'e',
-        natsUrl: nats.url,
-        registries: [registry.url],
-        dir,
-        extraArgs: ['--origin-wait-timeout=1s', '--chunk-size=1MiB'],
-      });
-      expect(await pullBlob(queued, image.repo, layer.digest)).toEqual({
-        sha256: layer.digest,
-        bytes: layer.size,
-      });
-      expect(Date.now()).toBeGreaterThanOrEqual(turnAt);
-      const metrics = await queued.metrics();
-      expect(fallbacks(metrics)).toEqual([]);
-      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'origin' })).toBe(layer.size);
-      expect(bytesServed(registry, layer.digest) - before).toBe(layer.size);
-    } finally {
-      await queued?.stop();
-      await nc.close();
-    }
+    expect(Date.now()).toBeGreaterThanOrEqual(turnAt);
+    expect(fallbacks(metrics)).toEqual([]);
+    expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'origin' })).toBe(layer.size);
+    expect(registryBytes).toBe(layer.size);
   });
 
   it('gives up its turn for the registry after four times origin.waitTimeout queued', async () => {
-    const layer = image.layers[0]!;
-    const nc = await scriptedScheduler(nats.url, (need) =>
-      need.map((index) => ({
-        index,
-        sha256: null,
-        source: { kind: 'wait', retryMs: 100, queue: 'origin' },
-        alternates: [],
-      })),
+    const { metrics, ms } = await pullScripted(
+      'f',
+      ['--origin-wait-timeout=500ms', '--chunk-size=1MiB'],
+      (need) => need.map((index) => toWait(index, null, 'origin')),
     );
-    let forgotten: ShoalService | undefined;
-    try {
-      forgotten = await startAgent({
-        id: 'f',
-        natsUrl: nats.url,
-        registries: [registry.url],
-        dir,
-        extraArgs: ['--origin-wait-timeout=500ms', '--chunk-size=1MiB'],
-      });
-      const began = Date.now();
-      expect(await pullBlob(forgotten, image.repo, layer.digest)).toEqual({
-        sha256: layer.digest,
-        bytes: layer.size,
-      });
-      // 4 × 500 ms, less the 15% jitter.
-      expect(Date.now() - began).toBeGreaterThan(1_700);
-      const metrics = await forgotten.metrics();
-      expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBeGreaterThan(
-        0,
-      );
-    } finally {
-      await forgotten?.stop();
-      await nc.close();
-    }
+    // 4 × 500 ms, less the 15% jitter.
+    expect(ms).toBeGreaterThan(1_700);
+    expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBeGreaterThan(
+      0,
+    );
   });
 
   it('goes to the registry once told to wait with nothing in flight for longer than origin.waitTimeout', async () => {
     const layer = image.layers[0]!;
-    const before = bytesServed(registry, layer.digest);
     // A scheduler that has nothing for anyone: every chunk, every time, "wait".
     let requests = 0;
-    const nc = await scriptedScheduler(nats.url, (need) => {
-      requests++;
-      return need.map((index) => ({
-        index,
-        sha256: null,
-        source: { kind: 'wait', retryMs: 100 },
-        alternates: [],
-      }));
-    });
-    let waiter: ShoalService | undefined;
-    try {
-      waiter = await startAgent({
-        id: 'c',
-        natsUrl: nats.url,
-        registries: [registry.url],
-        dir,
-        extraArgs: ['--origin-wait-timeout=1s', '--chunk-size=1MiB'],
-      });
-      const began = Date.now();
-      expect(await pullBlob(waiter, image.repo, layer.digest)).toEqual({
-        sha256: layer.digest,
-        bytes: layer.size,
-      });
-      expect(Date.now() - began).toBeGreaterThan(800);
-      const metrics = await waiter.metrics();
-      expect(requests).toBeGreaterThan(2);
-      expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBeGreaterThan(
-        0,
-      );
-      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'origin' })).toBe(layer.size);
-      expect(bytesServed(registry, layer.digest) - before).toBe(layer.size);
-    } finally {
-      await waiter?.stop();
-      await nc.close();
-    }
+    const { metrics, ms, registryBytes } = await pullScripted(
+      'c',
+      ['--origin-wait-timeout=1s', '--chunk-size=1MiB'],
+      (need) => {
+        requests++;
+        return need.map((index) => toWait(index, null));
+      },
+    );
+    expect(ms).toBeGreaterThan(800);
+    expect(requests).toBeGreaterThan(2);
+    expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBeGreaterThan(
+      0,
+    );
+    expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'origin' })).toBe(layer.size);
+    expect(registryBytes).toBe(layer.size);
   });
 });
 
