@@ -75,8 +75,12 @@ export function zoneGrantKey(blobHex: string, index: number, zone: string, slot:
 
 const zoneTokens = new Map<string, string>();
 
-/** An origin lease's key is <blob hex>.<chunk>.<slot>; a zone lease's has two more tokens. */
-const isOriginKey = (key: string) => key.split('.').length === 3;
+/**
+ * An origin lease's key is <blob hex>.<chunk>.<slot>; only a zone lease's has a ".z." token (hex, chunk
+ * numbers and slots have no "z"). Asked of every lease known at each origin decision, so it allocates
+ * nothing.
+ */
+const isOriginKey = (key: string) => !key.includes('.z.');
 
 /** The key and slot count of a lease: a zone lease if a zone is named, otherwise an origin lease. */
 function scopeOf(
