@@ -19,7 +19,8 @@ import { peerTokenSource } from './peer-auth.js';
 import { PeerClient } from './peers.js';
 import { ChunkStore } from './store.js';
 import { Transfers } from './transfer.js';
-import { parseRegistries, Upstream } from './upstream.js';
+import { followPublishedEndpoints, parseRegistries, RegistryEndpoints } from './endpoints.js';
+import { Upstream } from './upstream.js';
 
 /** Idle chunk buffers kept for reuse: a few default-sized chunks between one download's fetches. */
 const IDLE_CHUNK_BUFFER_BYTES = 16 * 1024 * 1024;
@@ -44,11 +45,6 @@ export async function createAgent(
   const store = new ChunkStore(config.cacheDir);
   await store.open();
   metrics.cacheBytes.set(store.totalBytes);
-  const upstream = new Upstream({
-    registries: parseRegistries(config.registries),
-    timeoutMs: config.upstreamTimeoutMs,
-    authCacheMs: config.authCacheMs,
-  });
   const mesh: MeshConnection = connectMesh({
     servers: config.natsServers,
     name: `shoal-agent-${config.nodeId}`,
@@ -58,6 +54,32 @@ export async function createAgent(
     token: config.natsToken || undefined,
   });
   const events = natsEventPublisher(mesh, config.nodeId);
+  const endpoints = new RegistryEndpoints(
+    parseRegistries(config.registries),
+    { zone: config.zone, region: config.region },
+    config.upstreamCooldownMs,
+    {
+      onFailure(registry, url, reason) {
+        metrics.endpointFailures.inc({ registry });
+        log.warn({ registry, url, reason }, 'registry endpoint failed; trying the next one');
+      },
+      onUpdate(registry, count) {
+        if (count > 0) metrics.registryEndpoints.set({ registry }, count);
+        else metrics.registryEndpoints.remove({ registry });
+      },
+      onSwitch(change) {
+        metrics.endpointSwitches.inc({ registry: change.registry });
+        log.info(change, 'registry endpoint switched');
+        events.publish({ type: 'endpoint_switched', node: config.nodeId, ...change });
+      },
+    },
+  );
+  const published = followPublishedEndpoints(mesh, endpoints, log);
+  const upstream = new Upstream({
+    endpoints,
+    timeoutMs: config.upstreamTimeoutMs,
+    authCacheMs: config.authCacheMs,
+  });
   const startedAt = Date.now();
   const meshClient = new MeshClient(
     mesh,
@@ -137,6 +159,7 @@ export async function createAgent(
       clearInterval(utilization);
       await app.close();
       await meshClient.stop();
+      await published.stop();
       await mesh.close();
       await Promise.allSettled([peers.close(), upstream.close(), hashes.close()]);
     },

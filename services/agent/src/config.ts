@@ -34,10 +34,15 @@ export const agentSpec = {
     'vSwitch (subnet) of this node; peers on the same vSwitch are preferred.',
   ),
   pool: opt.string('node.pool', '', 'Node pool of this node.'),
+  region: opt.string(
+    'node.region',
+    '',
+    'Region of this node (topology.kubernetes.io/region); registry endpoints published for another region are not used.',
+  ),
   registries: opt.list(
     'registries',
     [],
-    'Registries this agent mirrors, as URL or name=URL (e.g. docker.io=https://registry-1.docker.io). The first is used when a request names none.',
+    'Registries this agent mirrors, as URL or name=URL (e.g. docker.io=https://registry-1.docker.io). The first is used when a request names none. Registries discovery publishes are mirrored too, at the endpoints it publishes; the URL given here stays the last resort.',
     {
       pattern: /^([A-Za-z0-9.:_-]+=)?https?:\/\/[^\s/@]+$/,
       hint: 'registry [name=]http(s)://host[:port] (no credentials in it)',
@@ -89,6 +94,11 @@ export const agentSpec = {
     { min: 1 },
   ),
   upstreamTimeoutMs: opt.duration('upstream.timeout', '30s', 'Timeout for the registry to start answering.'),
+  upstreamCooldownMs: opt.duration(
+    'upstream.cooldown',
+    '30s',
+    'A registry endpoint that could not be reached or answered 5xx is tried after the others for this long.',
+  ),
   peerTimeoutMs: opt.duration(
     'peer.timeout',
     '3s',

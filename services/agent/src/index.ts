@@ -8,4 +8,5 @@ export { createHashPool } from './hash-pool.js';
 export type { HashPool } from './hash-pool.js';
 export { parseRange } from './ranges.js';
 export { ChunkStore } from './store.js';
-export { parseRegistries, Upstream } from './upstream.js';
+export { Upstream } from './upstream.js';
+export { parseRegistries, RegistryEndpoints } from './endpoints.js';

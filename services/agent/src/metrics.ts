@@ -22,6 +22,24 @@ export function agentMetrics(registry: Registry) {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [registry],
     }),
+    registryEndpoints: new Gauge({
+      name: 'shoal_agent_registry_endpoints',
+      help: 'Endpoints discovery publishes for a registry, as this agent last heard, by registry.',
+      labelNames: ['registry'] as const,
+      registers: [registry],
+    }),
+    endpointSwitches: new Counter({
+      name: 'shoal_agent_registry_endpoint_switches_total',
+      help: 'Times this agent reached a registry at another endpoint than before (a failover or a better endpoint), by registry.',
+      labelNames: ['registry'] as const,
+      registers: [registry],
+    }),
+    endpointFailures: new Counter({
+      name: 'shoal_agent_registry_endpoint_failures_total',
+      help: 'Requests to a registry endpoint that could not be reached or answered 5xx, by registry.',
+      labelNames: ['registry'] as const,
+      registers: [registry],
+    }),
     peerUploadBytes: new Counter({
       name: 'shoal_agent_peer_upload_bytes_total',
       help: 'Chunk bytes uploaded to other agents.',

@@ -1,27 +1,15 @@
 /**
  * The agent's client for origin registries: manifest pass-through, blob authorisation with the client's
- * own credentials, and ranged chunk fetches. Only registries named in config are reachable, so the
- * agent cannot be used as an open proxy.
+ * own credentials, and ranged chunk fetches. Only registries named in config or published by discovery
+ * are reachable, so the agent cannot be used as an open proxy. Each request goes to the registry's best
+ * endpoint, and on to the next when one is down.
  */
 import { createHash } from 'node:crypto';
 import { Agent, type Dispatcher } from 'undici';
 import { ShoalError } from '@shoal/mesh';
+import type { RegistryEndpoints, RegistryTarget } from './endpoints.js';
 
-export interface RegistryTarget {
-  /** The name clients use for the registry: the `ns` query parameter containerd sends. */
-  name: string;
-  /** Base URL, e.g. https://registry.example.com. */
-  url: string;
-}
-
-export function parseRegistries(entries: readonly string[]): RegistryTarget[] {
-  return entries.map((entry) => {
-    const eq = entry.indexOf('=');
-    const url = (eq === -1 ? entry : entry.slice(eq + 1)).replace(/\/+$/, '');
-    const name = eq === -1 ? new URL(url).host : entry.slice(0, eq);
-    return { name, url };
-  });
-}
+export { parseRegistries, type RegistryTarget } from './endpoints.js';
 
 export interface UpstreamResponse {
   status: number;
@@ -58,8 +46,11 @@ export function pickHeaders(
   return out;
 }
 
+/** Answers that say this endpoint, not the request, is at fault: another endpoint may do better. */
+const endpointFault = new Set([500, 502, 503, 504]);
+
 export interface UpstreamOptions {
-  registries: RegistryTarget[];
+  endpoints: RegistryEndpoints;
   timeoutMs: number;
   authCacheMs: number;
   onRequest?: (kind: 'manifest' | 'authorize' | 'chunk' | 'base', status: number) => void;
@@ -67,7 +58,6 @@ export interface UpstreamOptions {
 
 export class Upstream {
   private readonly dispatcher: Agent;
-  private readonly byName = new Map<string, RegistryTarget>();
   private readonly authCache = new Map<string, { until: number; value: Authorization }>();
 
   constructor(private readonly options: UpstreamOptions) {
@@ -78,18 +68,17 @@ export class Upstream {
       bodyTimeout: options.timeoutMs,
       connectTimeout: Math.min(options.timeoutMs, 10_000),
     });
-    for (const target of options.registries) this.byName.set(target.name, target);
   }
 
   /** The registry a request is for: `ns` when given (containerd), else the first configured one. */
   resolve(ns: string | undefined): RegistryTarget {
     if (ns === undefined || ns === '') {
-      const first = this.options.registries[0];
+      const first = this.options.endpoints.first;
       if (!first)
         throw new ShoalError('SHOAL_ERR_REGISTRY_UNKNOWN', 'no registry is configured (set registries)');
       return first;
     }
-    const target = this.byName.get(ns);
+    const target = this.options.endpoints.lookup(ns);
     if (!target) {
       throw new ShoalError(
         'SHOAL_ERR_REGISTRY_UNKNOWN',
@@ -99,7 +88,11 @@ export class Upstream {
     return target;
   }
 
-  /** Sends a request to the registry, following redirects; credentials never follow to another host. */
+  /**
+   * Sends a request to the registry, following redirects; credentials never follow to another host. An
+   * endpoint that cannot be reached or answers 5xx is marked failed and the next one is tried; the last
+   * one's answer (or error) is what the caller gets.
+   */
   async send(
     target: RegistryTarget,
     method: 'GET' | 'HEAD',
@@ -107,7 +100,41 @@ export class Upstream {
     headers: Record<string, string>,
     options: { followRedirects?: boolean } = {},
   ): Promise<UpstreamResponse> {
-    let url = new URL(path, `${target.url}/`);
+    const { endpoints } = this.options;
+    const urls = endpoints.order(target);
+    if (urls.length === 0) {
+      throw new ShoalError('SHOAL_ERR_UPSTREAM', `registry ${target.name} has no endpoint at the moment`);
+    }
+    for (let i = 0; ; i++) {
+      const base = urls[i] as string;
+      const last = i === urls.length - 1;
+      let res: UpstreamResponse;
+      try {
+        res = await this.sendTo(target, base, method, path, headers, options);
+      } catch (err) {
+        endpoints.failed(target.name, base, err instanceof Error ? err.message : String(err));
+        if (last) throw err;
+        continue;
+      }
+      if (endpointFault.has(res.status) && !last) {
+        endpoints.failed(target.name, base, `answered ${res.status}`);
+        await res.body.dump();
+        continue;
+      }
+      endpoints.succeeded(target.name, base);
+      return res;
+    }
+  }
+
+  private async sendTo(
+    target: RegistryTarget,
+    base: string,
+    method: 'GET' | 'HEAD',
+    path: string,
+    headers: Record<string, string>,
+    options: { followRedirects?: boolean },
+  ): Promise<UpstreamResponse> {
+    let url = new URL(path, `${base}/`);
     let sendHeaders = { ...headers };
     for (let hop = 0; hop < 6; hop++) {
       let res: Dispatcher.ResponseData;
@@ -122,7 +149,7 @@ export class Upstream {
         const timeout = cause instanceof Error && /timeout/i.test(cause.name + cause.message);
         throw new ShoalError(
           timeout ? 'SHOAL_ERR_UPSTREAM_TIMEOUT' : 'SHOAL_ERR_UPSTREAM',
-          `registry ${target.name}: ${cause instanceof Error ? cause.message : String(cause)}`,
+          `registry ${target.name} at ${base}: ${cause instanceof Error ? cause.message : String(cause)}`,
           { cause },
         );
       }
@@ -143,7 +170,7 @@ export class Upstream {
       }
       return { status: res.statusCode, headers: res.headers, body: res.body };
     }
-    throw new ShoalError('SHOAL_ERR_UPSTREAM', `registry ${target.name}: too many redirects`);
+    throw new ShoalError('SHOAL_ERR_UPSTREAM', `registry ${target.name} at ${base}: too many redirects`);
   }
 
   /**

@@ -8,7 +8,6 @@ import {
   type BucketWatch,
   decode,
   encode,
-  endpointKey,
   type EndpointRecord,
   type EventPublisher,
   isCasConflict,
@@ -28,7 +27,8 @@ import type { KvWatchEntry } from '@nats-io/kv';
 import type { Msg, Subscription } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import type { DiscoverySettings } from './config.js';
-import { checkEndpoint, endpointTarget, type EndpointTarget } from './endpoints.js';
+import { createEndpointPublisher, type EndpointProvider } from './endpoint-publisher.js';
+import { staticTargets } from './endpoints.js';
 import { createDiscoveryMetrics } from './metrics.js';
 
 export interface DiscoveryDeps {
@@ -42,6 +42,8 @@ export interface DiscoveryDeps {
   buckets?: MeshBuckets;
   /** Defaults to publishing on the events stream. */
   events?: EventPublisher;
+  /** Sources of registry endpoints beyond the configured ones (a registry instance's API). */
+  providers?: EndpointProvider[];
   now?: () => number;
 }
 
@@ -75,14 +77,22 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   const known = new Map<string, Known>();
   const liveNodes = new Map<string, NodeRecord>();
   const metrics = createDiscoveryMetrics(deps.registry, () => liveNodes.size);
-  const targets: EndpointTarget[] = config.registries.map(endpointTarget);
-  const endpointHealth: Record<string, boolean> = {};
+  const endpoints = createEndpointPublisher({
+    kv: () => buckets?.endpoints,
+    static: staticTargets(config.registries, config.mirrors),
+    providers: deps.providers ?? [],
+    intervalMs: config.endpointsInterval,
+    timeoutMs: config.endpointsTimeout,
+    events,
+    metrics,
+    log,
+    now,
+  });
   const subscriptions: Subscription[] = [];
   const inflight = new Set<Promise<unknown>>();
   const timers: NodeJS.Timeout[] = [];
   let buckets: MeshBuckets | undefined = deps.buckets;
   let watch: BucketWatch | undefined;
-  let checking: Promise<EndpointRecord[]> | undefined;
   let sweeping: Promise<number> | undefined;
   let started = false;
 
@@ -232,29 +242,8 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     return removed;
   }
 
-  async function checkOnce(): Promise<EndpointRecord[]> {
-    const results = await Promise.all(targets.map((t) => checkEndpoint(t, config.endpointsTimeout, now)));
-    for (const result of results) {
-      if (endpointHealth[result.registry] !== result.healthy) {
-        log.info(
-          { registry: result.registry, url: result.url, healthy: result.healthy },
-          'registry endpoint health changed',
-        );
-      }
-      endpointHealth[result.registry] = result.healthy;
-      metrics.endpointHealthy.set({ registry: result.registry }, result.healthy ? 1 : 0);
-      try {
-        await buckets?.endpoints.put(endpointKey(result.registry), encode(result));
-      } catch (err) {
-        log.warn({ err, registry: result.registry }, 'could not publish a registry endpoint');
-      }
-    }
-    return results;
-  }
-
-  /** Runs at most one sweep (or check) at a time; a caller during one gets that one's result. */
+  /** Runs at most one sweep at a time; a caller during one gets that one's result. */
   const sweep = () => (sweeping ??= sweepOnce().finally(() => (sweeping = undefined)));
-  const checkEndpoints = () => (checking ??= checkOnce().finally(() => (checking = undefined)));
 
   function every(ms: number, run: () => Promise<unknown>, what: string): void {
     const timer = setInterval(() => {
@@ -291,16 +280,14 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       // so that "started" really means "receiving heartbeats".
       await nc.flush();
       every(Math.max(100, Math.floor(config.nodeTtl / 3)), sweep, 'node sweep');
-      if (targets.length) {
-        await checkEndpoints();
-        every(config.endpointsInterval, checkEndpoints, 'endpoint check');
-      }
+      await endpoints.start();
       started = true;
-      log.info({ nodes: liveNodes.size, registries: targets.map((t) => t.registry) }, 'discovery started');
+      log.info({ nodes: liveNodes.size, registries: Object.keys(endpoints.health()) }, 'discovery started');
     },
     async stop() {
       started = false;
       for (const timer of timers.splice(0)) clearInterval(timer);
+      await endpoints.stop();
       await Promise.all(subscriptions.splice(0).map((s) => s.drain().catch(() => undefined)));
       watch?.stop();
       await watch?.ended;
@@ -308,10 +295,10 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     },
     nodes: () => liveNodes,
     sweep,
-    checkEndpoints,
+    checkEndpoints: () => endpoints.check(),
     health() {
       const ok = started && mesh.connection() !== undefined;
-      return { ok, detail: { nodes: liveNodes.size, endpoints: { ...endpointHealth } } };
+      return { ok, detail: { nodes: liveNodes.size, endpoints: endpoints.health() } };
     },
   };
 }

@@ -2,16 +2,20 @@
 import { type CommandDefinition, runControlService } from '@shoal/mesh';
 import { createDiscovery } from './app.js';
 import { discoverySpec } from './config.js';
+import { staticTargets } from './endpoints.js';
 
 export const discoveryCommand: CommandDefinition<typeof discoverySpec> = {
   command: 'shoal discovery',
   summary:
-    'Keeps the node registry from agents’ heartbeats and publishes the configured registry endpoints with their health.',
+    'Keeps the node registry from agents’ heartbeats and publishes registry endpoints (configured, or from a registry instance’s API) with their health.',
   spec: discoverySpec,
-  start: (config) =>
-    runControlService({
+  start: async (config) => {
+    // Configuration mistakes are reported before anything connects.
+    staticTargets(config.registries, config.mirrors);
+    return await runControlService({
       service: 'discovery',
       config,
       build: (context) => createDiscovery({ ...context, config }),
-    }),
+    });
+  },
 };

@@ -15,8 +15,14 @@ export const discoverySpec = {
   registries: opt.list(
     'registries',
     [],
-    'Registry base URLs to health-check (GET /v2/) and publish as endpoints, e.g. http://127.0.0.1:5000.',
-    { pattern: /^https?:\/\/[^\s/?#]+\/?$/, hint: 'http(s)://host[:port] URL' },
+    "Registries to publish as endpoints, each [name=]URL (the name images use defaults to the URL's host), e.g. registry.example.com=https://registry.example.com.",
+    { pattern: /^([^\s=/@]+=)?https?:\/\/[^\s/?#@]+\/?$/, hint: '[name=]http(s)://host[:port]' },
+  ),
+  mirrors: opt.list(
+    'mirrors',
+    [],
+    'Further endpoints of registries listed in registries, tried before the registry itself: name[@zone:Z|@region:R]=URL. A zone mirror is preferred by nodes of that zone; a region endpoint is used only by nodes of that region.',
+    { pattern: /^[^@=\s]+(@(zone|region):[^=\s]+)?=https?:\/\/\S+$/, hint: 'name[@zone:Z|@region:R]=URL' },
   ),
   endpointsInterval: opt.duration(
     'endpoints.interval',
@@ -41,5 +47,5 @@ export type DiscoveryConfig = ConfigOf<typeof discoverySpec>;
 /** The part of the configuration discovery itself uses; the command handles NATS, logs and metrics. */
 export type DiscoverySettings = Pick<
   DiscoveryConfig,
-  'nodeTtl' | 'registries' | 'endpointsInterval' | 'endpointsTimeout'
+  'nodeTtl' | 'registries' | 'mirrors' | 'endpointsInterval' | 'endpointsTimeout'
 >;

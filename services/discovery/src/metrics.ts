@@ -6,6 +6,8 @@ export interface DiscoveryMetrics {
   leaves: Counter<'reason'>;
   heartbeats: Counter<'outcome'>;
   endpointHealthy: Gauge<'registry'>;
+  providerErrors: Counter<'provider'>;
+  providerLastSuccess: Gauge<'provider'>;
 }
 
 export function createDiscoveryMetrics(registry: Registry, nodeCount: () => number): DiscoveryMetrics {
@@ -37,8 +39,20 @@ export function createDiscoveryMetrics(registry: Registry, nodeCount: () => numb
     }),
     endpointHealthy: new Gauge({
       name: 'shoal_discovery_endpoint_healthy',
-      help: 'Whether a registry endpoint answered its last health check (1) or not (0).',
+      help: 'Whether a registry had a healthy endpoint at its last health check (1) or not (0).',
       labelNames: ['registry'],
+      registers: [registry],
+    }),
+    providerErrors: new Counter({
+      name: 'shoal_discovery_provider_errors_total',
+      help: 'Failed attempts to read endpoints from a provider (a registry instance API), by provider.',
+      labelNames: ['provider'],
+      registers: [registry],
+    }),
+    providerLastSuccess: new Gauge({
+      name: 'shoal_discovery_provider_last_success_seconds',
+      help: 'When a provider last answered, in seconds since the epoch.',
+      labelNames: ['provider'],
       registers: [registry],
     }),
   };

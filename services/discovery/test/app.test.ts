@@ -43,7 +43,14 @@ async function startDiscovery(instance: string, overrides: Partial<DiscoverySett
     mesh,
     log: createLogger(instance, 'silent'),
     registry,
-    config: { nodeTtl: TTL, registries: [], endpointsInterval: 200, endpointsTimeout: 500, ...overrides },
+    config: {
+      nodeTtl: TTL,
+      registries: [],
+      mirrors: [],
+      endpointsInterval: 200,
+      endpointsTimeout: 500,
+      ...overrides,
+    },
     instance,
   });
   await discovery.start();
@@ -305,7 +312,7 @@ describe('node registry', () => {
         mesh,
         log: createLogger(instance, 'silent'),
         registry: new Registry(),
-        config: { registries: [], endpointsInterval: 10_000, endpointsTimeout: 500, ...options },
+        config: { registries: [], mirrors: [], endpointsInterval: 10_000, endpointsTimeout: 500, ...options },
         instance,
         now: () => clock,
       });

@@ -30,7 +30,18 @@ describe('discoveryCommand', () => {
         env: {},
         command: discoveryCommand.command,
       }),
-    ).toThrow(/--registries: "ftp:\/\/x" is not a valid http\(s\):\/\/host\[:port\] URL/);
+    ).toThrow(/--registries: "ftp:\/\/x" is not a valid \[name=\]http\(s\):\/\/host\[:port\]/);
+  });
+
+  it('refuses a mirror of a registry it does not publish before connecting to anything', async () => {
+    const { config } = loadConfig(discoveryCommand.spec, {
+      argv: ['--registries', 'http://127.0.0.1:5000', '--mirrors', 'other.example=http://10.0.0.1:5000'],
+      env: { SHOAL_NATS_SERVERS: 'nats://127.0.0.1:1' },
+      command: discoveryCommand.command,
+    });
+    await expect(discoveryCommand.start(config, [])).rejects.toThrow(
+      /^mirrors: "other.example=http:\/\/10.0.0.1:5000" names registry "other.example", which is not in registries$/,
+    );
   });
 
   it('starts against NATS, serves health and metrics on its port, and stops', async () => {

@@ -73,6 +73,23 @@ export type ShoalEvent = Base &
     | { type: 'node_left'; node: string; reason: string }
     | { type: 'manifest_conflict'; blob: string; index: number; node: string }
     | { type: 'blob_invalid'; node: string; blob: string; reason: string }
+    | {
+        /** Discovery found a registry endpoint's health changed, or the endpoints of a registry changed. */
+        type: 'endpoint_changed';
+        registry: string;
+        url: string;
+        healthy: boolean;
+        reason: string;
+      }
+    | {
+        /** An agent stopped using one endpoint of a registry for another. */
+        type: 'endpoint_switched';
+        node: string;
+        registry: string;
+        from: string;
+        to: string;
+        reason: string;
+      }
   );
 
 export type ShoalEventType = ShoalEvent['type'];

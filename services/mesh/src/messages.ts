@@ -157,13 +157,38 @@ export const grantRecord = z.object({
 });
 export type GrantRecord = z.infer<typeof grantRecord>;
 
-/** KV value: a registry endpoint published by discovery. */
+/**
+ * One way to reach a registry: the registry itself, a mirror serving one zone or region, or (for a cloud
+ * registry instance) its VPC or internet endpoint. Agents choose among them by their own zone and region,
+ * by discovery's health checks, and by their own recent failures.
+ */
+export const endpointCandidate = z.object({
+  url: z.string().url().max(512),
+  kind: z.enum(['registry', 'mirror', 'vpc', 'internet']),
+  /** Set when the endpoint is meant for nodes of one zone; preferred by them, a last resort for others. */
+  zone: z.string().max(128).optional(),
+  /** Set when the endpoint is reachable only from one region; nodes of other regions never use it. */
+  region: z.string().max(128).optional(),
+  healthy: z.boolean(),
+  /** How long the last health check took. */
+  latencyMs: z.number().min(0).optional(),
+  /** Why the last health check failed. */
+  error: z.string().max(512).optional(),
+});
+export type EndpointCandidate = z.infer<typeof endpointCandidate>;
+
+/** KV value: a registry's endpoints as discovery last checked them, in the order to try them. */
 export const endpointRecord = z.object({
+  /** The name images use for the registry: host[:port]. */
   registry: z.string().max(255),
+  /** The first healthy endpoint (the first one when none is healthy), for readers that want one URL. */
   url: z.string().url(),
+  /** Whether any endpoint is healthy. */
   healthy: z.boolean(),
   checkedAt: z.number(),
+  /** Where the endpoints came from: `static`, or `instance:<id>` for a registry instance's API. */
   source: z.string().max(64),
+  endpoints: z.array(endpointCandidate).max(64).default([]),
 });
 export type EndpointRecord = z.infer<typeof endpointRecord>;
 

@@ -1,0 +1,216 @@
+/**
+ * Which URL to use for a registry. Discovery publishes each registry's endpoints (mirrors for a zone or
+ * region, a registry instance's VPC and internet endpoints) with their health; this node orders them by
+ * its own zone and region, puts the ones it recently failed with last, and always keeps the URL from its
+ * own configuration as a last resort. A request that fails on one endpoint moves on to the next.
+ */
+import { Kvm } from '@nats-io/kv';
+import {
+  type BucketWatch,
+  buckets,
+  decode,
+  type EndpointCandidate,
+  endpointKeyToRegistry,
+  type EndpointRecord,
+  endpointRecord,
+  type Logger,
+  type MeshConnection,
+  watchBucket,
+} from '@shoal/mesh';
+
+export interface RegistryTarget {
+  /** The name clients use for the registry: the `ns` query parameter containerd sends. */
+  name: string;
+  /** The URL from this agent's configuration; '' for a registry known only from discovery. */
+  url: string;
+}
+
+export function parseRegistries(entries: readonly string[]): RegistryTarget[] {
+  return entries.map((entry) => {
+    const eq = entry.indexOf('=');
+    const url = (eq === -1 ? entry : entry.slice(eq + 1)).replace(/\/+$/, '');
+    const name = eq === -1 ? new URL(url).host : entry.slice(0, eq);
+    return { name, url };
+  });
+}
+
+export interface Placement {
+  zone: string;
+  region: string;
+}
+
+export interface EndpointSwitch {
+  registry: string;
+  from: string;
+  to: string;
+  reason: string;
+}
+
+export interface EndpointHooks {
+  onSwitch?: (change: EndpointSwitch) => void;
+  onFailure?: (registry: string, url: string, reason: string) => void;
+  /** Discovery's endpoints for a registry changed: how many there are now (0 when it was removed). */
+  onUpdate?: (registry: string, endpoints: number) => void;
+}
+
+interface Failure {
+  at: number;
+  reason: string;
+}
+
+/** Lower ranks first: a mirror for this zone, then endpoints for anywhere, then another zone's mirror. */
+function rank(candidate: EndpointCandidate, self: Placement): number {
+  if (candidate.zone !== undefined && candidate.zone !== '') return candidate.zone === self.zone ? 0 : 2;
+  return 1;
+}
+
+/** An endpoint meant for another region is not reachable from here; one for no region or ours is. */
+function reachable(candidate: EndpointCandidate, self: Placement): boolean {
+  return !candidate.region || !self.region || candidate.region === self.region;
+}
+
+export class RegistryEndpoints {
+  private readonly configured = new Map<string, RegistryTarget>();
+  private readonly published = new Map<string, EndpointRecord>();
+  private readonly failures = new Map<string, Failure>();
+  /** The URL each registry was last reached at, to notice a switch. */
+  private readonly current = new Map<string, string>();
+
+  constructor(
+    configured: readonly RegistryTarget[],
+    private readonly self: Placement,
+    private readonly cooldownMs: number,
+    private readonly hooks: EndpointHooks = {},
+    private readonly now: () => number = Date.now,
+  ) {
+    for (const target of configured) this.configured.set(target.name, target);
+  }
+
+  /** The registry requests name none of go to: the first configured one. */
+  get first(): RegistryTarget | undefined {
+    return this.configured.values().next().value;
+  }
+
+  lookup(name: string): RegistryTarget | undefined {
+    return this.configured.get(name) ?? (this.published.has(name) ? { name, url: '' } : undefined);
+  }
+
+  /** Applies discovery's record for a registry; undefined when it was removed. */
+  update(registry: string, record: EndpointRecord | undefined): void {
+    if (record) this.published.set(registry, record);
+    else this.published.delete(registry);
+    this.hooks.onUpdate?.(registry, record?.endpoints.length ?? 0);
+  }
+
+  /** Base URLs to try for a registry, best first. */
+  order(target: RegistryTarget): string[] {
+    const record = this.published.get(target.name);
+    const candidates = (record?.endpoints ?? [])
+      .map((candidate, index) => ({ candidate, index }))
+      .filter(({ candidate }) => reachable(candidate, this.self))
+      .sort(
+        (a, b) =>
+          rank(a.candidate, this.self) - rank(b.candidate, this.self) ||
+          Number(b.candidate.healthy) - Number(a.candidate.healthy) ||
+          a.index - b.index,
+      )
+      .map(({ candidate }) => candidate.url);
+    if (target.url && !candidates.includes(target.url)) candidates.push(target.url);
+    if (candidates.length < 2) return candidates;
+    // Endpoints this node failed with lately go last, the least recently failed first among them.
+    const now = this.now();
+    const fresh = candidates.filter((url) => !this.coolingDown(target.name, url, now));
+    const cooling = candidates
+      .filter((url) => this.coolingDown(target.name, url, now))
+      .sort((a, b) => this.failedAt(target.name, a) - this.failedAt(target.name, b));
+    return [...fresh, ...cooling];
+  }
+
+  /** A request to this endpoint failed in a way another endpoint might not (refused, timed out, 5xx). */
+  failed(registry: string, url: string, reason: string): void {
+    this.failures.set(`${registry} ${url}`, { at: this.now(), reason });
+    this.hooks.onFailure?.(registry, url, reason);
+  }
+
+  /** A request to this endpoint got an answer; reports a switch when the registry was reached elsewhere before. */
+  succeeded(registry: string, url: string): void {
+    this.failures.delete(`${registry} ${url}`);
+    const before = this.current.get(registry);
+    this.current.set(registry, url);
+    if (before !== undefined && before !== url) {
+      const failure = this.failures.get(`${registry} ${before}`);
+      this.hooks.onSwitch?.({
+        registry,
+        from: before,
+        to: url,
+        reason: failure ? `${before} failed: ${failure.reason}` : 'a better endpoint is available',
+      });
+    }
+  }
+
+  /** For status pages: where each registry was last reached. */
+  active(): Record<string, string> {
+    return Object.fromEntries(this.current);
+  }
+
+  private coolingDown(registry: string, url: string, now: number): boolean {
+    const failure = this.failures.get(`${registry} ${url}`);
+    return failure !== undefined && now - failure.at < this.cooldownMs;
+  }
+
+  private failedAt(registry: string, url: string): number {
+    return this.failures.get(`${registry} ${url}`)?.at ?? 0;
+  }
+}
+
+/**
+ * Keeps `endpoints` in step with discovery's endpoints bucket, from every (re)connect on. Without NATS
+ * the agent simply keeps what it last saw, and its configured URLs.
+ */
+export function followPublishedEndpoints(
+  mesh: MeshConnection,
+  endpoints: RegistryEndpoints,
+  log: Logger,
+): { stop(): Promise<void> } {
+  let watch: BucketWatch | undefined;
+  let starting = false;
+  let stopped = false;
+  mesh.onConnect((nc) => {
+    if (watch || starting || stopped) return;
+    starting = true;
+    void (async () => {
+      const kv = await new Kvm(nc).create(buckets.endpoints, { history: 1 });
+      const started = await watchBucket(kv, (entry) => {
+        const registry = endpointKeyToRegistry(entry.key);
+        if (entry.operation !== 'PUT') {
+          endpoints.update(registry, undefined);
+          return;
+        }
+        try {
+          endpoints.update(registry, decode(endpointRecord, entry.value, `endpoints of ${registry}`));
+        } catch (err) {
+          log.warn({ err, registry }, 'unreadable registry endpoint record; keeping the previous one');
+        }
+      });
+      if (stopped) {
+        started.stop();
+        return;
+      }
+      watch = started;
+      void started.ended.then(() => {
+        if (watch === started) watch = undefined;
+      });
+    })()
+      .catch((err: unknown) =>
+        log.warn({ err }, 'could not follow registry endpoints; using configured ones'),
+      )
+      .finally(() => (starting = false));
+  });
+  return {
+    async stop() {
+      stopped = true;
+      watch?.stop();
+      await watch?.ended;
+    },
+  };
+}
