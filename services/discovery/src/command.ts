@@ -1,8 +1,9 @@
 /** `shoal discovery`: wires discovery into the shared control-service start-up. */
-import { type CommandDefinition, runControlService } from '@shoal/mesh';
+import { type CommandDefinition, createLogger, runControlService } from '@shoal/mesh';
 import { createDiscovery } from './app.js';
 import { discoverySpec } from './config.js';
 import { staticTargets } from './endpoints.js';
+import { credentialsFromConfig, instanceProviders } from './instance-provider.js';
 
 export const discoveryCommand: CommandDefinition<typeof discoverySpec> = {
   command: 'shoal discovery',
@@ -12,10 +13,22 @@ export const discoveryCommand: CommandDefinition<typeof discoverySpec> = {
   start: async (config) => {
     // Configuration mistakes are reported before anything connects.
     staticTargets(config.registries, config.mirrors);
+    if (config.instances.length) credentialsFromConfig(config, createLogger('discovery', 'silent'));
     return await runControlService({
       service: 'discovery',
       config,
-      build: (context) => createDiscovery({ ...context, config }),
+      build: (context) =>
+        createDiscovery({
+          ...context,
+          config,
+          providers: config.instances.length
+            ? instanceProviders({
+                config,
+                credentials: credentialsFromConfig(config, context.log),
+                log: context.log,
+              })
+            : [],
+        }),
     });
   },
 };

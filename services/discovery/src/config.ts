@@ -1,6 +1,102 @@
 /** Discovery options: each key defined once, with its flag, environment variable, default and help. */
 import { instanceOption, logOptions, metricsPortOption, natsOptions, opt, type ConfigOf } from '@shoal/mesh';
 
+export const instanceSpec = {
+  instances: opt.list(
+    'instances',
+    [],
+    'Registry instance IDs (e.g. cri-xxxxxxxx) whose endpoints are read from the cloud container-registry API (ListInstanceEndpoint, GetInstanceVpcEndpoint) and published for every domain the instance answers to.',
+    { pattern: /^[A-Za-z0-9-]{1,64}$/, hint: 'instance ID' },
+  ),
+  region: opt.string(
+    'region',
+    '',
+    'Region of the registry instances; defaults to the region of the machine discovery runs on (instance metadata). Set it when the cluster is in another region or data centre.',
+    { pattern: /^([a-z]{2}-[a-z0-9-]+)?$/, hint: 'region ID, e.g. cn-hangzhou' },
+  ),
+  vpcId: opt.string(
+    'vpcId',
+    '',
+    "VPC the nodes pull from: the instance's VPC endpoint is used when this VPC is linked to it. Defaults to the VPC of the machine discovery runs on; set it when the cluster is in another region or data centre.",
+    { pattern: /^([A-Za-z0-9-]{1,64})?$/, hint: 'VPC ID' },
+  ),
+  instancesApi: opt.string(
+    'instances.api',
+    '',
+    'Base URL of the container-registry API; defaults to https://cr.<region>.aliyuncs.com.',
+    { pattern: /^(|https?:\/\/[^\s/?#@]+\/?)$/, hint: 'http(s)://host[:port] URL' },
+  ),
+  instancesRefresh: opt.duration(
+    'instances.refresh',
+    '5m',
+    "How often the instances' endpoints are read again. A failed read is retried from 1 s, doubling up to this; the last endpoints read stay published meanwhile.",
+    { minMs: 1_000 },
+  ),
+  instancesTimeout: opt.duration('instances.timeout', '10s', 'Timeout of one cloud API call.', {
+    minMs: 100,
+  }),
+  credentialsMethod: opt.oneOf(
+    'credentials.method',
+    ['auto', 'access-key', 'ecs-role', 'rrsa'] as const,
+    'auto',
+    "How discovery gets credentials for the cloud API: an access-key pair, the node's RAM role from instance metadata (ecs-role), or the pod's OIDC token exchanged for a role (rrsa). auto: access-key when credentials.accessKeyId is set, rrsa when rrsa.roleArn is, else ecs-role.",
+  ),
+  accessKeyId: opt.string('credentials.accessKeyId', '', 'AccessKey ID of a RAM user (access-key method).', {
+    secret: true,
+  }),
+  accessKeySecret: opt.string(
+    'credentials.accessKeySecret',
+    '',
+    'AccessKey secret of that RAM user; pass it by environment from a Secret, never in a file.',
+    { secret: true },
+  ),
+  metadataUrl: opt.string(
+    'credentials.metadataUrl',
+    'http://100.100.100.200',
+    'Instance metadata service, for the ecs-role method and the default region and VPC.',
+    { pattern: /^https?:\/\/[^\s/?#@]+\/?$/, hint: 'http(s)://host[:port] URL' },
+  ),
+  ecsRole: opt.string(
+    'credentials.ecsRole',
+    '',
+    'RAM role name of the node (ecs-role method); read from instance metadata when empty.',
+  ),
+  rrsaTokenFile: opt.string(
+    'rrsa.tokenFile',
+    '/var/run/secrets/ack.alibabacloud.com/rrsa-tokens/token',
+    "The pod's projected service-account token (rrsa method); read afresh at every exchange, since it rotates.",
+  ),
+  rrsaOidcProviderArn: opt.string(
+    'rrsa.oidcProviderArn',
+    '',
+    "ARN of the cluster's OIDC provider (rrsa method).",
+  ),
+  rrsaRoleArn: opt.string(
+    'rrsa.roleArn',
+    '',
+    'ARN of the role the pod assumes with its OIDC token (rrsa method).',
+  ),
+  rrsaAssumeRoleArn: opt.string(
+    'rrsa.assumeRoleArn',
+    '',
+    "ARN of a further role assumed with the first one's credentials, e.g. in the registry's account (rrsa method).",
+  ),
+  rrsaSessionDuration: opt.duration(
+    'rrsa.sessionDuration',
+    '1h',
+    'Lifetime of the STS session (rrsa method), 1h to 12h; credentials are renewed 5 minutes before they expire.',
+    { minMs: 3_600_000, maxMs: 43_200_000 },
+  ),
+  rrsaStsEndpoint: opt.string(
+    'rrsa.stsEndpoint',
+    '',
+    'STS API base URL (rrsa method); defaults to https://sts-vpc.<region>.aliyuncs.com.',
+    { pattern: /^(|https?:\/\/[^\s/?#@]+\/?)$/, hint: 'http(s)://host[:port] URL' },
+  ),
+};
+
+export type InstanceSettings = ConfigOf<typeof instanceSpec>;
+
 export const discoverySpec = {
   ...natsOptions,
   ...logOptions,
@@ -32,6 +128,7 @@ export const discoverySpec = {
       minMs: 100,
     },
   ),
+  ...instanceSpec,
   endpointsTimeout: opt.duration(
     'endpoints.timeout',
     '5s',

@@ -46,6 +46,18 @@ function bad(source: string, message: string): ShoalError {
   return new ShoalError('SHOAL_ERR_CONFIG', `${source}: ${message}`, { details: { source } });
 }
 
+/** A limit in the largest unit that writes it exactly, as a person would type it: 1h, 90s, 250ms. */
+function asWritten(ms: number): string {
+  for (const [unit, size] of [
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
+    if (ms >= size && ms % size === 0) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
 function asText(raw: Raw, source: string): string {
   if (raw === null || Array.isArray(raw)) throw bad(source, 'expected a single value');
   return String(raw);
@@ -114,9 +126,9 @@ export const opt = {
       const ms = parseDurationMs(text);
       if (ms === undefined) throw bad(source, `"${text}" is not a duration (e.g. 250ms, 5s, 2m)`);
       if (range.minMs !== undefined && ms < range.minMs)
-        throw bad(source, `${text} is below the minimum ${range.minMs}ms`);
+        throw bad(source, `${text} is below the minimum ${asWritten(range.minMs)}`);
       if (range.maxMs !== undefined && ms > range.maxMs)
-        throw bad(source, `${text} is above the maximum ${range.maxMs}ms`);
+        throw bad(source, `${text} is above the maximum ${asWritten(range.maxMs)}`);
       return ms;
     };
     return {
