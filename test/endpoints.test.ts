@@ -60,7 +60,11 @@ describe('registry endpoints published by discovery', () => {
       });
     [image] = await Promise.all([build(origin), build(mirror)]);
     events = await connect({ servers: nats.url });
-    events.subscribe(subjects.eventsAll, { callback: (_err, msg) => seen.push(msg.json<ShoalEvent>()) });
+    events.subscribe(subjects.eventsAll, {
+      callback: (_err, msg) => {
+        seen.push(msg.json<ShoalEvent>());
+      },
+    });
     services.push(
       await startControlService('discovery', {
         natsUrl: nats.url,

@@ -2,7 +2,10 @@
  * `shoalctl nodes` against a running mesh: agents registering themselves with their zone and vSwitch
  * through discovery, listed by zone and vSwitch, and an agent that stops heartbeating shown as silent.
  */
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type FakeKube, makeAgentPod, makeNode, startFakeKube } from '@shoal/discovery/testing';
 import { makeTempDir, type NatsServer, removeTempDir, runCommand, startNats } from './kit/index.js';
 import {
   type ShoalService,
@@ -100,5 +103,97 @@ describe('shoalctl nodes', () => {
     ]);
     const table = await shoalctl('--silent-after', '1s');
     expect(table.stdout).toContain('4 nodes in 2 zones and 3 vSwitches; 1 silent');
+  });
+});
+
+describe('shoalctl nodes with discovery reading Kubernetes', () => {
+  let dir: string;
+  let nats: NatsServer;
+  let kube: FakeKube;
+  let discovery: ShoalService;
+  let agent: ShoalService;
+  const labels = (zone: string, pool: string) => ({
+    'topology.kubernetes.io/zone': zone,
+    'topology.shoal.io/vswitch': `vsw-${zone}`,
+    'alibabacloud.com/nodepool-id': pool,
+  });
+
+  beforeAll(async () => {
+    dir = await makeTempDir('nodes-kube');
+    [nats, kube] = await Promise.all([startNats(), startFakeKube({ token: 'discovery-token' })]);
+    kube.addNode(makeNode('cn-a.10.0.0.1', { labels: labels('zone-a', 'np-edge') }));
+    kube.addNode(makeNode('cn-a.10.0.0.2', { labels: labels('zone-a', 'np-edge') }));
+    kube.addNode(
+      makeNode('cn-a.10.0.0.3', {
+        labels: labels('zone-b', 'np-edge'),
+        taints: [{ key: 'dedicated', value: 'gpu', effect: 'NoSchedule' }],
+      }),
+    );
+    kube.addNode(makeNode('cn-a.10.0.0.4', { labels: labels('zone-b', 'np-general') }));
+    kube.addPod(makeAgentPod('shoal-agent-1', 'cn-a.10.0.0.1', { namespace: 'shoal' }));
+    kube.addPod(
+      makeAgentPod('shoal-agent-2', 'cn-a.10.0.0.2', { namespace: 'shoal', state: 'crashloop', restarts: 5 }),
+    );
+    const kubeconfig = join(dir, 'kubeconfig');
+    await writeFile(
+      kubeconfig,
+      [
+        'apiVersion: v1',
+        'kind: Config',
+        // Plain HTTP, which the client refuses unless TLS checks are off: the fake speaks no TLS.
+        `clusters: [{ name: fake, cluster: { server: "${kube.url}", insecure-skip-tls-verify: true } }]`,
+        'users: [{ name: discovery, user: { token: discovery-token } }]',
+        'contexts: [{ name: fake, context: { cluster: fake, user: discovery } }]',
+        'current-context: fake',
+      ].join('\n'),
+    );
+    discovery = await startControlService('discovery', {
+      natsUrl: nats.url,
+      dir,
+      extraArgs: [
+        '--topology-source=kubernetes',
+        `--kubernetes-kubeconfig=${kubeconfig}`,
+        '--kubernetes-pool=np-edge',
+        '--kubernetes-agent-namespace=shoal',
+      ],
+    });
+    // The agent names itself as Kubernetes names the node, and says it is somewhere else: the labels win.
+    agent = await startAgent({
+      id: 'cn-a.10.0.0.1',
+      natsUrl: nats.url,
+      registries: ['http://127.0.0.1:1'],
+      dir,
+      zone: 'wrong-zone',
+    });
+    await waitForNodes(nats.url, ['cn-a-10-0-0-1']);
+  });
+
+  afterAll(async () => {
+    await agent?.stop();
+    await discovery?.stop();
+    await Promise.allSettled([kube?.close(), nats?.stop()]);
+    await removeTempDir(dir);
+  });
+
+  it('lists every node of the cluster, and says why three have no working agent', async () => {
+    const result = await runCommand(process.execPath, [shoalctlMain, 'nodes', '--nats-servers', nats.url], {
+      timeoutMs: 20_000,
+    });
+    expect(result.code, result.stderr).toBe(0);
+    const lines = result.stdout.trimEnd().split('\n');
+    expect(lines.slice(1, 5)).toEqual([
+      expect.stringMatching(
+        /^zone-a\s+vsw-zone-a\s+cn-a-10-0-0-1\s+ready\s+http:\/\/127\.0\.0\.1:\d+\s+np-edge\s/,
+      ),
+      expect.stringMatching(/^\s+cn-a-10-0-0-2\s+crashloop\s+-\s+np-edge\s+-\s+-$/),
+      expect.stringMatching(/^zone-b\s+vsw-zone-b\s+cn-a-10-0-0-3\s+missing\s+-\s+np-edge\s/),
+      expect.stringMatching(/^\s+cn-a-10-0-0-4\s+excluded\s+-\s+np-general\s/),
+    ]);
+    expect(lines).toContain('4 nodes in 2 zones and 2 vSwitches; 3 without a working agent:');
+    expect(result.stdout).toMatch(/cn-a-10-0-0-2: agent pod shoal-agent-2 is crash-looping \(5 restarts/);
+    expect(result.stdout).toMatch(/cn-a-10-0-0-3: .*taint dedicated=gpu:NoSchedule/);
+    expect(result.stdout).toMatch(
+      /cn-a-10-0-0-4: not in node pool "np-general" \(mesh restricted to pool "np-edge"\)/,
+    );
   });
 });

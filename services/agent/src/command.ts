@@ -1,6 +1,6 @@
 /** `shoal agent`: loads config, builds the agent, listens, and stops cleanly on signals. */
 import { networkInterfaces } from 'node:os';
-import { type CommandDefinition, createLogger } from '@shoal/mesh';
+import { type CommandDefinition, createLogger, nodeIdOf } from '@shoal/mesh';
 import { createAgent } from './agent.js';
 import { agentSpec, defaultNodeId } from './config.js';
 
@@ -10,7 +10,10 @@ export const agentCommand: CommandDefinition<typeof agentSpec> = {
     'Runs the node agent: a registry mirror for the container runtime that fetches blobs in verified chunks from peers and the registry, and serves its chunks to peers.',
   spec: agentSpec,
   async start(loaded) {
-    const config = loaded.nodeId ? loaded : Object.freeze({ ...loaded, nodeId: defaultNodeId() });
+    const config = Object.freeze({
+      ...loaded,
+      nodeId: loaded.nodeId ? nodeIdOf(loaded.nodeId) : defaultNodeId(),
+    });
     const log = createLogger('agent', config.logLevel);
     let listening = '';
     const advertise = () => config.advertiseUrl || listening;

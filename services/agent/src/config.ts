@@ -1,14 +1,10 @@
 /** Every option of the agent, defined once. */
 import { hostname } from 'node:os';
-import { type ConfigOf, logOptions, MiB, natsOptions, opt } from '@shoal/mesh';
+import { type ConfigOf, logOptions, MiB, natsOptions, nodeIdOf, opt } from '@shoal/mesh';
 
 /** The node ID used when none is configured: the host name, made a valid subject token. */
 export function defaultNodeId(): string {
-  return (
-    hostname()
-      .replace(/[^A-Za-z0-9_-]/g, '-')
-      .slice(0, 64) || 'node'
-  );
+  return nodeIdOf(hostname());
 }
 
 export const agentSpec = {
@@ -23,10 +19,12 @@ export const agentSpec = {
     'URL other agents use to reach this one; defaults to http://<host>:<port> (set it when host is 0.0.0.0).',
     { pattern: /^(|https?:\/\/[^\s/]+)$/, hint: 'http(s)://host:port URL' },
   ),
-  nodeId: opt.string('node.id', '', 'Unique name of this node in the mesh; defaults to the host name.', {
-    pattern: /^[A-Za-z0-9_-]{0,64}$/,
-    hint: 'node id of 1-64 [A-Za-z0-9_-]',
-  }),
+  nodeId: opt.string(
+    'node.id',
+    '',
+    "Unique name of this node in the mesh; defaults to the host name. In Kubernetes, the node's name (characters other than [A-Za-z0-9_-] become '-', as discovery maps node names).",
+    { pattern: /^[A-Za-z0-9_.-]{0,253}$/, hint: 'node name of 1-253 [A-Za-z0-9_.-]' },
+  ),
   zone: opt.string('node.zone', '', 'Zone of this node (topology.kubernetes.io/zone).'),
   vswitch: opt.string(
     'node.vswitch',

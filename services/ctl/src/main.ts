@@ -23,7 +23,8 @@ import { formatEvent, formatPulls, summarisePulls } from './report.js';
 const summaries: Record<string, string> = {
   events: 'Print events from the event stream: the timeline of pulls, chunks, fallbacks and nodes.',
   pulls: 'Summarise pulls: for each node and layer, its size, time, and where its chunks came from.',
-  nodes: "List the mesh's nodes by zone and vSwitch: each agent's state, address, uptime and last heartbeat.",
+  nodes:
+    "List the mesh's nodes by zone and vSwitch: each agent's state, address, uptime and last heartbeat; with discovery in Kubernetes mode, also the nodes without a working agent and why.",
 };
 
 async function main(argv: string[]): Promise<void> {
@@ -84,9 +85,9 @@ async function main(argv: string[]): Promise<void> {
       ...(config.type ? { type: config.type } : {}),
     };
     if (command === 'nodes') {
-      const { nodes, unreadable } = await readNodes(nc);
+      const { nodes, topology, unreadable } = await readNodes(nc);
       const now = Date.now();
-      const views = nodeViews(nodes, now, config.silentAfter);
+      const views = nodeViews(nodes, now, config.silentAfter, topology);
       if (config.output === 'json')
         for (const view of views) process.stdout.write(`${JSON.stringify(view)}\n`);
       else process.stdout.write(`${formatNodes(views, now, unreadable)}\n`);

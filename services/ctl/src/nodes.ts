@@ -1,46 +1,109 @@
-/** `shoalctl nodes`: the node registry as discovery keeps it, by zone and vSwitch. */
+/**
+ * `shoalctl nodes`: the node registry as discovery keeps it, by zone and vSwitch; with discovery in
+ * Kubernetes mode, also the cluster's nodes that have no working agent, and why.
+ */
 import { Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
-import { buckets, decode, nodeRecord, type NodeRecord } from '@shoal/mesh';
+import {
+  buckets,
+  decode,
+  nodeIdOf,
+  nodeRecord,
+  type NodeRecord,
+  topologyRecord,
+  type TopologyRecord,
+} from '@shoal/mesh';
 import { renderTable } from './report.js';
 
-export type AgentState = 'ready' | 'silent';
+/**
+ * `ready` and `silent` judge a heartbeating agent; the others describe a Kubernetes node whose agent
+ * sends none: left out by the node-pool filter, its pod missing, starting, crash-looping or failed, or
+ * running but not heartbeating (`no heartbeat`).
+ */
+export type AgentState =
+  'ready' | 'silent' | 'excluded' | 'missing' | 'starting' | 'crashloop' | 'failed' | 'no heartbeat';
 
-export interface NodeView extends NodeRecord {
-  /** `silent` when the last heartbeat is older than the threshold (discovery is behind, or the agent). */
+export interface NodeView extends Omit<NodeRecord, 'url' | 'startedAt' | 'seenAt'> {
   state: AgentState;
+  /** Absent for a Kubernetes node without a heartbeating agent (as are startedAt and seenAt). */
+  url?: string;
+  startedAt?: number;
+  seenAt?: number;
+  /** Why the node has no working agent in the mesh. */
+  reason?: string;
 }
 
-/** Every node record in the nodes bucket; records that cannot be read are reported, not hidden. */
-export async function readNodes(nc: NatsConnection): Promise<{ nodes: NodeRecord[]; unreadable: string[] }> {
-  const kv = await new Kvm(nc).open(buckets.nodes);
-  // Heartbeats rewrite the keys while they are listed, and the listing may then name a key twice.
+/** Every value in a bucket that `read` accepts; keys whose values it refuses are reported, not hidden. */
+async function readBucket<T>(
+  nc: NatsConnection,
+  bucket: string,
+  read: (value: Uint8Array, key: string) => T,
+): Promise<{ values: T[]; unreadable: string[] }> {
+  const kv = await new Kvm(nc).open(bucket);
+  // Writers rewrite the keys while they are listed, and the listing may then name a key twice.
   const keys = new Set<string>();
   try {
     for await (const key of await kv.keys()) keys.add(key);
   } catch (err) {
     // No bucket yet: discovery has never run against this NATS. Anything else is an error to report.
     if (!/not found/i.test(err instanceof Error ? err.message : String(err))) throw err;
-    return { nodes: [], unreadable: [] };
+    return { values: [], unreadable: [] };
   }
-  const nodes: NodeRecord[] = [];
+  const values: T[] = [];
   const unreadable: string[] = [];
   for (const key of keys) {
     const entry = await kv.get(key);
     if (entry?.operation !== 'PUT') continue;
     try {
-      nodes.push(decode(nodeRecord, entry.value, `node ${key}`));
+      values.push(read(entry.value, key));
     } catch {
       unreadable.push(key);
     }
   }
-  return { nodes, unreadable };
+  return { values, unreadable };
 }
 
-/** Orders nodes by zone, vSwitch and ID, and judges each agent by its last heartbeat. */
-export function nodeViews(nodes: NodeRecord[], now: number, silentAfterMs: number): NodeView[] {
+/** Every node record, and every Kubernetes node discovery reports (none outside Kubernetes mode). */
+export async function readNodes(
+  nc: NatsConnection,
+): Promise<{ nodes: NodeRecord[]; topology: Map<string, TopologyRecord>; unreadable: string[] }> {
+  const [nodes, topology] = await Promise.all([
+    readBucket(nc, buckets.nodes, (value, key) => decode(nodeRecord, value, `node ${key}`)),
+    readBucket(nc, buckets.topology, (value, key) => decode(topologyRecord, value, `topology ${key}`)),
+  ]);
+  return {
+    nodes: nodes.values,
+    topology: new Map(topology.values.map((t) => [nodeIdOf(t.name), t])),
+    unreadable: [...nodes.unreadable, ...topology.unreadable.map((k) => `topology ${k}`)],
+  };
+}
+
+function withoutAgent(id: string, t: TopologyRecord): NodeView {
+  const state: AgentState = !t.inMesh
+    ? 'excluded'
+    : t.agent.state === 'running'
+      ? 'no heartbeat'
+      : t.agent.state;
+  const reason =
+    t.reason ??
+    `agent pod ${t.agent.pod ?? ''} runs but sends no heartbeat: check its log and its connection to NATS`;
+  return { id, zone: t.zone, vswitch: t.vswitch, pool: t.pool, state, reason };
+}
+
+/**
+ * Orders nodes by zone, vSwitch and ID and judges each agent by its last heartbeat; Kubernetes nodes
+ * with no node record are added with their agent's state and the reason.
+ */
+export function nodeViews(
+  nodes: NodeRecord[],
+  now: number,
+  silentAfterMs: number,
+  topology: ReadonlyMap<string, TopologyRecord> = new Map(),
+): NodeView[] {
+  const live = new Set(nodes.map((n) => n.id));
   return nodes
     .map((node): NodeView => ({ ...node, state: now - node.seenAt > silentAfterMs ? 'silent' : 'ready' }))
+    .concat([...topology].filter(([id]) => !live.has(id)).map(([id, t]) => withoutAgent(id, t)))
     .sort(
       (a, b) =>
         a.zone.localeCompare(b.zone) || a.vswitch.localeCompare(b.vswitch) || a.id.localeCompare(b.id),
@@ -74,19 +137,22 @@ export function formatNodes(views: NodeView[], now: number, unreadable: string[]
       sameVswitch ? '' : view.vswitch || '-',
       view.id,
       view.state,
-      view.url,
+      view.url ?? '-',
       view.pool || '-',
-      formatAge(now - view.startedAt),
-      `${formatAge(now - view.seenAt)} ago`,
+      view.startedAt === undefined ? '-' : formatAge(now - view.startedAt),
+      view.seenAt === undefined ? '-' : `${formatAge(now - view.seenAt)} ago`,
     ]);
     previous = view;
   }
   const zones = new Set(views.map((v) => v.zone)).size;
   const vswitches = new Set(views.map((v) => `${v.zone}\n${v.vswitch}`)).size;
   const silent = views.filter((v) => v.state === 'silent').length;
+  const broken = views.filter((v) => v.reason !== undefined);
   const summary =
     `${views.length} node${views.length === 1 ? '' : 's'} in ${zones} zone${zones === 1 ? '' : 's'} and ` +
     `${vswitches} vSwitch${vswitches === 1 ? '' : 'es'}` +
-    (silent ? `; ${silent} silent (no heartbeat recently: is the agent or discovery down?)` : '');
-  return [renderTable(header, rows), '', summary, ...notes].join('\n');
+    (silent ? `; ${silent} silent (no heartbeat recently: is the agent or discovery down?)` : '') +
+    (broken.length ? `; ${broken.length} without a working agent:` : '');
+  const reasons = broken.map((v) => `  ${v.id}: ${v.reason ?? ''}`);
+  return [renderTable(header, rows), '', summary, ...reasons, ...notes].join('\n');
 }

@@ -1,4 +1,4 @@
-import type { NodeRecord } from '@shoal/mesh';
+import type { NodeRecord, TopologyRecord } from '@shoal/mesh';
 import { describe, expect, it } from 'vitest';
 import { formatAge, formatNodes, nodeViews } from '../src/nodes.js';
 
@@ -53,6 +53,44 @@ describe('shoalctl nodes', () => {
       'unreadable node records: broken',
     ]);
     expect(formatNodes([], now)).toBe('no nodes registered');
+  });
+
+  it('adds Kubernetes nodes without a heartbeating agent, with the reason', () => {
+    const topo = (name: string, zone: string, extra: Partial<TopologyRecord>): TopologyRecord => ({
+      name,
+      zone,
+      region: 'r',
+      vswitch: 'v1',
+      pool: 'np',
+      ready: true,
+      inMesh: true,
+      agent: { state: 'running', restarts: 0, ready: true },
+      updatedAt: now,
+      ...extra,
+    });
+    const topology = new Map<string, TopologyRecord>([
+      // A node with a heartbeating agent is listed once, from its record.
+      ['a', topo('a', 'z1', {})],
+      [
+        'n-2',
+        topo('n.2', 'z1', { agent: { state: 'crashloop', restarts: 7, ready: false }, reason: 'crash' }),
+      ],
+      ['n-3', topo('n.3', 'z2', { inMesh: false, reason: 'not in node pool "x"' })],
+      ['n-4', topo('n.4', 'z2', { agent: { state: 'running', pod: 'agent-4', restarts: 0, ready: true } })],
+    ]);
+    const text = formatNodes(nodeViews([node('a', 'z1', 'v1', 100)], now, 15_000, topology), now);
+    expect(text.split('\n')).toEqual([
+      'ZONE  VSWITCH  NODE  AGENT         ADDRESS         POOL  UP     LAST HEARTBEAT',
+      'z1    v1       a     ready         http://a:65001  -     1h00m  0.1s ago',
+      '               n-2   crashloop     -               np    -      -',
+      'z2    v1       n-3   excluded      -               np    -      -',
+      '               n-4   no heartbeat  -               np    -      -',
+      '',
+      '4 nodes in 2 zones and 2 vSwitches; 3 without a working agent:',
+      '  n-2: crash',
+      '  n-3: not in node pool "x"',
+      '  n-4: agent pod agent-4 runs but sends no heartbeat: check its log and its connection to NATS',
+    ]);
   });
 
   it('writes ages the way a person reads them', () => {

@@ -16,6 +16,7 @@ import {
   type MeshBuckets,
   type MeshConnection,
   natsEventPublisher,
+  nodeIdOf,
   nodeRecord,
   type NodeRecord,
   openBuckets,
@@ -29,6 +30,8 @@ import type { Registry } from 'prom-client';
 import type { DiscoverySettings } from './config.js';
 import { createEndpointPublisher, type EndpointProvider } from './endpoint-publisher.js';
 import { staticTargets } from './endpoints.js';
+import type { KubeTopology, NodeTopology } from './kubernetes.js';
+import { createTopologyPublisher } from './topology-publisher.js';
 import { createDiscoveryMetrics } from './metrics.js';
 
 export interface DiscoveryDeps {
@@ -44,6 +47,11 @@ export interface DiscoveryDeps {
   events?: EventPublisher;
   /** Sources of registry endpoints beyond the configured ones (a registry instance's API). */
   providers?: EndpointProvider[];
+  /**
+   * Node topology from Kubernetes: given the change listener, the source to start. Without it, nodes'
+   * zone, vSwitch and pool are what their agents report.
+   */
+  topology?: (onChange: (name: string, topology: NodeTopology | undefined) => void) => KubeTopology;
   now?: () => number;
 }
 
@@ -57,7 +65,10 @@ export interface Discovery {
   sweep(): Promise<number>;
   /** Health-checks every configured registry now and publishes the results. */
   checkEndpoints(): Promise<EndpointRecord[]>;
-  health(): { ok: boolean; detail: { nodes: number; endpoints: Record<string, boolean> } };
+  health(): {
+    ok: boolean;
+    detail: { nodes: number; endpoints: Record<string, boolean>; kubernetes?: boolean };
+  };
 }
 
 interface Known {
@@ -95,6 +106,17 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
   let watch: BucketWatch | undefined;
   let sweeping: Promise<number> | undefined;
   let started = false;
+  /** Kubernetes nodes by mesh node ID, as the topology source last reported them. */
+  const topologyById = new Map<string, NodeTopology>();
+  const topologyPublisher = createTopologyPublisher({ kv: () => buckets?.topology, events, log, now });
+  const excludedLogged = new Set<string>();
+  const kube = deps.topology?.((name, topology) => {
+    const id = nodeIdOf(name);
+    if (topology) topologyById.set(id, topology);
+    else topologyById.delete(id);
+    track(topologyPublisher.publish(name, topology));
+    if (started) track(applyTopology(id, topology));
+  });
 
   function remember(id: string, record: NodeRecord | undefined, revision: number): void {
     const current = known.get(id);
@@ -145,6 +167,25 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
         'heartbeat rejected',
       );
       return;
+    }
+    const placed = topologyById.get(record.id);
+    if (placed && !placed.inMesh) {
+      metrics.heartbeats.inc({ outcome: 'excluded' });
+      if (!excludedLogged.has(record.id)) {
+        excludedLogged.add(record.id);
+        log.warn({ node: record.id, reason: placed.reason }, 'heartbeat refused: node is not in the mesh');
+      }
+      return;
+    }
+    excludedLogged.delete(record.id);
+    if (placed) {
+      // Kubernetes' labels are the truth about where a node stands; an agent's flags may be stale.
+      record = {
+        ...record,
+        zone: placed.zone || record.zone,
+        vswitch: placed.vswitch || record.vswitch,
+        pool: placed.pool || record.pool,
+      };
     }
     // The receipt time, on one clock for all nodes, is what liveness is judged by; an agent's clock is not.
     const stamped: NodeRecord = { ...record, seenAt: now() };
@@ -220,6 +261,41 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     }
   }
 
+  /** Brings a live node's record in line with a change of its Kubernetes node. */
+  async function applyTopology(id: string, topology: NodeTopology | undefined): Promise<void> {
+    const current = known.get(id);
+    if (!buckets || !current?.record) return;
+    const { record, revision } = current;
+    if (!topology || !topology.inMesh) {
+      const reason = topology ? (topology.reason ?? 'not in the mesh') : 'node removed from the cluster';
+      try {
+        await buckets.nodes.delete(id, { previousSeq: revision });
+      } catch (err) {
+        if (!isCasConflict(err)) log.warn({ err, node: id }, 'could not remove a node');
+        return;
+      }
+      forget(id);
+      metrics.leaves.inc({ reason: topology ? 'excluded' : 'deleted' });
+      events.publish({ type: 'node_left', node: id, reason });
+      log.info({ node: id, reason }, 'node left');
+      return;
+    }
+    const placed = {
+      zone: topology.zone || record.zone,
+      vswitch: topology.vswitch || record.vswitch,
+      pool: topology.pool || record.pool,
+    };
+    if (placed.zone === record.zone && placed.vswitch === record.vswitch && placed.pool === record.pool)
+      return;
+    const updated = { ...record, ...placed };
+    try {
+      remember(id, updated, await buckets.nodes.put(id, encode(updated), { previousSeq: revision }));
+    } catch (err) {
+      // A heartbeat written meanwhile already carries the new placement.
+      if (!isCasConflict(err)) log.warn({ err, node: id }, 'could not move a node');
+    }
+  }
+
   async function sweepOnce(): Promise<number> {
     if (!buckets) return 0;
     const cutoff = now() - config.nodeTtl;
@@ -260,6 +336,13 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       // The registry is loaded before heartbeats are taken, so that a known node is not announced as new.
       watch = await watchBucket(buckets.nodes, onEntry);
       await watch.initialized;
+      // So is the topology, so that the first heartbeat of a node is already placed by its labels.
+      if (kube) {
+        await kube.start();
+        const pruned = await topologyPublisher.prune(new Set(topologyById.keys()));
+        if (pruned) log.info({ pruned }, 'removed topology of nodes no longer in the cluster');
+        for (const [id, topology] of topologyById) track(applyTopology(id, topology));
+      }
       subscriptions.push(
         nc.subscribe(subjects.heartbeatAll, {
           queue: queueGroups.discovery,
@@ -288,6 +371,7 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       started = false;
       for (const timer of timers.splice(0)) clearInterval(timer);
       await endpoints.stop();
+      await kube?.stop();
       await Promise.all(subscriptions.splice(0).map((s) => s.drain().catch(() => undefined)));
       watch?.stop();
       await watch?.ended;
@@ -298,7 +382,14 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     checkEndpoints: () => endpoints.check(),
     health() {
       const ok = started && mesh.connection() !== undefined;
-      return { ok, detail: { nodes: liveNodes.size, endpoints: endpoints.health() } };
+      return {
+        ok,
+        detail: {
+          nodes: liveNodes.size,
+          endpoints: endpoints.health(),
+          ...(kube ? { kubernetes: kube.connected() } : {}),
+        },
+      };
     },
   };
 }

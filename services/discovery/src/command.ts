@@ -4,6 +4,8 @@ import { createDiscovery } from './app.js';
 import { discoverySpec } from './config.js';
 import { staticTargets } from './endpoints.js';
 import { credentialsFromConfig, instanceProviders } from './instance-provider.js';
+import { kubeConfigFrom } from './kube-config.js';
+import { createKubeTopology } from './kubernetes.js';
 
 export const discoveryCommand: CommandDefinition<typeof discoverySpec> = {
   command: 'shoal discovery',
@@ -14,6 +16,7 @@ export const discoveryCommand: CommandDefinition<typeof discoverySpec> = {
     // Configuration mistakes are reported before anything connects.
     staticTargets(config.registries, config.mirrors);
     if (config.instances.length) credentialsFromConfig(config, createLogger('discovery', 'silent'));
+    const kubeConfig = config.topologySource === 'kubernetes' ? kubeConfigFrom(config.kubeconfig) : undefined;
     return await runControlService({
       service: 'discovery',
       config,
@@ -28,6 +31,23 @@ export const discoveryCommand: CommandDefinition<typeof discoverySpec> = {
                 log: context.log,
               })
             : [],
+          ...(kubeConfig
+            ? {
+                topology: (onChange) =>
+                  createKubeTopology({
+                    kubeConfig,
+                    zoneLabel: config.zoneLabel,
+                    regionLabel: config.regionLabel,
+                    vswitchLabel: config.vswitchLabel,
+                    poolLabel: config.poolLabel,
+                    pool: config.pool,
+                    agentNamespace: config.agentNamespace,
+                    agentSelector: config.agentSelector,
+                    log: context.log,
+                    onChange,
+                  }),
+              }
+            : {}),
         }),
     });
   },

@@ -97,6 +97,57 @@ export const instanceSpec = {
 
 export type InstanceSettings = ConfigOf<typeof instanceSpec>;
 
+export const topologySpec = {
+  topologySource: opt.oneOf(
+    'topology.source',
+    ['heartbeats', 'kubernetes'] as const,
+    'heartbeats',
+    "Where nodes' zone, vSwitch and pool come from: the agents' own heartbeats (bare metal, local), or the Kubernetes API, which also reports nodes without a working agent and why.",
+  ),
+  kubeconfig: opt.string(
+    'kubernetes.kubeconfig',
+    '',
+    'Kubeconfig file to reach the Kubernetes API with; empty uses the service account of the pod discovery runs in.',
+  ),
+  zoneLabel: opt.string(
+    'kubernetes.zoneLabel',
+    'topology.kubernetes.io/zone',
+    'Node label holding the zone.',
+  ),
+  regionLabel: opt.string(
+    'kubernetes.regionLabel',
+    'topology.kubernetes.io/region',
+    'Node label holding the region.',
+  ),
+  vswitchLabel: opt.string(
+    'kubernetes.vswitchLabel',
+    'topology.shoal.io/vswitch',
+    'Node label holding the vSwitch (subnet); peers on the same vSwitch are preferred.',
+  ),
+  poolLabel: opt.string(
+    'kubernetes.poolLabel',
+    'alibabacloud.com/nodepool-id',
+    'Node label holding the node pool.',
+  ),
+  pool: opt.string(
+    'kubernetes.pool',
+    '',
+    'When set, only nodes of this node pool (e.g. an edge node pool) are in the mesh; heartbeats from others are refused.',
+  ),
+  agentNamespace: opt.string(
+    'kubernetes.agentNamespace',
+    '',
+    'Namespace of the agent pods; empty watches all namespaces.',
+  ),
+  agentSelector: opt.string(
+    'kubernetes.agentSelector',
+    'app.kubernetes.io/name=shoal,app.kubernetes.io/component=agent',
+    'Label selector of the agent pods.',
+  ),
+};
+
+export type TopologySettings = ConfigOf<typeof topologySpec>;
+
 export const discoverySpec = {
   ...natsOptions,
   ...logOptions,
@@ -129,6 +180,7 @@ export const discoverySpec = {
     },
   ),
   ...instanceSpec,
+  ...topologySpec,
   endpointsTimeout: opt.duration(
     'endpoints.timeout',
     '5s',

@@ -10,7 +10,6 @@ import {
   endpointRecord,
   ensureStreams,
   jetStreamOf,
-  nodeRecord,
   openBuckets,
   subjects,
   type MeshBuckets,
@@ -23,6 +22,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createDiscovery, type Discovery } from '../src/app.js';
 import type { DiscoverySettings } from '../src/config.js';
 import { freePort, startNatsServer, type NatsServer } from '@shoal/mesh/testing';
+import { readNode, sendHeartbeat, until } from './helpers.js';
 
 const TTL = 900;
 let server: NatsServer;
@@ -65,34 +65,8 @@ async function stop(entry: (typeof running)[number]) {
   running.splice(running.indexOf(entry), 1);
 }
 
-function heartbeat(id: string, extra: Partial<NodeRecord> = {}) {
-  const record: NodeRecord = {
-    id,
-    url: `http://127.0.0.1:${65001}`,
-    zone: 'z1',
-    vswitch: 'v1',
-    pool: 'default',
-    startedAt: 1,
-    // An agent's own clock is not trusted: discovery stamps the receipt time.
-    seenAt: 0,
-    ...extra,
-  };
-  nc.publish(subjects.heartbeat(id), encode(record));
-}
-
-async function stored(id: string): Promise<NodeRecord | null> {
-  const entry = await buckets.nodes.get(id);
-  return entry?.operation === 'PUT' ? decode(nodeRecord, entry.value, id) : null;
-}
-
-async function until<T>(probe: () => Promise<T> | T, accept: (v: T) => boolean, ms = 5_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (accept(value) || Date.now() > deadline) return value;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+const heartbeat = (id: string, extra: Partial<NodeRecord> = {}) => sendHeartbeat(nc, id, extra);
+const stored = (id: string) => readNode(buckets.nodes, id);
 
 const eventsFor = (node: string, type: ShoalEvent['type']) =>
   events.filter((e) => e.type === type && 'node' in e && e.node === node);

@@ -1,5 +1,8 @@
 import { loadConfig } from '@shoal/mesh';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { discoveryCommand } from '../src/command.js';
 import { freePort, startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
@@ -42,6 +45,44 @@ describe('discoveryCommand', () => {
     await expect(discoveryCommand.start(config, [])).rejects.toThrow(
       /^mirrors: "other.example=http:\/\/10.0.0.1:5000" names registry "other.example", which is not in registries$/,
     );
+  });
+
+  it.each([
+    ['no kubeconfig outside a pod', '', /^kubernetes\.kubeconfig: not running in a Kubernetes pod/],
+    [
+      'a missing file',
+      '/nonexistent/kubeconfig',
+      /^kubernetes\.kubeconfig: cannot load \/nonexistent\/kubeconfig: ENOENT/,
+    ],
+    [
+      'a plain-HTTP server with TLS checks on',
+      'plain-http',
+      /^kubernetes\.kubeconfig: the cluster's server http:\/\/127\.0\.0\.1:1 is plain HTTP/,
+    ],
+  ])('refuses Kubernetes mode with %s, naming the key', async (_what, file, message) => {
+    // Inside a pod the in-cluster account is found, as it should be: nothing to refuse there.
+    if (!file && process.env.KUBERNETES_SERVICE_HOST) return;
+    let path = file;
+    if (file === 'plain-http') {
+      path = join(await mkdtemp(join(tmpdir(), 'shoal-kubeconfig-')), 'config');
+      await writeFile(
+        path,
+        [
+          'apiVersion: v1',
+          'clusters: [{ name: f, cluster: { server: "http://127.0.0.1:1" } }]',
+          'users: [{ name: u, user: { token: t } }]',
+          'contexts: [{ name: f, context: { cluster: f, user: u } }]',
+          'current-context: f',
+        ].join('\n'),
+      );
+      onTestFinished(() => rm(dirname(path), { recursive: true, force: true }));
+    }
+    const { config } = loadConfig(discoveryCommand.spec, {
+      argv: ['--topology-source=kubernetes', `--kubernetes-kubeconfig=${path}`],
+      env: { SHOAL_NATS_SERVERS: 'nats://127.0.0.1:1' },
+      command: discoveryCommand.command,
+    });
+    await expect(discoveryCommand.start(config, [])).rejects.toThrow(message);
   });
 
   it('starts against NATS, serves health and metrics on its port, and stops', async () => {

@@ -71,6 +71,17 @@ export type ShoalEvent = Base &
       }
     | { type: 'node_joined'; node: string; zone: string; vswitch: string; url: string }
     | { type: 'node_left'; node: string; reason: string }
+    | {
+        /** A Kubernetes node's topology or agent state changed (discovery in Kubernetes mode). */
+        type: 'node_topology';
+        node: string;
+        zone: string;
+        vswitch: string;
+        pool: string;
+        inMesh: boolean;
+        agent: string;
+        reason?: string;
+      }
     | { type: 'manifest_conflict'; blob: string; index: number; node: string }
     | { type: 'blob_invalid'; node: string; blob: string; reason: string }
     | {

@@ -29,6 +29,7 @@ export {
   nodeRecord,
   scheduleReply,
   scheduleRequest,
+  topologyRecord,
   withdrawAnnouncement,
 } from './messages.js';
 export type {
@@ -43,6 +44,7 @@ export type {
   LeaveMessage,
   ManifestRecord,
   NodeRecord,
+  TopologyRecord,
   ScheduleReply,
   ScheduleRequest,
 } from './messages.js';
@@ -58,6 +60,7 @@ export {
   endpointKeyToRegistry,
   grantKey,
   isValidToken,
+  nodeIdOf,
   queueGroups,
   streams,
   subjects,

@@ -192,6 +192,29 @@ export const endpointRecord = z.object({
 });
 export type EndpointRecord = z.infer<typeof endpointRecord>;
 
+/** KV value: a Kubernetes node as discovery sees it, whether or not its agent runs. */
+export const topologyRecord = z.object({
+  /** The node's name in Kubernetes (the key is the mesh's node ID for it). */
+  name: z.string().max(253),
+  zone: z.string().max(128),
+  region: z.string().max(128),
+  vswitch: z.string().max(128),
+  pool: z.string().max(128),
+  ready: z.boolean(),
+  /** False when the node-pool filter leaves the node out of the mesh. */
+  inMesh: z.boolean(),
+  agent: z.object({
+    state: z.enum(['running', 'starting', 'crashloop', 'failed', 'missing']),
+    pod: z.string().max(253).optional(),
+    restarts: z.number().int().min(0),
+    ready: z.boolean(),
+  }),
+  /** Why the node has no working agent in the mesh, when it has none. */
+  reason: z.string().max(1024).optional(),
+  updatedAt: z.number(),
+});
+export type TopologyRecord = z.infer<typeof topologyRecord>;
+
 export const leaveMessage = z.object({ node: nodeId, at: z.number() });
 export type LeaveMessage = z.infer<typeof leaveMessage>;
 

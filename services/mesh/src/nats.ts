@@ -175,18 +175,20 @@ export interface MeshBuckets {
   chunks: KV;
   grants: KV;
   endpoints: KV;
+  topology: KV;
 }
 
 /** Opens (creating if needed) every KV bucket. */
 export async function openBuckets(nc: NatsConnection): Promise<MeshBuckets> {
   const kvm = new Kvm(nc);
-  const [nodes, chunks, grants, endpoints] = await Promise.all([
+  const [nodes, chunks, grants, endpoints, topology] = await Promise.all([
     kvm.create(buckets.nodes, { history: 1 }),
     kvm.create(buckets.chunks, { history: 1 }),
     kvm.create(buckets.grants, { history: 1 }),
     kvm.create(buckets.endpoints, { history: 1 }),
+    kvm.create(buckets.topology, { history: 1 }),
   ]);
-  return { nodes, chunks, grants, endpoints };
+  return { nodes, chunks, grants, endpoints, topology };
 }
 
 export function jetStreamOf(nc: NatsConnection): { js: JetStreamClient; jsm: Promise<JetStreamManager> } {

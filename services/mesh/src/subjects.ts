@@ -65,7 +65,17 @@ export const buckets = {
   grants: 'shoal_grants',
   /** Registry endpoints: key = registry key. Written by discovery. */
   endpoints: 'shoal_endpoints',
+  /** Kubernetes nodes with their topology and agent state: key = node ID. Written by discovery. */
+  topology: 'shoal_topology',
 } as const;
+
+/**
+ * The mesh's ID for a machine name (a host name, a Kubernetes node name such as cn-hangzhou.10.0.0.5):
+ * the characters a subject token cannot carry become '-'.
+ */
+export function nodeIdOf(name: string): string {
+  return name.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 64) || 'node';
+}
 
 /** Keys of the chunk-index bucket. */
 export const chunkKeys = {
