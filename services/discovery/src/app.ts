@@ -296,6 +296,20 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
     }
   }
 
+  /**
+   * Publishes every node's topology again (unchanged records are not rewritten) and brings live nodes in
+   * line with it: a write lost to a NATS outage, or a node deleted while no replica ran, is made good.
+   */
+  async function resyncTopology(): Promise<void> {
+    const pruned = await topologyPublisher.prune(new Set(topologyById.keys()));
+    if (pruned) log.info({ pruned }, 'removed topology of nodes no longer in the cluster');
+    await Promise.all(
+      [...topologyById].map(([id, topology]) =>
+        topologyPublisher.publish(topology.name, topology).then(() => applyTopology(id, topology)),
+      ),
+    );
+  }
+
   async function sweepOnce(): Promise<number> {
     if (!buckets) return 0;
     const cutoff = now() - config.nodeTtl;
@@ -339,9 +353,12 @@ export function createDiscovery(deps: DiscoveryDeps): Discovery {
       // So is the topology, so that the first heartbeat of a node is already placed by its labels.
       if (kube) {
         await kube.start();
-        const pruned = await topologyPublisher.prune(new Set(topologyById.keys()));
-        if (pruned) log.info({ pruned }, 'removed topology of nodes no longer in the cluster');
-        for (const [id, topology] of topologyById) track(applyTopology(id, topology));
+        await resyncTopology();
+        every(config.kubeResync, resyncTopology, 'topology resync');
+        // Writes lost while NATS was away are made good as soon as it is back.
+        mesh.onConnect(() => {
+          if (started) track(resyncTopology());
+        });
       }
       subscriptions.push(
         nc.subscribe(subjects.heartbeatAll, {

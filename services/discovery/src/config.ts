@@ -139,6 +139,12 @@ export const topologySpec = {
     '',
     'Namespace of the agent pods; empty watches all namespaces.',
   ),
+  kubeResync: opt.duration(
+    'kubernetes.resync',
+    '5m',
+    "How often every node's topology is published again and live nodes checked against it, making good a write lost while NATS was away (also done on every reconnect).",
+    { minMs: 1_000 },
+  ),
   agentSelector: opt.string(
     'kubernetes.agentSelector',
     'app.kubernetes.io/name=shoal,app.kubernetes.io/component=agent',
@@ -196,5 +202,5 @@ export type DiscoveryConfig = ConfigOf<typeof discoverySpec>;
 /** The part of the configuration discovery itself uses; the command handles NATS, logs and metrics. */
 export type DiscoverySettings = Pick<
   DiscoveryConfig,
-  'nodeTtl' | 'registries' | 'mirrors' | 'endpointsInterval' | 'endpointsTimeout'
+  'nodeTtl' | 'registries' | 'mirrors' | 'endpointsInterval' | 'endpointsTimeout' | 'kubeResync'
 >;

@@ -49,6 +49,7 @@ async function startDiscovery(instance: string, overrides: Partial<DiscoverySett
       mirrors: [],
       endpointsInterval: 200,
       endpointsTimeout: 500,
+      kubeResync: 300_000,
       ...overrides,
     },
     instance,
@@ -286,7 +287,14 @@ describe('node registry', () => {
         mesh,
         log: createLogger(instance, 'silent'),
         registry: new Registry(),
-        config: { registries: [], mirrors: [], endpointsInterval: 10_000, endpointsTimeout: 500, ...options },
+        config: {
+          registries: [],
+          mirrors: [],
+          endpointsInterval: 10_000,
+          endpointsTimeout: 500,
+          kubeResync: 300_000,
+          ...options,
+        },
         instance,
         now: () => clock,
       });

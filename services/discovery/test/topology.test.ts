@@ -99,6 +99,7 @@ beforeAll(async () => {
       mirrors: [],
       endpointsInterval: 10_000,
       endpointsTimeout: 500,
+      kubeResync: 200,
     },
     instance: 'disc-kube',
     topology: (onChange) =>
@@ -181,7 +182,12 @@ describe('discovery with Kubernetes topology', () => {
         (r) => r?.zone === 'zone-b',
       ),
     ).toMatchObject({ zone: 'zone-b', vswitch: 'vsw-4' });
-    expect(await topology('cn-a-10-0-0-1')).toMatchObject({ zone: 'zone-b', vswitch: 'vsw-4' });
+    expect(
+      await until(
+        () => topology('cn-a-10-0-0-1'),
+        (t) => t?.zone === 'zone-b',
+      ),
+    ).toMatchObject({ zone: 'zone-b', vswitch: 'vsw-4' });
 
     kube.updateNode(makeNode('cn-a.10.0.0.1', { labels: labels('zone-b', 'vsw-4', 'np-general') }));
     expect(
@@ -215,5 +221,22 @@ describe('discovery with Kubernetes topology', () => {
       ),
     ).toBeUndefined();
     expect(await topology('cn-a-10-0-0-2')).toBeUndefined();
+  });
+
+  it('makes good a topology write that was lost, and removes records of nodes it does not know', async () => {
+    await buckets.topology.delete('cn-a-10-0-0-3');
+    await buckets.topology.put('cn-a-gone', new TextEncoder().encode('{}'));
+    expect(
+      await until(
+        () => topology('cn-a-10-0-0-3'),
+        (t) => t !== undefined,
+      ),
+    ).toMatchObject({ name: 'cn-a.10.0.0.3', agent: { state: 'missing' } });
+    expect(
+      await until(
+        async () => (await buckets.topology.get('cn-a-gone'))?.operation,
+        (op) => op !== 'PUT',
+      ),
+    ).not.toBe('PUT');
   });
 });
