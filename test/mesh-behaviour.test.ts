@@ -240,6 +240,10 @@ describe('a node that starts while another is half-way', () => {
     expect(metric(mb, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBeGreaterThanOrEqual(
       aHadWhenBStarted,
     );
+    // Both stand on the same vSwitch: every peer byte is counted as such.
+    expect(metric(mb, 'shoal_agent_peer_fetch_bytes_total', { locality: 'vswitch' })).toBe(
+      metric(mb, 'shoal_agent_fetch_bytes_total', { source: 'peer' }),
+    );
     // Chunks nobody had leased yet B may take from the registry itself, and A then takes them from B:
     // the two trade.
     const ma = await a.metrics();

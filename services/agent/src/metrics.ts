@@ -22,6 +22,12 @@ export function agentMetrics(registry: Registry) {
       buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
       registers: [registry],
     }),
+    peerFetchBytes: new Counter({
+      name: 'shoal_agent_peer_fetch_bytes_total',
+      help: 'Chunk bytes fetched from peers and verified, by where the peer stands: same vSwitch (vswitch), same zone (zone), another zone (cross_zone), or unknown (a scheduler that does not say).',
+      labelNames: ['locality'] as const,
+      registers: [registry],
+    }),
     registryEndpoints: new Gauge({
       name: 'shoal_agent_registry_endpoints',
       help: 'Endpoints discovery publishes for a registry, as this agent last heard, by registry.',

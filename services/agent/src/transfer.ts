@@ -343,7 +343,10 @@ export class Download {
     const { start, end } = chunkRange(this.request.size, this.chunkSize, index);
     const length = end - start;
     if (source.kind === 'peer') {
-      const candidates = [{ node: source.node, url: source.url }, ...assignment.alternates];
+      const candidates = [
+        { node: source.node, url: source.url, locality: source.locality },
+        ...assignment.alternates,
+      ];
       for (const peer of candidates) {
         if (this.avoid.has(peer.node)) continue;
         const began = performance.now();
@@ -399,6 +402,7 @@ export class Download {
         }
         try {
           await this.store(index, held, assignment.sha256, 'peer', began, peer.node);
+          this.deps.metrics.peerFetchBytes.inc({ locality: peer.locality ?? 'unknown' }, length);
         } finally {
           this.deps.buffers.give(held);
         }

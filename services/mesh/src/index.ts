@@ -42,6 +42,7 @@ export type {
   GrantRecord,
   HolderRecord,
   LeaveMessage,
+  Locality,
   ManifestRecord,
   NodeRecord,
   TopologyRecord,

@@ -108,8 +108,12 @@ export const scheduleRequest = z.object({
 });
 export type ScheduleRequest = z.infer<typeof scheduleRequest>;
 
+/** Where a parent stands relative to the node it serves: same vSwitch, same zone, or another zone. */
+const locality = z.enum(['vswitch', 'zone', 'cross_zone']);
+export type Locality = z.infer<typeof locality>;
+
 export const chunkSource = z.discriminatedUnion('kind', [
-  z.object({ kind: z.literal('peer'), node: nodeId, url: z.string() }),
+  z.object({ kind: z.literal('peer'), node: nodeId, url: z.string(), locality: locality.optional() }),
   z.object({ kind: z.literal('origin'), leaseMs: z.number().int().min(0) }),
   z.object({
     kind: z.literal('wait'),
@@ -128,7 +132,7 @@ export const assignment = z.object({
   sha256: z.union([sha256Hex, z.null()]),
   source: chunkSource,
   /** Further peers to try, in order, if the first source fails. */
-  alternates: z.array(z.object({ node: nodeId, url: z.string() })).default([]),
+  alternates: z.array(z.object({ node: nodeId, url: z.string(), locality: locality.optional() })).default([]),
 });
 export type Assignment = z.infer<typeof assignment>;
 

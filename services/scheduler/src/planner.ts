@@ -17,7 +17,14 @@
  * Everyone else in the zone waits until someone in the zone holds the chunk, so each zone pulls each
  * chunk across the zone boundary about once.
  */
-import { chunkCount, ShoalError, type Assignment, type NodeRecord, type ScheduleRequest } from '@shoal/mesh';
+import {
+  chunkCount,
+  ShoalError,
+  type Assignment,
+  type Locality,
+  type NodeRecord,
+  type ScheduleRequest,
+} from '@shoal/mesh';
 import type { Grant, GrantStore } from './grants.js';
 import { holderCount, holderLists, tieredGroups } from './holder-index.js';
 import type { IndexState } from './index-state.js';
@@ -148,6 +155,11 @@ export function topologyTier(requester: NodeRecord | undefined, parent: NodeReco
     return 0;
   if (requester.zone !== '' && requester.zone === parent.zone) return 1;
   return 2;
+}
+
+/** A topology tier as the agents' metrics name it. */
+function localityOf(tier: number): Locality {
+  return tier === 0 ? 'vswitch' : tier === 1 ? 'zone' : 'cross_zone';
 }
 
 /** FNV-1a: a cheap, stable pseudo-random hash of a short string. */
@@ -362,8 +374,10 @@ export async function planRequest(
     assignments[wanted.position] = {
       index: wanted.index,
       sha256: wanted.sha256,
-      source: { kind: 'peer', node: first.node.id, url: first.node.url },
-      alternates: rest.slice(0, options.maxAlternates).map((r) => ({ node: r.node.id, url: r.node.url })),
+      source: { kind: 'peer', node: first.node.id, url: first.node.url, locality: localityOf(first.tier) },
+      alternates: rest
+        .slice(0, options.maxAlternates)
+        .map((r) => ({ node: r.node.id, url: r.node.url, locality: localityOf(r.tier) })),
     };
   };
 

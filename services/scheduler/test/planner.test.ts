@@ -68,8 +68,17 @@ describe('planRequest', () => {
     expect(plan.chunkSize).toBe(MiB);
     expect(plan.assignments).toHaveLength(1);
     const [a] = plan.assignments;
-    expect(a?.source).toEqual({ kind: 'peer', node: 'same-vsw', url: 'http://same-vsw.test:65001' });
-    expect(a?.alternates.map((x) => x.node)).toEqual(['same-zone', 'other']);
+    expect(a?.source).toEqual({
+      kind: 'peer',
+      node: 'same-vsw',
+      url: 'http://same-vsw.test:65001',
+      locality: 'vswitch',
+    });
+    // Each parent says where it stands, so the agent can count bytes by locality.
+    expect(a?.alternates.map((x) => [x.node, x.locality])).toEqual([
+      ['same-zone', 'zone'],
+      ['other', 'cross_zone'],
+    ]);
     expect(a?.sha256).toBe(manifest(blob, 8).hashes[0]);
 
     applyIndexEvent(state, { type: 'holder_deleted', blobHex: hex('a'), node: 'same-vsw' });
