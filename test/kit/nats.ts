@@ -12,6 +12,8 @@ export interface StartNatsOptions {
   name?: string;
   /** How long to wait for the server to become ready; 15 s unless given. */
   readyTimeoutMs?: number;
+  /** Further lines for nats.conf, e.g. a tls block. */
+  extraConfig?: string[];
 }
 
 export interface NatsServer {
@@ -57,6 +59,7 @@ export async function startNats(options: StartNatsOptions = {}): Promise<NatsSer
       `jetstream {`,
       `  store_dir: ${JSON.stringify(storeDir)}`,
       `}`,
+      ...(options.extraConfig ?? []),
       '',
     ].join('\n'),
   );

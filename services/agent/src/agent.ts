@@ -7,6 +7,7 @@ import {
   type EventPublisher,
   type Logger,
   type MeshConnection,
+  natsAuth,
   natsEventPublisher,
 } from '@shoal/mesh';
 import { buildAgentApp } from './app.js';
@@ -49,9 +50,7 @@ export async function createAgent(
     servers: config.natsServers,
     name: `shoal-agent-${config.nodeId}`,
     log,
-    user: config.natsUser || undefined,
-    pass: config.natsPassword || undefined,
-    token: config.natsToken || undefined,
+    auth: natsAuth(config),
   });
   const events = natsEventPublisher(mesh, config.nodeId);
   const endpoints = new RegistryEndpoints(

@@ -10,6 +10,8 @@ import { connect } from '@nats-io/transport-node';
 import {
   exitWithError,
   loadConfig,
+  natsAuth,
+  natsConnectOptions,
   renderHelp,
   renderReference,
   type ShoalEvent,
@@ -65,8 +67,7 @@ async function main(argv: string[]): Promise<void> {
     nc = await connect({
       servers: config.natsServers,
       timeout: config.timeoutMs,
-      ...(config.natsUser ? { user: config.natsUser, pass: config.natsPassword } : {}),
-      ...(config.natsToken ? { token: config.natsToken } : {}),
+      ...natsConnectOptions(natsAuth(config)),
     });
   } catch (cause) {
     throw new ShoalError(

@@ -8,7 +8,55 @@ export const natsOptions = {
     secret: true,
   }),
   natsToken: opt.string('nats.token', '', 'NATS authentication token.', { secret: true }),
+  natsCredsFile: opt.string(
+    'nats.credsFile',
+    '',
+    'NATS credentials file (a user JWT and NKEY seed, as `nsc` writes them) for servers run in operator mode with accounts.',
+  ),
+  natsTlsCa: opt.string(
+    'nats.tls.ca',
+    '',
+    'CA certificate file (PEM) to verify the NATS servers with; setting it requires TLS.',
+  ),
+  natsTlsCert: opt.string(
+    'nats.tls.cert',
+    '',
+    'Client certificate file (PEM), for servers that verify clients.',
+  ),
+  natsTlsKey: opt.string('nats.tls.key', '', 'Key file (PEM) of the client certificate.'),
 };
+
+/** How to authenticate to NATS and verify it, from the options above; empty values are left out. */
+export function natsAuth(config: {
+  natsUser: string;
+  natsPassword: string;
+  natsToken: string;
+  natsCredsFile: string;
+  natsTlsCa: string;
+  natsTlsCert: string;
+  natsTlsKey: string;
+}): NatsAuth {
+  const tls = {
+    ...(config.natsTlsCa ? { caFile: config.natsTlsCa } : {}),
+    ...(config.natsTlsCert ? { certFile: config.natsTlsCert } : {}),
+    ...(config.natsTlsKey ? { keyFile: config.natsTlsKey } : {}),
+  };
+  return {
+    ...(config.natsUser ? { user: config.natsUser, pass: config.natsPassword } : {}),
+    ...(config.natsToken ? { token: config.natsToken } : {}),
+    ...(config.natsCredsFile ? { credsFile: config.natsCredsFile } : {}),
+    ...(Object.keys(tls).length ? { tls } : {}),
+  };
+}
+
+export interface NatsAuth {
+  user?: string;
+  pass?: string;
+  token?: string;
+  /** Read at connect time, and again at every reconnect (so a rotated file is picked up). */
+  credsFile?: string;
+  tls?: { caFile?: string; certFile?: string; keyFile?: string };
+}
 
 export const logOptions = {
   logLevel: opt.oneOf(

@@ -5,6 +5,7 @@
  */
 import type { JetStreamManager } from '@nats-io/jetstream';
 import type { Registry } from 'prom-client';
+import { natsAuth } from './common-options.js';
 import type { Stoppable } from './lifecycle.js';
 import { defaultInstanceName } from './lifecycle.js';
 import { createLogger, type Logger } from './logger.js';
@@ -27,6 +28,10 @@ export interface ControlServiceConfig {
   natsUser: string;
   natsPassword: string;
   natsToken: string;
+  natsCredsFile: string;
+  natsTlsCa: string;
+  natsTlsCert: string;
+  natsTlsKey: string;
 }
 
 export interface ControlServiceApp {
@@ -61,9 +66,7 @@ export async function runControlService(options: {
     servers: config.natsServers,
     name: instance,
     log,
-    user: config.natsUser || undefined,
-    pass: config.natsPassword || undefined,
-    token: config.natsToken || undefined,
+    auth: natsAuth(config),
   });
   let started: ControlServiceApp;
   try {

@@ -1,6 +1,7 @@
 export { Bitmap, MiB, chooseChunkSize, chunkCount, chunkRange, defaultChunkPolicy } from './chunks.js';
 export type { ChunkPolicy } from './chunks.js';
-export { instanceOption, logOptions, metricsPortOption, natsOptions } from './common-options.js';
+export { instanceOption, logOptions, metricsPortOption, natsAuth, natsOptions } from './common-options.js';
+export type { NatsAuth } from './common-options.js';
 export { envName, flagName, loadConfig, opt, renderHelp, renderReference } from './config.js';
 export type { ConfigOf, ConfigSpec, LoadOptions, Loaded, OptionSpec } from './config.js';
 export { assertReference, assertRepositoryName, formatDigest, isDigest, parseDigest } from './digest.js';
@@ -50,7 +51,14 @@ export type {
   ScheduleRequest,
 } from './messages.js';
 export { createRegistry, metricsServer } from './metrics.js';
-export { connectMesh, defaultStreamLimits, ensureStreams, jetStreamOf, openBuckets } from './nats.js';
+export {
+  connectMesh,
+  defaultStreamLimits,
+  ensureStreams,
+  jetStreamOf,
+  natsConnectOptions,
+  openBuckets,
+} from './nats.js';
 export type { MeshBuckets, MeshConnection, MeshConnectionOptions, StreamLimits } from './nats.js';
 export {
   SUBJECT_PREFIX,

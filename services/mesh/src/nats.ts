@@ -11,7 +11,15 @@ import {
   type JetStreamManager,
 } from '@nats-io/jetstream';
 import { Kvm, type KV } from '@nats-io/kv';
-import { connect, type ConnectionOptions, type NatsConnection } from '@nats-io/transport-node';
+import { readFileSync } from 'node:fs';
+import {
+  connect,
+  type ConnectionOptions,
+  credsAuthenticator,
+  type NatsConnection,
+} from '@nats-io/transport-node';
+import type { NatsAuth } from './common-options.js';
+import { ShoalError } from './errors.js';
 import type { Logger } from './logger.js';
 import { buckets, streams, subjects } from './subjects.js';
 
@@ -22,6 +30,8 @@ export interface MeshConnectionOptions {
   user?: string | undefined;
   pass?: string | undefined;
   token?: string | undefined;
+  /** TLS and credentials-file authentication (see natsAuth). */
+  auth?: NatsAuth;
   /** How often the server is pinged; a dead server is noticed after two missed pings. */
   pingIntervalMs?: number;
 }
@@ -59,6 +69,8 @@ export function connectMesh(options: MeshConnectionOptions): MeshConnection {
   if (options.user !== undefined) connectOptions.user = options.user;
   if (options.pass !== undefined) connectOptions.pass = options.pass;
   if (options.token !== undefined) connectOptions.token = options.token;
+  const auth = options.auth ?? {};
+  Object.assign(connectOptions, natsConnectOptions(auth));
 
   const notify = (conn: NatsConnection) => {
     for (const listener of listeners) {
@@ -118,6 +130,41 @@ export function connectMesh(options: MeshConnectionOptions): MeshConnection {
       }
     },
   };
+}
+
+/** NATS client options for the given authentication: credentials from a file, TLS from PEM files. */
+export function natsConnectOptions(auth: NatsAuth): Partial<ConnectionOptions> {
+  const out: Partial<ConnectionOptions> = {};
+  if (auth.user !== undefined) {
+    out.user = auth.user;
+    out.pass = auth.pass ?? '';
+  }
+  if (auth.token !== undefined) out.token = auth.token;
+  if (auth.tls) out.tls = { ...auth.tls };
+  const credsFile = auth.credsFile;
+  if (credsFile) {
+    // Checked now, so that a wrong path is one clear error at start rather than a connection that never
+    // authenticates; read again at every (re)connect, so that a rotated file is used.
+    readCreds(credsFile);
+    out.authenticator = credsAuthenticator(() => readCreds(credsFile));
+  }
+  return out;
+}
+
+function readCreds(file: string): Uint8Array {
+  try {
+    const bytes = readFileSync(file);
+    if (!/-----BEGIN NATS USER JWT-----/.test(bytes.toString('utf8'))) {
+      throw new Error('it holds no NATS user JWT (expected a .creds file as nsc writes it)');
+    }
+    return bytes;
+  } catch (cause) {
+    throw new ShoalError(
+      'SHOAL_ERR_CONFIG',
+      `nats.credsFile: cannot use ${file}: ${cause instanceof Error ? cause.message : String(cause)}`,
+      { cause },
+    );
+  }
 }
 
 export interface StreamLimits {
