@@ -16,6 +16,8 @@ import {
 import { type CandidateTarget, checkTarget, type EndpointTarget } from './endpoints.js';
 import type { DiscoveryMetrics } from './metrics.js';
 
+const kindRank: Record<CandidateTarget['kind'], number> = { mirror: 0, vpc: 1, registry: 2, internet: 2 };
+
 export interface EndpointProvider {
   /** For logs and metrics, e.g. `instance cri-abc`. */
   name: string;
@@ -79,7 +81,11 @@ export function createEndpointPublisher(options: EndpointPublisherOptions): Endp
     return promise;
   }
 
-  /** Every source's endpoints merged per registry: static first, then providers in configured order. */
+  /**
+   * Every source's endpoints merged per registry. Configured mirrors come first, then VPC endpoints,
+   * then the public ones (a registry's own URL, an instance's internet endpoint); within a kind, static
+   * before providers, in configured order.
+   */
   function targets(): EndpointTarget[] {
     const merged = new Map<string, EndpointTarget>();
     for (const target of [...options.static, ...states.flatMap((s) => s.targets ?? [])]) {
@@ -90,6 +96,12 @@ export function createEndpointPublisher(options: EndpointPublisherOptions): Endp
       }
       const seen = new Set(current.candidates.map((c) => c.url));
       current.candidates.push(...target.candidates.filter((c: CandidateTarget) => !seen.has(c.url)));
+    }
+    for (const target of merged.values()) {
+      target.candidates = target.candidates
+        .map((candidate, index) => ({ candidate, index }))
+        .sort((a, b) => kindRank[a.candidate.kind] - kindRank[b.candidate.kind] || a.index - b.index)
+        .map(({ candidate }) => candidate);
     }
     return [...merged.values()];
   }

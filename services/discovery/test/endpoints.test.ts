@@ -164,6 +164,30 @@ describe('endpoint publisher', () => {
     }
   });
 
+  it('puts a registry instance’s VPC endpoint before the same registry’s configured URL', async () => {
+    const vpc = await registryStub('merge-vpc');
+    const origin = await registryStub('merge-origin');
+    const mirror = await registryStub('merge-mirror');
+    const provider: EndpointProvider = {
+      name: 'instance cri-m',
+      refreshMs: 60_000,
+      fetch: () =>
+        Promise.resolve([
+          { registry: 'merge.test', source: 'instance:cri-m', candidates: [{ url: vpc, kind: 'vpc' }] },
+        ]),
+    };
+    const { publisher: p } = publisher(
+      staticTargets([`merge.test=${origin}`], [`merge.test@zone:zone-a=${mirror}`]),
+      [provider],
+    );
+    await p.start();
+    try {
+      expect((await read('merge.test'))?.endpoints.map((e) => e.kind)).toEqual(['mirror', 'vpc', 'registry']);
+    } finally {
+      await p.stop();
+    }
+  });
+
   it('keeps a failing provider’s last good endpoints, retries with backoff, and prunes what it drops', async () => {
     const vpc = await registryStub('vpc');
     const internet = await registryStub('internet');
