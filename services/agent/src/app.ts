@@ -199,7 +199,7 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
     const rawPath = queryIndex === -1 ? request.url : request.url.slice(0, queryIndex);
     const search = queryIndex === -1 ? '' : request.url.slice(queryIndex);
     const parsed = parseV2Path(rawPath, search);
-    const target = deps.upstream.resolve(request.query.ns);
+    const target = deps.upstream.resolve(request.query.ns ?? registryOfDistributedHost(request.headers.host));
     const authorization = request.headers.authorization;
     if (parsed.kind === 'blob' && parsed.repository && parsed.digest) {
       return serveBlob(request, reply, target, parsed.repository, parsed.digest, authorization);
@@ -404,3 +404,17 @@ function sourceOf(download: Download | undefined, index: number): ChunkSourceKin
 }
 
 export type { ByteRange };
+
+/**
+ * The registry a Docker node means by a "distributed" host name: `<label>-distributed.<rest>` (any port)
+ * is registry `<label>.<rest>`. Docker cannot name a mirror per registry, so nodes resolve that name to
+ * themselves and pull from it.
+ */
+export function registryOfDistributedHost(host: string | undefined): string | undefined {
+  if (!host) return undefined;
+  const name = host.replace(/:\d+$/, '').toLowerCase();
+  const dot = name.indexOf('.');
+  const label = dot === -1 ? name : name.slice(0, dot);
+  if (!label.endsWith('-distributed') || label === '-distributed') return undefined;
+  return `${label.slice(0, -'-distributed'.length)}${dot === -1 ? '' : name.slice(dot)}`;
+}

@@ -1,7 +1,15 @@
 /** `shoal agent`: loads config, builds the agent, listens, and stops cleanly on signals. */
+import { readFileSync } from 'node:fs';
+import {
+  createServer,
+  type IncomingMessage,
+  type Server as HttpServer,
+  type ServerResponse,
+} from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { networkInterfaces } from 'node:os';
-import { type CommandDefinition, createLogger, nodeIdOf } from '@shoal/mesh';
-import { createAgent } from './agent.js';
+import { type CommandDefinition, createLogger, nodeIdOf, ShoalError } from '@shoal/mesh';
+import { type Agent, createAgent } from './agent.js';
 import { agentSpec, defaultNodeId } from './config.js';
 
 export const agentCommand: CommandDefinition<typeof agentSpec> = {
@@ -21,11 +29,57 @@ export const agentCommand: CommandDefinition<typeof agentSpec> = {
     const address = await agent.app.listen({ host: config.host, port: config.port });
     const port = new URL(address).port;
     listening = `http://${advertiseHost(config.host)}:${port}`;
+    const distributed = config.distributedPort ? await serveDistributed(agent, config) : undefined;
     await agent.start();
-    log.info({ address, node: config.nodeId, advertise: advertise() }, 'agent listening');
-    return { stop: () => agent.stop() };
+    log.info(
+      {
+        address,
+        node: config.nodeId,
+        advertise: advertise(),
+        distributedPort: config.distributedPort || undefined,
+      },
+      'agent listening',
+    );
+    return {
+      async stop() {
+        distributed?.closeAllConnections();
+        await new Promise<void>((resolve) => (distributed ? distributed.close(() => resolve()) : resolve()));
+        await agent.stop();
+      },
+    };
   },
 };
+
+/**
+ * A second port for Docker nodes: the same mirror API, reached by registries' "distributed" host names
+ * (which the node resolves to itself), over TLS when a certificate is configured.
+ */
+async function serveDistributed(
+  agent: Agent,
+  config: { host: string; distributedPort: number; distributedTlsCert: string; distributedTlsKey: string },
+): Promise<HttpServer> {
+  const handler = (req: IncomingMessage, res: ServerResponse) => agent.app.routing(req, res);
+  let server: HttpServer;
+  if (Boolean(config.distributedTlsCert) !== Boolean(config.distributedTlsKey)) {
+    throw new ShoalError(
+      'SHOAL_ERR_CONFIG',
+      'distributed.tls.cert and distributed.tls.key go together: set both, or neither for plain HTTP',
+    );
+  }
+  if (config.distributedTlsCert) {
+    server = createHttpsServer(
+      { cert: readFileSync(config.distributedTlsCert), key: readFileSync(config.distributedTlsKey) },
+      handler,
+    );
+  } else {
+    server = createServer(handler);
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(config.distributedPort, config.host, () => resolve());
+  });
+  return server;
+}
 
 /**
  * The address peers should use when none is configured: the listen address if it is a specific one,

@@ -46,6 +46,18 @@ export const agentSpec = {
       hint: 'registry [name=]http(s)://host[:port] (no credentials in it)',
     },
   ),
+  distributedPort: opt.int(
+    'distributed.port',
+    0,
+    'Port that serves registries by their "distributed" host name, for Docker nodes (which cannot name a mirror per registry): a request for <label>-distributed.<rest> goes to registry <label>.<rest> (65002, or 443). 0: off.',
+    { min: 0, max: 65535 },
+  ),
+  distributedTlsCert: opt.string(
+    'distributed.tls.cert',
+    '',
+    'Certificate (PEM) for the distributed host names; without it the port speaks plain HTTP and Docker must list the names as insecure-registries.',
+  ),
+  distributedTlsKey: opt.string('distributed.tls.key', '', 'Key (PEM) of that certificate.'),
   cacheDir: opt.string('cache.dir', '/var/lib/shoal/cache', 'Directory of the chunk cache.'),
   chunkSize: opt.bytes('chunk.size', '0', 'Fixed chunk size; 0 derives it from the blob size.', {
     min: 64 * 1024,
