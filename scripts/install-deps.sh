@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian packages whose programs the integration tests start as real servers, and curl,
+# Installs the Debian packages whose programs the integration tests start as real servers, promtool
+# (from prometheus) for the alerting-rule tests, and curl,
 # which `npm run bench:agent` uses as its HTTP client.
 # Idempotent: a package is installed only when its command is missing, and `apt-get update` runs
 # once, only if something has to be installed. Meant to run as root (CI and dev machines are root);
@@ -15,6 +16,7 @@ required=(
   containerd:containerd
   ctr:containerd
   curl:curl
+  promtool:prometheus
 )
 
 missing=()
