@@ -48,8 +48,8 @@ describe('the shoal entry point', () => {
     const top = await shoal(['--help']);
     expect(top.code).toBe(0);
     const reference = (await shoal(['config-reference'])).stdout;
-    const sections = reference.split(/^## `shoal (\w+)`$/m).slice(1);
-    expect(sections.length / 2).toBe(4);
+    const sections = reference.split(/^## `shoal ([\w-]+)`$/m).slice(1);
+    expect(sections.length / 2).toBe(5);
     for (let i = 0; i < sections.length; i += 2) {
       const name = sections[i]!;
       const rows = [...sections[i + 1]!.matchAll(/^\| `[^`]+` \| `(--[a-z-]+)` \| `(SHOAL_[A-Z_]+)` \|/gm)];

@@ -10,3 +10,5 @@ export { parseRange } from './ranges.js';
 export { ChunkStore } from './store.js';
 export { Upstream } from './upstream.js';
 export { parseRegistries, RegistryEndpoints } from './endpoints.js';
+export { nodeSetupCommand } from './node-setup/command.js';
+export { nodeSetupSpec } from './node-setup/config.js';

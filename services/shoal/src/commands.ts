@@ -1,5 +1,5 @@
 /** The services the `shoal` entry point can start, by subcommand name. */
-import { agentCommand } from '@shoal/agent';
+import { agentCommand, nodeSetupCommand } from '@shoal/agent';
 import { announcerCommand } from '@shoal/announcer';
 import { discoveryCommand } from '@shoal/discovery';
 import type { CommandDefinition, ConfigSpec } from '@shoal/mesh';
@@ -10,4 +10,5 @@ export const commands: Record<string, CommandDefinition<ConfigSpec>> = {
   announcer: announcerCommand,
   scheduler: schedulerCommand,
   discovery: discoveryCommand,
+  'node-setup': nodeSetupCommand,
 };
