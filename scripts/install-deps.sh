@@ -17,6 +17,7 @@ required=(
   ctr:containerd
   curl:curl
   promtool:prometheus
+  unzip:unzip
 )
 
 missing=()
