@@ -4,7 +4,8 @@
  */
 import { createHash } from 'node:crypto';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { subjects, type ShoalEvent } from '@shoal/mesh';
+import { Kvm } from '@nats-io/kv';
+import { buckets, subjects, type ShoalEvent, type TopologyRecord } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   buildAndPushImage,
@@ -108,6 +109,67 @@ describe('registry endpoints published by discovery', () => {
     expect(await pull(zoneB, image.repo, other!.digest)).toBe(other!.digest);
     expect(origin.blobGets(other!.digest).length).toBeGreaterThan(0);
     expect(mirror.blobGets(other!.digest)).toHaveLength(0);
+  });
+
+  it('learns its zone from discovery’s topology when its configuration gives none', async () => {
+    const unplaced = await startAgent({
+      id: 'u1',
+      natsUrl: nats.url,
+      registries: [`${NAME}=${origin.url}`],
+      dir,
+      zone: '',
+    });
+    services.push(unplaced);
+    await waitForNodes(nats.url, ['u1']);
+    // What discovery writes in Kubernetes mode, from the node's labels.
+    const record: TopologyRecord = {
+      name: 'u1',
+      zone: 'zone-a',
+      region: '',
+      vswitch: 'vsw-1',
+      pool: '',
+      ready: true,
+      inMesh: true,
+      agent: { state: 'running', restarts: 0, ready: true },
+      updatedAt: Date.now(),
+    };
+    const kv = await new Kvm(events).create(buckets.topology, { history: 1 });
+    await kv.put('u1', JSON.stringify(record));
+    await waitFor(
+      async () =>
+        metric(await unplaced.metrics(), 'shoal_agent_registry_endpoints', { registry: NAME }) === 2,
+      { timeoutMs: 10_000, what: 'u1 to hear of both endpoints' },
+    );
+    await waitFor(
+      async () => {
+        const health = (await (await fetch(`${unplaced.url}/healthz`)).json()) as {
+          placement?: { zone: string };
+        };
+        return health.placement?.zone === 'zone-a';
+      },
+      { timeoutMs: 10_000, what: 'u1 to learn its zone' },
+    );
+    // A layer of its own, so that no peer holds it: the registry sees where u1 goes.
+    const fresh = await buildAndPushImage({
+      registry: mirror,
+      repo: 'team/other',
+      tag: 'v1',
+      layers: 1,
+      layerSize: 128 * 1024,
+      seed: 'u1-only',
+    });
+    await buildAndPushImage({
+      registry: origin,
+      repo: 'team/other',
+      tag: 'v1',
+      layers: 1,
+      layerSize: 128 * 1024,
+      seed: 'u1-only',
+    });
+    const layer = fresh.layers[0]!;
+    expect(await pull(unplaced, fresh.repo, layer.digest)).toBe(layer.digest);
+    expect(mirror.blobGets(layer.digest).length).toBeGreaterThan(0);
+    expect(origin.blobGets(layer.digest)).toHaveLength(0);
   });
 
   it('moves to the registry when the mirror fails, and says so', async () => {

@@ -20,7 +20,12 @@ import { peerTokenSource } from './peer-auth.js';
 import { PeerClient } from './peers.js';
 import { ChunkStore } from './store.js';
 import { Transfers } from './transfer.js';
-import { followPublishedEndpoints, parseRegistries, RegistryEndpoints } from './endpoints.js';
+import {
+  followOwnTopology,
+  followPublishedEndpoints,
+  parseRegistries,
+  RegistryEndpoints,
+} from './endpoints.js';
 import { Upstream } from './upstream.js';
 
 /** Idle chunk buffers kept for reuse: a few default-sized chunks between one download's fetches. */
@@ -74,6 +79,7 @@ export async function createAgent(
     },
   );
   const published = followPublishedEndpoints(mesh, endpoints, log);
+  const placed = followOwnTopology(mesh, config.nodeId, endpoints, log);
   const upstream = new Upstream({
     endpoints,
     timeoutMs: config.upstreamTimeoutMs,
@@ -143,7 +149,13 @@ export async function createAgent(
     registry,
     events,
     log,
-    health: () => ({ ok: true, node: config.nodeId, nats: meshClient.usable, downloads: transfers.size }),
+    health: () => ({
+      ok: true,
+      node: config.nodeId,
+      nats: meshClient.usable,
+      downloads: transfers.size,
+      placement: endpoints.placement,
+    }),
   });
 
   return {
@@ -158,7 +170,7 @@ export async function createAgent(
       clearInterval(utilization);
       await app.close();
       await meshClient.stop();
-      await published.stop();
+      await Promise.all([published.stop(), placed.stop()]);
       await mesh.close();
       await Promise.allSettled([peers.close(), upstream.close(), hashes.close()]);
     },

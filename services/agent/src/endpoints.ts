@@ -14,6 +14,7 @@ import {
   type EndpointRecord,
   endpointRecord,
   type Logger,
+  topologyRecord,
   type MeshConnection,
   watchBucket,
 } from '@shoal/mesh';
@@ -76,14 +77,32 @@ export class RegistryEndpoints {
   /** The URL each registry was last reached at, to notice a switch. */
   private readonly current = new Map<string, string>();
 
+  private self: Placement;
+
   constructor(
     configured: readonly RegistryTarget[],
-    private readonly self: Placement,
+    private readonly configuredPlacement: Placement,
     private readonly cooldownMs: number,
     private readonly hooks: EndpointHooks = {},
     private readonly now: () => number = Date.now,
   ) {
     for (const target of configured) this.configured.set(target.name, target);
+    this.self = { ...configuredPlacement };
+  }
+
+  /**
+   * Where this node stands as the cluster says (discovery's topology from node labels); what the agent's
+   * own configuration sets wins.
+   */
+  place(learned: Partial<Placement>): void {
+    this.self = {
+      zone: this.configuredPlacement.zone || learned.zone || '',
+      region: this.configuredPlacement.region || learned.region || '',
+    };
+  }
+
+  get placement(): Placement {
+    return { ...this.self };
   }
 
   /** The registry requests name none of go to: the first configured one. */
@@ -161,6 +180,48 @@ export class RegistryEndpoints {
   private failedAt(registry: string, url: string): number {
     return this.failures.get(`${registry} ${url}`)?.at ?? 0;
   }
+}
+
+/**
+ * Learns this node's zone and region from discovery's topology record for it (Kubernetes mode, where the
+ * agent cannot read its node's labels itself), for the ones its configuration leaves empty.
+ */
+export function followOwnTopology(
+  mesh: MeshConnection,
+  nodeId: string,
+  endpoints: RegistryEndpoints,
+  log: Logger,
+): { stop(): Promise<void> } {
+  let watching: { stop(): void; done: Promise<void> } | undefined;
+  let stopped = false;
+  mesh.onConnect((nc) => {
+    if (watching || stopped) return;
+    void (async () => {
+      const kv = await new Kvm(nc).create(buckets.topology, { history: 1 });
+      const iterator = await kv.watch({ key: nodeId });
+      const done = (async () => {
+        for await (const entry of iterator) {
+          if (entry.operation !== 'PUT') continue;
+          try {
+            const record = decode(topologyRecord, entry.value, `topology of ${nodeId}`);
+            endpoints.place({ zone: record.zone, region: record.region });
+            log.debug({ placement: endpoints.placement }, 'placement from the cluster');
+          } catch (err) {
+            log.warn({ err }, 'unreadable topology record for this node');
+          }
+        }
+      })().finally(() => (watching = undefined));
+      watching = { stop: () => iterator.stop(), done };
+      if (stopped) iterator.stop();
+    })().catch((err: unknown) => log.warn({ err }, 'could not follow this node’s topology'));
+  });
+  return {
+    async stop() {
+      stopped = true;
+      watching?.stop();
+      await watching?.done;
+    },
+  };
 }
 
 /**

@@ -81,6 +81,31 @@ describe('RegistryEndpoints.order', () => {
   });
 });
 
+describe('RegistryEndpoints.place', () => {
+  it('takes zone and region from the cluster where the configuration leaves them empty', () => {
+    const endpoints = new RegistryEndpoints(
+      [{ name: 'r', url: 'http://registry' }],
+      { zone: '', region: '' },
+      1,
+    );
+    endpoints.update(
+      'r',
+      record('r', [
+        { url: 'http://zone-b', zone: 'zone-b' },
+        { url: 'http://zone-a', zone: 'zone-a' },
+      ]),
+    );
+    const target = endpoints.lookup('r')!;
+    expect(endpoints.order(target)[0]).toBe('http://zone-b');
+    endpoints.place({ zone: 'zone-a', region: 'region-1' });
+    expect(endpoints.placement).toEqual({ zone: 'zone-a', region: 'region-1' });
+    expect(endpoints.order(target)[0]).toBe('http://zone-a');
+    const configured = new RegistryEndpoints([], { zone: 'zone-b', region: '' }, 1);
+    configured.place({ zone: 'zone-a', region: 'region-1' });
+    expect(configured.placement).toEqual({ zone: 'zone-b', region: 'region-1' });
+  });
+});
+
 describe('Upstream failover', () => {
   let registry: FakeRegistry;
   let failing: Server;
