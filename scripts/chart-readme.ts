@@ -36,7 +36,11 @@ export function documentedValues(text: string): ValueDoc[] {
     const indent = line.length - line.trimStart().length;
     const trimmed = line.trim();
     if (skipDeeperThan >= 0) {
-      if (trimmed === '' || indent > skipDeeperThan || (trimmed.startsWith('- ') && indent === skipDeeperThan))
+      if (
+        trimmed === '' ||
+        indent > skipDeeperThan ||
+        (trimmed.startsWith('- ') && indent === skipDeeperThan)
+      )
         continue;
       skipDeeperThan = -1;
     }
@@ -45,7 +49,8 @@ export function documentedValues(text: string): ValueDoc[] {
       continue;
     }
     if (trimmed.startsWith('#') || trimmed === '') {
-      if (comment && trimmed.startsWith('#') && !trimmed.startsWith('#  ')) comment.push(trimmed.slice(1).trim());
+      if (comment && trimmed.startsWith('#') && !trimmed.startsWith('#  '))
+        comment.push(trimmed.slice(1).trim());
       continue;
     }
     const match = /^([A-Za-z0-9_.-]+):(.*)$/.exec(trimmed);
@@ -63,7 +68,11 @@ export function documentedValues(text: string): ValueDoc[] {
         for (let j = i + 1; j < lines.length; j++) {
           const next = lines[j] ?? '';
           const nextIndent = next.length - next.trimStart().length;
-          if (next.trim() !== '' && nextIndent <= indent && !(next.trim().startsWith('- ') && nextIndent === indent))
+          if (
+            next.trim() !== '' &&
+            nextIndent <= indent &&
+            !(next.trim().startsWith('- ') && nextIndent === indent)
+          )
             break;
           block.push(next);
         }
