@@ -29,6 +29,7 @@ export async function* readEvents(
   nc: NatsConnection,
   filter: EventFilter,
   follow: boolean,
+  signal?: AbortSignal,
 ): AsyncGenerator<ShoalEvent> {
   const js = jetstream(nc);
   const consumer = await js.consumers.get(streams.events, {
@@ -40,6 +41,9 @@ export async function* readEvents(
   let remaining = info.num_pending;
   if (!follow && remaining === 0) return;
   const messages = await consumer.consume();
+  // Following ends when the caller is stopped (Ctrl-C): the iterator below then finishes.
+  const stop = () => void messages.close();
+  signal?.addEventListener('abort', stop, { once: true });
   try {
     for await (const message of messages) {
       remaining = message.info.pending;
@@ -53,6 +57,7 @@ export async function* readEvents(
       if (!follow && remaining === 0) break;
     }
   } finally {
+    signal?.removeEventListener('abort', stop);
     await messages.close();
   }
 }

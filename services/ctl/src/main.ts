@@ -1,12 +1,9 @@
 #!/usr/bin/env node
 /**
  * shoalctl: looks at and steers the mesh through NATS, the same way the services talk to each other.
- *
- *   shoalctl events [--since 1h] [--node N] [--blob D] [--type T] [--follow] [--output table|json]
- *   shoalctl pulls  [--since 1h] [--node N] [--blob D] [--output table|json]
- *   shoalctl nodes  [--silent-after 15s] [--output table|json]
+ * Each command is in commands/; `shoalctl --help` lists them, `shoalctl <command> --help` their options.
  */
-import { connect } from '@nats-io/transport-node';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
   exitWithError,
   loadConfig,
@@ -14,99 +11,74 @@ import {
   natsConnectOptions,
   renderHelp,
   renderReference,
-  type ShoalEvent,
   ShoalError,
 } from '@shoal/mesh';
-import { ctlSpec } from './config.js';
-import { readEvents } from './events.js';
-import { formatNodes, nodeViews, readNodes } from './nodes.js';
-import { formatEvent, formatPulls, summarisePulls } from './report.js';
+import { ctlCommands } from './commands/index.js';
+import { commonSpec } from './config.js';
 
-const summaries: Record<string, string> = {
-  events: 'Print events from the event stream: the timeline of pulls, chunks, fallbacks and nodes.',
-  pulls: 'Summarise pulls: for each node and layer, its size, time, and where its chunks came from.',
-  nodes:
-    "List the mesh's nodes by zone and vSwitch: each agent's state, address, uptime and last heartbeat; with discovery in Kubernetes mode, also the nodes without a working agent and why.",
-};
+function usage(): string {
+  const width = Math.max(...ctlCommands.map((c) => c.name.length)) + 2;
+  const list = ctlCommands.map((c) => `  ${c.name.padEnd(width)}${c.summary}`).join('\n');
+  return `Usage: shoalctl <command> [options]\n\nCommands:\n${list}\n\nRun "shoalctl <command> --help" for options.\n`;
+}
 
 async function main(argv: string[]): Promise<void> {
-  const [command, ...rest] = argv;
-  if (command === 'config-reference') {
-    const summary =
-      'Options shared by every shoalctl command (`shoalctl events`, `shoalctl pulls`, `shoalctl nodes`).';
+  const [name, ...rest] = argv;
+  if (name === 'config-reference') {
     process.stdout.write(
-      renderReference([{ command: 'shoalctl', summary, spec: ctlSpec }], { header: false }),
+      renderReference(
+        ctlCommands.map((c) => ({
+          command: `shoalctl ${c.name}`,
+          summary: c.summary,
+          spec: { ...commonSpec, ...c.spec },
+        })),
+        { header: false },
+      ),
     );
     return;
   }
-  if (command === undefined || command === '--help' || command === '-h' || !(command in summaries)) {
-    const list = Object.entries(summaries)
-      .map(([name, text]) => `  ${name.padEnd(8)} ${text}`)
-      .join('\n');
-    const text = `Usage: shoalctl <command> [options]\n\nCommands:\n${list}\n\nRun "shoalctl <command> --help" for options.\n`;
-    if (command === undefined || command === '--help' || command === '-h') {
-      process.stdout.write(text);
-      process.exit(command === undefined ? 2 : 0);
-    }
-    throw new ShoalError(
-      'SHOAL_ERR_CONFIG',
-      `unknown command "${command}"; run "shoalctl --help" for the list`,
-    );
+  if (name === undefined || name === '--help' || name === '-h') {
+    process.stdout.write(usage());
+    process.exit(name === undefined ? 2 : 0);
   }
-  const { config, help } = loadConfig(ctlSpec, {
-    argv: rest,
-    env: process.env,
-    command: `shoalctl ${command}`,
-  });
+  const command = ctlCommands.find((c) => c.name === name);
+  if (!command) {
+    throw new ShoalError('SHOAL_ERR_CONFIG', `unknown command "${name}"; run "shoalctl --help" for the list`);
+  }
+  const spec = { ...commonSpec, ...command.spec };
+  const { config, help } = loadConfig(spec, { argv: rest, env: process.env, command: `shoalctl ${name}` });
   if (help) {
-    process.stdout.write(`${renderHelp(`shoalctl ${command}`, summaries[command] ?? '', ctlSpec)}\n`);
+    process.stdout.write(`${renderHelp(`shoalctl ${name}`, command.summary, spec)}\n`);
     return;
   }
-  let nc;
-  try {
-    nc = await connect({
+  let connection: Promise<NatsConnection> | undefined;
+  const nats = () =>
+    (connection ??= connect({
       servers: config.natsServers,
       timeout: config.timeoutMs,
       ...natsConnectOptions(natsAuth(config)),
-    });
-  } catch (cause) {
-    throw new ShoalError(
-      'SHOAL_ERR_MESH_UNAVAILABLE',
-      `cannot reach NATS at ${config.natsServers.join(',')}: check --nats-servers`,
-      {
-        cause,
-      },
-    );
-  }
+    }).catch((cause: unknown) => {
+      throw new ShoalError(
+        'SHOAL_ERR_MESH_UNAVAILABLE',
+        `cannot reach NATS at ${config.natsServers.join(',')}: check --nats-servers`,
+        { cause },
+      );
+    }));
+  const stop = new AbortController();
+  const onSignal = () => stop.abort();
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   try {
-    const filter = {
-      sinceMs: config.since,
-      ...(config.node ? { node: config.node } : {}),
-      ...(config.blob ? { blob: config.blob } : {}),
-      ...(config.type ? { type: config.type } : {}),
-    };
-    if (command === 'nodes') {
-      const { nodes, topology, unreadable } = await readNodes(nc);
-      const now = Date.now();
-      const views = nodeViews(nodes, now, config.silentAfter, topology);
-      if (config.output === 'json')
-        for (const view of views) process.stdout.write(`${JSON.stringify(view)}\n`);
-      else process.stdout.write(`${formatNodes(views, now, unreadable)}\n`);
-    } else if (command === 'events') {
-      for await (const event of readEvents(nc, filter, config.follow)) {
-        process.stdout.write(`${config.output === 'json' ? JSON.stringify(event) : formatEvent(event)}\n`);
-      }
-    } else {
-      const events: ShoalEvent[] = [];
-      const { type: _ignored, ...pullFilter } = filter;
-      for await (const event of readEvents(nc, pullFilter, false)) events.push(event);
-      const pulls = summarisePulls(events);
-      if (config.output === 'json')
-        for (const pull of pulls) process.stdout.write(`${JSON.stringify(pull)}\n`);
-      else process.stdout.write(`${formatPulls(pulls)}\n`);
-    }
+    await command.run({
+      config,
+      nats,
+      print: (text) => process.stdout.write(`${text}\n`),
+      signal: stop.signal,
+    });
   } finally {
-    await nc.close();
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+    if (connection) await (await connection.catch(() => undefined))?.close();
   }
 }
 
