@@ -1,11 +1,20 @@
 /** Announcer options: each key defined once, with its flag, environment variable, default and help. */
-import { instanceOption, logOptions, metricsPortOption, natsOptions, opt, type ConfigOf } from '@shoal/mesh';
+import {
+  eventsRetentionOptions,
+  instanceOption,
+  logOptions,
+  metricsPortOption,
+  natsOptions,
+  opt,
+  type ConfigOf,
+} from '@shoal/mesh';
 
 export const announcerSpec = {
   ...natsOptions,
   ...logOptions,
   ...instanceOption('announcer'),
   ...metricsPortOption(9402),
+  ...eventsRetentionOptions,
   batch: opt.int('consumer.batch', 100, 'Announcements pulled from the stream per request.', {
     min: 1,
     max: 10_000,

@@ -1,5 +1,13 @@
 /** Discovery options: each key defined once, with its flag, environment variable, default and help. */
-import { instanceOption, logOptions, metricsPortOption, natsOptions, opt, type ConfigOf } from '@shoal/mesh';
+import {
+  eventsRetentionOptions,
+  instanceOption,
+  logOptions,
+  metricsPortOption,
+  natsOptions,
+  opt,
+  type ConfigOf,
+} from '@shoal/mesh';
 
 export const instanceSpec = {
   instances: opt.list(
@@ -159,6 +167,7 @@ export const discoverySpec = {
   ...logOptions,
   ...instanceOption('discovery'),
   ...metricsPortOption(9401),
+  ...eventsRetentionOptions,
   nodeTtl: opt.duration(
     'node.ttl',
     '15s',

@@ -1,4 +1,6 @@
-import { loadConfig } from '@shoal/mesh';
+import { jetstreamManager } from '@nats-io/jetstream';
+import { connect } from '@nats-io/transport-node';
+import { loadConfig, streams } from '@shoal/mesh';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -111,5 +113,23 @@ describe('discoveryCommand', () => {
       await service.stop();
     }
     await expect(fetch(`http://127.0.0.1:${port}/healthz`)).rejects.toThrow();
+  });
+
+  it('keeps the event stream as long and as large as configured', async () => {
+    const { config } = loadConfig(discoveryCommand.spec, {
+      argv: ['--nats-servers', server.url, '--metrics-port', '0', '--log-level', 'silent'],
+      env: { SHOAL_EVENTS_MAX_AGE: '2d', SHOAL_EVENTS_MAX_BYTES: '64MiB' },
+      command: discoveryCommand.command,
+    });
+    const service = await discoveryCommand.start(config, []);
+    try {
+      const nc = await connect({ servers: server.url });
+      const info = await (await jetstreamManager(nc)).streams.info(streams.events);
+      expect(info.config.max_age).toBe(2 * 86_400 * 1e9);
+      expect(info.config.max_bytes).toBe(64 * 1024 * 1024);
+      await nc.close();
+    } finally {
+      await service.stop();
+    }
   });
 });

@@ -76,6 +76,22 @@ export const instanceOption = (what: string) => ({
   ),
 });
 
+/** How long and how much of the event stream is kept; every control service applies them on connect. */
+export const eventsRetentionOptions = {
+  eventsMaxAge: opt.duration(
+    'events.maxAge',
+    '7d',
+    'Events older than this are dropped from the event stream (replay, explain and trace can look back this far).',
+    { minMs: 60_000 },
+  ),
+  eventsMaxBytes: opt.bytes(
+    'events.maxBytes',
+    '1GiB',
+    'The event stream keeps at most this much; the oldest events go first.',
+    { min: 1024 * 1024 },
+  ),
+};
+
 export const metricsPortOption = (def: number) => ({
   metricsPort: opt.int('metrics.port', def, 'Port for /metrics and /healthz (0 picks a free port).', {
     min: 0,

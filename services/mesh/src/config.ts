@@ -366,7 +366,7 @@ export function renderReference(
     'Every service reads its options once at start, from (highest first) command-line flags, `SHOAL_*`',
     'environment variables, a YAML file given with `--config FILE` (or `SHOAL_CONFIG`), and defaults. In the',
     'YAML file, dotted keys are nested maps (`cache.dir` is `cache: { dir: … }`). Durations take `ms`, `s`, `m`,',
-    '`h`; sizes take `KiB`, `MiB`, `GiB` (or `KB`, `MB`, `GB`). An unknown key or a bad value stops the',
+    '`h`, `d`; sizes take `KiB`, `MiB`, `GiB` (or `KB`, `MB`, `GB`). An unknown key or a bad value stops the',
     'service with a one-line error that names the key.',
     '',
   ];

@@ -12,6 +12,7 @@ import { createLogger, type Logger } from './logger.js';
 import { createRegistry, metricsServer } from './metrics.js';
 import {
   connectMesh,
+  defaultStreamLimits,
   ensureStreams,
   jetStreamOf,
   type MeshBuckets,
@@ -32,6 +33,8 @@ export interface ControlServiceConfig {
   natsTlsCa: string;
   natsTlsCert: string;
   natsTlsKey: string;
+  eventsMaxAge: number;
+  eventsMaxBytes: number;
 }
 
 export interface ControlServiceApp {
@@ -58,6 +61,11 @@ export async function runControlService(options: {
   const { service, config } = options;
   const instance = config.instance || defaultInstanceName(service);
   const log = createLogger(service, config.logLevel).child({ instance });
+  const limits = {
+    ...defaultStreamLimits,
+    eventsMaxAgeMs: config.eventsMaxAge,
+    eventsMaxBytes: config.eventsMaxBytes,
+  };
   const registry = createRegistry(service);
   let app: ControlServiceApp | undefined;
   const server = metricsServer(registry, () => app?.health() ?? { ok: false, detail: 'connecting' });
@@ -71,7 +79,7 @@ export async function runControlService(options: {
   let started: ControlServiceApp;
   try {
     const nc = await mesh.ready();
-    await ensureStreams(await jetStreamOf(nc).jsm);
+    await ensureStreams(await jetStreamOf(nc).jsm, limits);
     const buckets = await openBuckets(nc);
     started = options.build({ mesh, log, registry, instance, buckets });
     app = started;
@@ -86,7 +94,7 @@ export async function runControlService(options: {
     if (!armed) return;
     void (async () => {
       const jsm = await jetStreamOf(nc).jsm;
-      await ensureStreams(jsm);
+      await ensureStreams(jsm, limits);
       await openBuckets(nc);
       await options.restore?.(jsm);
     })().catch((err: unknown) =>

@@ -1,6 +1,13 @@
 export { Bitmap, MiB, chooseChunkSize, chunkCount, chunkRange, defaultChunkPolicy } from './chunks.js';
 export type { ChunkPolicy } from './chunks.js';
-export { instanceOption, logOptions, metricsPortOption, natsAuth, natsOptions } from './common-options.js';
+export {
+  eventsRetentionOptions,
+  instanceOption,
+  logOptions,
+  metricsPortOption,
+  natsAuth,
+  natsOptions,
+} from './common-options.js';
 export type { NatsAuth } from './common-options.js';
 export { envName, flagName, loadConfig, opt, renderHelp, renderReference } from './config.js';
 export type { ConfigOf, ConfigSpec, LoadOptions, Loaded, OptionSpec } from './config.js';

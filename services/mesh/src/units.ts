@@ -1,6 +1,6 @@
-/** Parsing of human units in configuration: durations ("250ms", "5s", "2m") and sizes ("4MiB", "1GB"). */
+/** Parsing of human units in configuration: durations ("250ms", "5s", "2m", "7d") and sizes ("4MiB", "1GB"). */
 
-const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const durationUnits: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 const sizeUnits: Record<string, number> = {
   b: 1,
   k: 1024,
@@ -19,7 +19,7 @@ const sizeUnits: Record<string, number> = {
 
 /** Returns milliseconds, or undefined when the text is not a duration. A bare number means milliseconds. */
 export function parseDurationMs(text: string): number | undefined {
-  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$/i.exec(text);
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$/i.exec(text);
   if (!match) return undefined;
   const unit = (match[2] ?? 'ms').toLowerCase();
   const factor = durationUnits[unit];

@@ -107,6 +107,7 @@ describe('digests, names, units and errors', () => {
     expect(parseDurationMs('250ms')).toBe(250);
     expect(parseDurationMs('1.5s')).toBe(1500);
     expect(parseDurationMs('2m')).toBe(120_000);
+    expect(parseDurationMs('7d')).toBe(7 * 86_400_000);
     expect(parseDurationMs('fast')).toBeUndefined();
     expect(parseBytes('4MiB')).toBe(4 * MiB);
     expect(parseBytes('1GB')).toBe(1e9);

@@ -1,11 +1,20 @@
 /** Scheduler options: each key defined once, with its flag, environment variable, default and help. */
-import { instanceOption, logOptions, metricsPortOption, natsOptions, opt, type ConfigOf } from '@shoal/mesh';
+import {
+  eventsRetentionOptions,
+  instanceOption,
+  logOptions,
+  metricsPortOption,
+  natsOptions,
+  opt,
+  type ConfigOf,
+} from '@shoal/mesh';
 
 export const schedulerSpec = {
   ...natsOptions,
   ...logOptions,
   ...instanceOption('scheduler'),
   ...metricsPortOption(9403),
+  ...eventsRetentionOptions,
   nodeTtl: opt.duration(
     'node.ttl',
     '15s',
