@@ -106,6 +106,16 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
     routerOptions: { ignoreDuplicateSlashes: false, maxParamLength: 1024 },
     bodyLimit: 1024,
     exposeHeadRoutes: false,
+    // Errors found before routing (a URL that does not decode) get the OCI error format like all others.
+    frameworkErrors: (error, _request, reply) => {
+      const shoal = new ShoalError(
+        error.code === 'FST_ERR_BAD_URL' ? 'SHOAL_ERR_NAME_INVALID' : 'SHOAL_ERR_BAD_MESSAGE',
+        error.code === 'FST_ERR_BAD_URL' ? 'malformed URL encoding in path' : error.message,
+      );
+      // The reply's generic types describe routes; this one answers before any route.
+      const plain = reply as unknown as FastifyReply;
+      void plain.code(shoal.status).header('content-type', 'application/json').send(ociErrorBody(shoal));
+    },
   });
 
   app.addHook('onResponse', async (request, reply) => {
