@@ -292,9 +292,9 @@ export function loadConfig<S extends ConfigSpec>(spec: S, options: LoadOptions):
     try {
       doc = parseYaml(readFileSync(configFile, 'utf8'));
     } catch (cause) {
-      throw new ShoalError('SHOAL_ERR_CONFIG', `config file ${configFile}: ${(cause as Error).message}`, {
-        cause,
-      });
+      // The YAML parser's message ends with a picture of the line; the first line says what and where.
+      const first = ((cause as Error).message.split('\n')[0] ?? '').replace(/:$/, '');
+      throw new ShoalError('SHOAL_ERR_CONFIG', `config file ${configFile}: ${first}`, { cause });
     }
     const flat = new Map<string, Raw>();
     if (doc !== null && doc !== undefined) flatten(doc, '', flat);
