@@ -9,6 +9,7 @@ import {
   type MeshConnection,
   natsAuth,
   natsEventPublisher,
+  peerTokenSource,
 } from '@shoal/mesh';
 import { buildAgentApp } from './app.js';
 import type { AgentConfig } from './config.js';
@@ -16,7 +17,6 @@ import { BufferPool } from './buffers.js';
 import { createHashPool, type HashPool } from './hash-pool.js';
 import { MeshClient } from './mesh-client.js';
 import { agentMetrics } from './metrics.js';
-import { peerTokenSource } from './peer-auth.js';
 import { PeerClient } from './peers.js';
 import { ChunkStore } from './store.js';
 import { Transfers } from './transfer.js';
@@ -101,6 +101,9 @@ export async function createAgent(
         vswitch: config.vswitch,
         pool: config.pool,
         startedAt,
+        cacheBytes: store.totalBytes,
+        // Heartbeats start with meshClient.start(), after the transfers below exist.
+        downloads: transfers.size,
       }),
     },
     metrics,
@@ -118,7 +121,7 @@ export async function createAgent(
   if (!config.peerSecret) {
     log.warn('peer.secret is not set: any client that reaches this port can read cached chunks');
   }
-  const transfers = new Transfers(
+  const transfers: Transfers = new Transfers(
     {
       nodeId: config.nodeId,
       chunkPolicy: {

@@ -1,7 +1,8 @@
 /**
  * The agent's HTTP face: the registry mirror API for the container runtime (containerd hosts.toml with
- * `?ns=`, or clients naming the agent directly), the peer chunk API, /metrics and /healthz. The builder
- * never listens, so tests drive it with inject() or listen on a port of their choosing.
+ * `?ns=`, or clients naming the agent directly), the peer chunk API, the preheat API, /metrics and
+ * /healthz. The builder never listens, so tests drive it with inject() or listen on a port of their
+ * choosing.
  */
 import type { OutgoingHttpHeaders } from 'node:http';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
@@ -16,11 +17,20 @@ import {
   ociErrorBody,
   parseDigest,
   ShoalError,
+  MESH_TOKEN_HEADER,
+  PREHEAT_MAX_DIGESTS,
+  preheatPaths,
+  verifyPeerAuthorization,
 } from '@shoal/mesh';
 import type { BufferPool } from './buffers.js';
 import { FileSender } from './file-sender.js';
 import type { AgentMetrics } from './metrics.js';
-import { verifyPeerAuthorization } from './peer-auth.js';
+import {
+  createPreheatJobs,
+  defaultPreheatOptions,
+  parsePreheatRequest,
+  type PreheatOptions,
+} from './preheat.js';
 import { type ByteRange, parseRange } from './ranges.js';
 import type { ChunkStore } from './store.js';
 import type { Download, Transfers } from './transfer.js';
@@ -40,6 +50,8 @@ export interface HttpDeps {
   events: EventPublisher;
   log: Logger;
   health: () => Record<string, unknown> & { ok: boolean };
+  /** Limits of the preheat API; the defaults unless given. */
+  preheat?: PreheatOptions;
 }
 
 const blobPath = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
@@ -127,11 +139,15 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
   });
 
   app.setErrorHandler(async (error, request, reply) => {
+    const statusCode = (error as { statusCode?: number }).statusCode ?? 500;
     const shoal = isShoalError(error)
       ? error
-      : (error as { statusCode?: number }).statusCode === 404
+      : statusCode === 404
         ? new ShoalError('SHOAL_ERR_BLOB_UNKNOWN', 'not found')
-        : new ShoalError('SHOAL_ERR_INTERNAL', 'internal error', { cause: error });
+        : statusCode >= 400 && statusCode < 500
+          ? // A body fastify could not take (not JSON, too large, wrong content type) is the client's error.
+            new ShoalError('SHOAL_ERR_BAD_MESSAGE', error instanceof Error ? error.message : 'bad request')
+          : new ShoalError('SHOAL_ERR_INTERNAL', 'internal error', { cause: error });
     if (shoal.code === 'SHOAL_ERR_INTERNAL')
       deps.log.error({ err: error, url: request.url }, 'request failed');
     if (shoal.code === 'SHOAL_ERR_RANGE_INVALID' && typeof shoal.details?.size === 'number') {
@@ -194,6 +210,71 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
         res.destroy();
       }
       return reply;
+    },
+  );
+
+  const preheats = createPreheatJobs(
+    {
+      store: deps.store,
+      upstream: deps.upstream,
+      transfers: deps.transfers,
+      metrics: deps.metrics,
+      log: deps.log,
+    },
+    deps.preheat ?? defaultPreheatOptions,
+  );
+  app.addHook('onClose', async () => preheats.close());
+
+  /** The preheat API makes this node download: only members of the mesh may ask. */
+  const requireMeshToken = async (request: FastifyRequest) => {
+    if (!deps.peerSecret) return;
+    const header = request.headers[MESH_TOKEN_HEADER];
+    const value = Array.isArray(header) ? header[0] : header;
+    if (value === undefined) {
+      throw new ShoalError(
+        'SHOAL_ERR_UNAUTHORIZED',
+        `the preheat API needs a mesh token in the ${MESH_TOKEN_HEADER} header`,
+      );
+    }
+    if (verifyPeerAuthorization(deps.peerSecret, value) === undefined) {
+      throw new ShoalError('SHOAL_ERR_DENIED', 'the mesh token is not valid: wrong peer.secret, or expired');
+    }
+  };
+  const unknownJob = (id: string) =>
+    new ShoalError(
+      'SHOAL_ERR_BLOB_UNKNOWN',
+      `no preheat job "${id.slice(0, 40)}" on this agent (finished jobs are forgotten after a while)`,
+    );
+
+  // The client's Authorization is the registry credential: it is used for this job only, never stored.
+  app.post(
+    preheatPaths.start,
+    // Room for the most digests a job may name, each about 75 bytes of JSON.
+    { bodyLimit: 16_384 + PREHEAT_MAX_DIGESTS * 80, onRequest: requireMeshToken },
+    async (request, reply) => {
+      const body = parsePreheatRequest(request.body);
+      const target = deps.upstream.resolve(body.registry);
+      const id = preheats.start(target, body.repository, body.digests, request.headers.authorization);
+      void reply.code(202);
+      return { id };
+    },
+  );
+  app.get<{ Params: { id: string } }>(
+    preheatPaths.jobRoute,
+    { onRequest: requireMeshToken },
+    async (request) => {
+      const view = preheats.view(request.params.id);
+      if (!view) throw unknownJob(request.params.id);
+      return view;
+    },
+  );
+  app.delete<{ Params: { id: string } }>(
+    preheatPaths.jobRoute,
+    { onRequest: requireMeshToken },
+    async (request) => {
+      const view = preheats.cancel(request.params.id);
+      if (!view) throw unknownJob(request.params.id);
+      return view;
     },
   );
 

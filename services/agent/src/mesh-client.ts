@@ -30,7 +30,7 @@ export interface MeshClientOptions {
   schedulerTimeoutMs: number;
   announceIntervalMs: number;
   heartbeatIntervalMs: number;
-  self: () => Omit<NodeRecord, 'seenAt'>;
+  self: () => Omit<NodeRecord, 'seenAt' | 'sentAt'>;
 }
 
 /**
@@ -202,9 +202,10 @@ export class MeshClient {
   heartbeat(): void {
     const nc = this.mesh.connection();
     if (!nc) return;
+    const now = Date.now();
     nc.publish(
       subjects.heartbeat(this.options.nodeId),
-      encode({ ...this.options.self(), seenAt: Date.now() }),
+      encode({ ...this.options.self(), sentAt: now, seenAt: now }),
     );
   }
 

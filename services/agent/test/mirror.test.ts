@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createLogger, loadConfig } from '@shoal/mesh';
 import { type Agent, createAgent } from '../src/agent.js';
 import { agentSpec } from '../src/config.js';
-import { peerTokenSource } from '../src/peer-auth.js';
+import { peerTokenSource } from '@shoal/mesh';
 import { type FakeRegistry, randomBlob, startFakeRegistry } from './fake-registry.js';
 
 const MiB = 1024 * 1024;

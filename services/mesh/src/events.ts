@@ -3,11 +3,73 @@
  * or a blob can be replayed later. Events never carry credentials; publishing never blocks the data path.
  */
 import type { NatsConnection } from '@nats-io/transport-node';
+import type { Locality } from './messages.js';
 import type { MeshConnection } from './nats.js';
 import { subjects } from './subjects.js';
 
 export const ChunkSourceKinds = { peer: 'peer', origin: 'origin', cache: 'cache' } as const;
 export type ChunkSourceKind = (typeof ChunkSourceKinds)[keyof typeof ChunkSourceKinds];
+
+/**
+ * Why a scheduler gave a chunk the source it did. A peer was chosen by one rule of the ranking: it was the
+ * only candidate on the best topology tier (`tier`), the least loaded of its tier (`load`), first in walk
+ * order among equally loaded ones (`tie`), or the only candidate at all (`only`). The origin was chosen
+ * because no live holder with a known hash existed (`no_live_holder`). A chunk waits because the mesh's
+ * origin budget is spent, its origin or zone lease is held by another node, no live holder with a known
+ * hash exists yet, every holder is busy, the per-request origin limit is reached, too many leases were
+ * refused in this decision already, the lease store failed, or a holder appeared while its lease was
+ * being taken (asking again gets that holder).
+ */
+export const AssignmentReasons = {
+  tier: 'tier',
+  load: 'load',
+  tie: 'tie',
+  only: 'only',
+  no_live_holder: 'no_live_holder',
+  origin_budget: 'origin_budget',
+  origin_lease_held: 'origin_lease_held',
+  zone_lease_held: 'zone_lease_held',
+  no_holder_yet: 'no_holder_yet',
+  parents_busy: 'parents_busy',
+  origin_limit: 'origin_limit',
+  leases_refused: 'leases_refused',
+  lease_error: 'lease_error',
+  holder_appeared: 'holder_appeared',
+} as const;
+export type AssignmentReason = (typeof AssignmentReasons)[keyof typeof AssignmentReasons];
+/** The rules of the parent ranking, in the order they are applied. */
+export type RankingRule = Extract<AssignmentReason, 'tier' | 'load' | 'tie' | 'only'>;
+export type WaitReason = Exclude<AssignmentReason, RankingRule | 'no_live_holder'>;
+
+/**
+ * A candidate parent as the scheduler ranked it: its topology tier (0 same vSwitch, 1 same zone, 2
+ * elsewhere), its load (transfers assigned to it and not finished, to two decimals, as ranked) and its
+ * place in the walk over the holders (the tie-break).
+ */
+export interface RankedCandidate {
+  node: string;
+  tier: number;
+  load: number;
+  tie: number;
+}
+
+/** One chunk of a `chunks_assigned` event: where it was sent, and the inputs that decided it. */
+export interface AssignmentRecord {
+  index: number;
+  source: 'peer' | 'origin' | 'wait';
+  /** The parent, for a peer assignment. */
+  peer?: string;
+  locality?: Locality;
+  /** For a peer assignment, the candidates that were ranked, best first; the parent is the first. */
+  candidates?: RankedCandidate[];
+  /** Holders sampled but passed over as busy (their upload slots taken), so not ranked. */
+  busy?: number;
+  /** Set when a zone lease admitted the chunk from outside the requester's zone. */
+  zoneLease?: boolean;
+  /** `origin`: a chunk told to wait is in line for the registry (see ChunkSource). */
+  queue?: 'origin';
+  reason: AssignmentReason;
+}
 
 interface Base {
   /** Milliseconds since the epoch, on the publisher's clock. */
@@ -68,6 +130,23 @@ export type ShoalEvent = Base &
         originGrants: number;
         wait: number;
         ms: number;
+      }
+    | {
+        /**
+         * Why one schedule decision assigned each chunk as it did; published after the reply, beside
+         * `schedule_decided`. At most 64 assignments and 8 candidates each are kept; `truncated` counts
+         * what was left out.
+         */
+        type: 'chunks_assigned';
+        scheduler: string;
+        node: string;
+        blob: string;
+        size: number;
+        chunkSize: number;
+        assignments: AssignmentRecord[];
+        /** The peers the node asked not to be given (at most 8 listed). */
+        avoid?: string[];
+        truncated?: { assignments: number; candidates: number };
       }
     | { type: 'node_joined'; node: string; zone: string; vswitch: string; url: string }
     | { type: 'node_left'; node: string; reason: string }

@@ -15,8 +15,19 @@ export { assertReference, assertRepositoryName, formatDigest, isDigest, parseDig
 export type { Digest } from './digest.js';
 export { ErrorCodes, ShoalError, isErrorCode, isShoalError, ociErrorBody } from './errors.js';
 export type { ErrorCode, WireError } from './errors.js';
-export { ChunkSourceKinds, memoryEventPublisher, natsEventPublisher } from './events.js';
-export type { ChunkSourceKind, EventInput, EventPublisher, ShoalEvent, ShoalEventType } from './events.js';
+export { AssignmentReasons, ChunkSourceKinds, memoryEventPublisher, natsEventPublisher } from './events.js';
+export type {
+  AssignmentReason,
+  AssignmentRecord,
+  ChunkSourceKind,
+  EventInput,
+  EventPublisher,
+  RankedCandidate,
+  RankingRule,
+  ShoalEvent,
+  ShoalEventType,
+  WaitReason,
+} from './events.js';
 export { defaultInstanceName, exitWithError, runService } from './lifecycle.js';
 export type { CommandDefinition, Stoppable } from './lifecycle.js';
 export { createLogger, loggerOptions, redactPaths } from './logger.js';
@@ -86,3 +97,8 @@ export { isCasConflict, watchBucket } from './kv.js';
 export type { BucketWatch } from './kv.js';
 export { runControlService } from './control-service.js';
 export type { ControlServiceApp, ControlServiceConfig, ControlServiceContext } from './control-service.js';
+export { createPeerToken, PEER_AUTH_SCHEME, peerTokenSource, verifyPeerAuthorization } from './peer-auth.js';
+export { MESH_TOKEN_HEADER, PREHEAT_MAX_DIGESTS, PreheatStates, preheatPaths } from './preheat-api.js';
+export type { PreheatBlobView, PreheatJobView, PreheatRequest, PreheatState } from './preheat-api.js';
+export { chooseParent, compareCandidates, rankedLoad } from './ranking.js';
+export type { RankInput } from './ranking.js';

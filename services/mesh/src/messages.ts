@@ -80,6 +80,16 @@ export const nodeRecord = z.object({
   pool: z.string().max(128),
   startedAt: z.number(),
   seenAt: z.number(),
+  /**
+   * The agent's clock when it sent the heartbeat; discovery's seenAt is its own clock at receipt, so the
+   * two together show how far the agent's clock is off. Optional, as are the fields below, so that
+   * heartbeats of agents that do not send them still validate.
+   */
+  sentAt: z.number().optional(),
+  /** Bytes in the agent's chunk cache. */
+  cacheBytes: z.number().int().min(0).optional(),
+  /** Blob downloads the agent has under way. */
+  downloads: z.number().int().min(0).optional(),
 });
 export type NodeRecord = z.infer<typeof nodeRecord>;
 

@@ -17,6 +17,7 @@ import {
   openBuckets,
   queueGroups,
   type ScheduleReply,
+  type ScheduleRequest,
   scheduleRequest,
   subjects,
   watchBucket,
@@ -42,7 +43,14 @@ import {
 } from './index-state.js';
 import { createSchedulerMetrics, type RequestOutcome } from './metrics.js';
 import { OriginBudget } from './origin-budget.js';
-import { blobHexOf, inflightLoad, planRequest, type PlanOptions } from './planner.js';
+import {
+  assignmentRecords,
+  blobHexOf,
+  inflightLoad,
+  planRequest,
+  type Plan,
+  type PlanOptions,
+} from './planner.js';
 
 export interface SchedulerDeps {
   mesh: MeshConnection;
@@ -361,6 +369,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     const started = performance.now();
     let reply: ScheduleReply;
     let outcome: RequestOutcome;
+    /** The decision, recorded once the reply is on its way so that recording it never delays the node. */
+    let decided: { request: ScheduleRequest; plan: Plan } | undefined;
     try {
       const request = decode(scheduleRequest, msg.data, 'schedule request');
       if (!grants) throw new Error('grant store is not ready');
@@ -392,6 +402,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         wait: plan.counts.wait,
         ms: Math.round((performance.now() - started) * 1000) / 1000,
       });
+      decided = { request, plan };
     } catch (err) {
       if (isShoalError(err, 'SHOAL_ERR_BAD_MESSAGE')) {
         outcome = 'bad_request';
@@ -408,12 +419,30 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     }
     metrics.requests.inc({ outcome });
     metrics.decisionSeconds.observe((performance.now() - started) / 1000);
-    if (!msg.reply) return;
-    try {
-      msg.respond(encode(reply));
-    } catch (err) {
-      log.warn({ err }, 'could not send a schedule reply');
+    if (msg.reply) {
+      try {
+        msg.respond(encode(reply));
+      } catch (err) {
+        log.warn({ err }, 'could not send a schedule reply');
+      }
     }
+    if (decided) publishAssigned(decided.request, decided.plan);
+  }
+
+  /** Why each chunk of a decision went where it did; a request for the layout alone assigns nothing. */
+  function publishAssigned(request: ScheduleRequest, plan: Plan): void {
+    if (plan.assignments.length === 0) return;
+    const avoid = request.avoid.slice(0, 8);
+    events.publish({
+      type: 'chunks_assigned',
+      scheduler: instance,
+      node: request.node,
+      blob: request.blob,
+      size: request.size,
+      chunkSize: plan.chunkSize,
+      ...assignmentRecords(plan),
+      ...(avoid.length ? { avoid } : {}),
+    });
   }
 
   return {

@@ -25,5 +25,13 @@ export type {
 export type { BlobHolderIndex, HolderGroup } from './holder-index.js';
 export { createSchedulerMetrics } from './metrics.js';
 export type { SchedulerMetrics } from './metrics.js';
-export { blobHexOf, decayingLoad, inflightLoad, planRequest, topologyTier } from './planner.js';
-export type { LoadTracker, Plan, PlanOptions } from './planner.js';
+export {
+  assignmentRecords,
+  blobHexOf,
+  decayingLoad,
+  inflightLoad,
+  planRequest,
+  recordLimits,
+  topologyTier,
+} from './planner.js';
+export type { Explanation, LoadTracker, Plan, PlanOptions, Ranked } from './planner.js';

@@ -21,9 +21,15 @@ import {
   chunkCount,
   ShoalError,
   type Assignment,
+  type AssignmentRecord,
   type Locality,
   type NodeRecord,
+  type RankingRule,
   type ScheduleRequest,
+  type WaitReason,
+  chooseParent,
+  compareCandidates,
+  rankedLoad,
 } from '@shoal/mesh';
 import type { Grant, GrantStore } from './grants.js';
 import { holderCount, holderLists, tieredGroups } from './holder-index.js';
@@ -69,6 +75,11 @@ export interface PlanOptions {
 export interface Plan {
   chunkSize: number;
   assignments: Assignment[];
+  /**
+   * Why each assignment is what it is, one per assignment in the same order: the inputs of its decision
+   * as the planner had them (references, not copies, so that recording them costs nothing).
+   */
+  explanations: Explanation[];
   counts: { peer: number; origin: number; wait: number };
   /**
    * Chunks sent outside the requester's zone under a zone lease (to another zone's peer or the origin);
@@ -180,12 +191,28 @@ function mix(a: number, b: number): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
-interface Ranked {
+/** A candidate parent as sampled for one chunk; its load is rounded as `rankedLoad` records it. */
+export interface Ranked {
   node: NodeRecord;
   tier: number;
   load: number;
   tie: number;
 }
+
+/** The inputs that decided one assignment. */
+export type Explanation =
+  | {
+      source: 'peer';
+      rule: RankingRule;
+      /** The candidates ranked, best first; the parent is the first. */
+      candidates: readonly Ranked[];
+      /** Sampled holders left out of the ranking as busy. */
+      busy: number;
+      /** Admitted from outside the requester's zone by its zone lease. */
+      zoneLease: boolean;
+    }
+  | { source: 'origin'; zoneLease: boolean }
+  | { source: 'wait'; reason: WaitReason };
 
 /** Leases refused in one decision after which chunks that need a lease are no longer tried. */
 const LEASE_REFUSALS = 8;
@@ -268,6 +295,8 @@ export async function planRequest(
 
   /** Chunks no one holds that were left to wait because the mesh's origin budget is spent. */
   const originQueued = new Set<number>();
+  /** Why a chunk could not be assigned, by chunk index, for the chunks that end up waiting. */
+  const heldBack = new Map<number, WaitReason>();
 
   /** Gives back an origin lease taken for a chunk that turned out to be held already. */
   const giveBack = async (grant: Grant): Promise<void> => {
@@ -302,6 +331,7 @@ export async function planRequest(
     const originLease = await lease(wanted.index);
     if (!originLease) return false;
     if (!heldBefore && heldNow(wanted.index)) {
+      heldBack.set(wanted.index, 'holder_appeared');
       await giveBack(originLease);
       return false;
     }
@@ -313,6 +343,7 @@ export async function planRequest(
       source: { kind: 'origin', leaseMs: grants.leaseMs },
       alternates: [],
     };
+    explanations[wanted.position] = { source: 'origin', zoneLease: zoneLease !== undefined };
     return true;
   };
 
@@ -352,32 +383,48 @@ export async function planRequest(
           found.push({
             node,
             tier,
-            load: load.load(node.id, now),
+            load: rankedLoad(load.load(node.id, now)),
             // The walk already starts at a pseudo-random offset per requester and chunk, so walk order is a
             // fair tie-break, and far cheaper than hashing every candidate's name.
             tie: found.length,
           });
       }
     }
-    return found.sort((a, b) => a.tier - b.tier || a.load - b.load || a.tie - b.tie);
+    return found.sort(compareCandidates);
   };
 
   const assignments: (Assignment | undefined)[] = new Array<Assignment | undefined>(need.length);
+  const explanations: (Explanation | undefined)[] = new Array<Explanation | undefined>(need.length);
   const counts = { peer: 0, origin: 0, wait: 0 };
   let crossZone = 0;
 
-  const assignPeer = (wanted: Pending, ranked: Ranked[]): void => {
-    const [first, ...rest] = ranked;
-    if (!first) return;
-    load.add(first.node.id, now);
+  /**
+   * Gives the chunk to the parent the ranking chooses among `ranked` (sorted by the same comparator, so
+   * the others keep their order as alternates). `busy` counts sampled holders left out of `ranked`.
+   */
+  const assignPeer = (wanted: Pending, ranked: Ranked[], busy = 0, zoneLease = false): void => {
+    const chosen = chooseParent(ranked);
+    if (!chosen) return;
+    const { parent } = chosen;
+    load.add(parent.node.id, now);
     counts.peer++;
+    const alternates: Assignment['alternates'] = [];
+    for (const r of ranked) {
+      if (alternates.length >= options.maxAlternates) break;
+      if (r !== parent) alternates.push({ node: r.node.id, url: r.node.url, locality: localityOf(r.tier) });
+    }
     assignments[wanted.position] = {
       index: wanted.index,
       sha256: wanted.sha256,
-      source: { kind: 'peer', node: first.node.id, url: first.node.url, locality: localityOf(first.tier) },
-      alternates: rest
-        .slice(0, options.maxAlternates)
-        .map((r) => ({ node: r.node.id, url: r.node.url, locality: localityOf(r.tier) })),
+      source: { kind: 'peer', node: parent.node.id, url: parent.node.url, locality: localityOf(parent.tier) },
+      alternates,
+    };
+    explanations[wanted.position] = {
+      source: 'peer',
+      rule: chosen.rule,
+      candidates: ranked,
+      busy,
+      zoneLease,
     };
   };
 
@@ -404,9 +451,11 @@ export async function planRequest(
     try {
       const grant = await grants.take(blobHex, index, request.node, now, leaseZone);
       if (grant) taken.push(grant);
+      else heldBack.set(index, leaseZone ? 'zone_lease_held' : 'origin_lease_held');
       return grant;
     } catch (err) {
       grantErrors.push(err);
+      heldBack.set(index, 'lease_error');
       return null;
     }
   };
@@ -420,7 +469,7 @@ export async function planRequest(
         outside.slice(next, next + concurrency).map(async (wanted) => {
           if (!(await lease(wanted.index, zone))) return;
           crossZone++;
-          assignPeer(wanted, wanted.ranked);
+          assignPeer(wanted, wanted.ranked, 0, true);
         }),
       );
     }
@@ -446,8 +495,12 @@ export async function planRequest(
       );
       if (originQueued.size > 0) break;
     }
-    // Once the budget has no room, the rest of the chunks no one holds are in line for it too.
-    if (originQueued.size > 0) for (const wanted of toOrigin.slice(next)) originQueued.add(wanted.index);
+    // Once the budget has no room, the rest of the chunks no one holds are in line for it too; otherwise
+    // the per-request limit held them back.
+    for (const wanted of toOrigin.slice(next)) {
+      if (originQueued.size > 0) originQueued.add(wanted.index);
+      else heldBack.set(wanted.index, 'origin_limit');
+    }
   };
 
   if (request.max !== undefined) {
@@ -517,7 +570,10 @@ export async function planRequest(
     for (const wanted of [...head, ...rest]) {
       if (assigned >= max) break;
       const needsLease = zone !== undefined ? wanted.inZone === 0 : wanted.holders === 0;
-      if (needsLease && refusals >= LEASE_REFUSALS) continue;
+      if (needsLease && refusals >= LEASE_REFUSALS) {
+        heldBack.set(wanted.index, 'leases_refused');
+        continue;
+      }
       // Parents with upload to spare. In a gated zone whose live holders (not avoided, not stale) of the
       // chunk are already ZONE_COPIES or more, only those: they are busy for a moment, and going outside
       // would copy the chunk into the zone once more.
@@ -525,16 +581,18 @@ export async function planRequest(
       const inZoneLive = zone === undefined ? 0 : sampled.filter((r) => r.tier < 2).length;
       const ranked = sampled.filter((r) => r.load < parentSlots && (inZoneLive < ZONE_COPIES || r.tier < 2));
       const best = ranked[0];
+      const busy = sampled.length - ranked.length;
       if (best && (zone === undefined || best.tier < 2)) {
-        assignPeer(wanted, ranked);
+        assignPeer(wanted, ranked, busy);
         assigned++;
       } else if (best) {
         if (!mayLease(wanted.index, zone)) {
+          heldBack.set(wanted.index, 'zone_lease_held');
           refusals++;
           continue;
         }
         // The parent is counted at once, so later chunks of this decision see its load.
-        assignPeer(wanted, ranked);
+        assignPeer(wanted, ranked, busy, true);
         assigned++;
         pending.push(
           lease(wanted.index, zone).then((grant) => {
@@ -546,11 +604,13 @@ export async function planRequest(
             assigned--;
             counts.peer--;
             assignments[wanted.position] = undefined;
+            explanations[wanted.position] = undefined;
             load.release?.(best.node.id, now);
           }),
         );
       } else if (wanted.holders === 0 && counts.origin + originPending < originLimit) {
         if (!mayLease(wanted.index) || (zone !== undefined && !mayLease(wanted.index, zone))) {
+          heldBack.set(wanted.index, mayLease(wanted.index) ? 'zone_lease_held' : 'origin_lease_held');
           refusals++;
           continue;
         }
@@ -568,6 +628,11 @@ export async function planRequest(
       } else if (wanted.holders === 0 && originQueued.size > 0) {
         // No one holds it and the registry is as busy as the budget allows: it waits its turn.
         originQueued.add(wanted.index);
+      } else if (wanted.holders === 0) {
+        heldBack.set(wanted.index, 'origin_limit');
+      } else {
+        // Held, but by no live holder with a known hash, or only by busy ones.
+        heldBack.set(wanted.index, ranked.length < sampled.length ? 'parents_busy' : 'no_holder_yet');
       }
     }
     await Promise.all(pending);
@@ -592,15 +657,80 @@ export async function planRequest(
           : { kind: 'wait', retryMs: options.retryMs },
         alternates: [],
       };
+      // The one chunk named for all says why it was held back, or else the first reason any chunk was.
+      const reason = heldBack.get(index) ?? heldBack.values().next().value ?? 'no_holder_yet';
+      explanations[position] = { source: 'wait', reason: queued ? 'origin_budget' : reason };
+    }
+
+    const planned: Assignment[] = [];
+    const explained: Explanation[] = [];
+    for (let position = 0; position < need.length; position++) {
+      const assignment = assignments[position];
+      const explanation = explanations[position];
+      if (!assignment) continue;
+      planned.push(assignment);
+      // Every assignment is explained where it is made; the fallback only guards that invariant.
+      explained.push(explanation ?? { source: 'wait', reason: 'no_holder_yet' });
     }
 
     return {
       chunkSize,
-      assignments: assignments.filter((a): a is Assignment => a !== undefined),
+      assignments: planned,
+      explanations: explained,
       counts,
       crossZone,
       grants: taken,
       grantErrors,
     };
   }
+}
+
+/** What one `chunks_assigned` event carries at most, so that a decision over a whole blob stays small. */
+export const recordLimits = { assignments: 64, candidates: 8 } as const;
+
+/**
+ * The assignments of a plan with the inputs that decided each, as a `chunks_assigned` event records
+ * them: the first `limits.assignments` assignments and the first `limits.candidates` candidates of each
+ * (the parent is always the first), with what was left out counted in `truncated`.
+ */
+export function assignmentRecords(
+  plan: Pick<Plan, 'assignments' | 'explanations'>,
+  limits: { assignments: number; candidates: number } = recordLimits,
+): { assignments: AssignmentRecord[]; truncated?: { assignments: number; candidates: number } } {
+  const records: AssignmentRecord[] = [];
+  let candidatesLeft = 0;
+  const count = Math.min(plan.assignments.length, limits.assignments);
+  for (let i = 0; i < count; i++) {
+    const assignment = plan.assignments[i];
+    const explanation = plan.explanations[i];
+    if (!assignment || !explanation) continue;
+    const { index, source } = assignment;
+    if (source.kind === 'peer' && explanation.source === 'peer') {
+      const kept = explanation.candidates.slice(0, limits.candidates);
+      candidatesLeft += explanation.candidates.length - kept.length;
+      records.push({
+        index,
+        source: 'peer',
+        peer: source.node,
+        ...(source.locality ? { locality: source.locality } : {}),
+        candidates: kept.map((r) => ({ node: r.node.id, tier: r.tier, load: r.load, tie: r.tie })),
+        ...(explanation.busy > 0 ? { busy: explanation.busy } : {}),
+        ...(explanation.zoneLease ? { zoneLease: true } : {}),
+        reason: explanation.rule,
+      });
+    } else if (source.kind === 'origin' && explanation.source === 'origin') {
+      records.push({ index, source: 'origin', zoneLease: explanation.zoneLease, reason: 'no_live_holder' });
+    } else if (source.kind === 'wait' && explanation.source === 'wait') {
+      records.push({
+        index,
+        source: 'wait',
+        ...(source.queue ? { queue: source.queue } : {}),
+        reason: explanation.reason,
+      });
+    }
+  }
+  const assignmentsLeft = plan.assignments.length - count;
+  return assignmentsLeft > 0 || candidatesLeft > 0
+    ? { assignments: records, truncated: { assignments: assignmentsLeft, candidates: candidatesLeft } }
+    : { assignments: records };
 }

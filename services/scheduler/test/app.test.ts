@@ -16,12 +16,14 @@ import {
   type MeshConnection,
   type ScheduleReply,
   type ScheduleRequest,
+  type ShoalEvent,
 } from '@shoal/mesh';
 import { Registry } from 'prom-client';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createScheduler, type Scheduler } from '../src/app.js';
 import type { SchedulerSettings } from '../src/config.js';
 import { zoneGrantKey } from '../src/grants.js';
+import { chooseParent } from '@shoal/mesh';
 import { digestOf, hex, holder, manifest, node } from './fixtures.js';
 import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
@@ -382,5 +384,33 @@ describe('scheduler', () => {
     expect(text).toMatch(/shoal_scheduler_assignments_total\{kind="peer"\} [1-9]/);
     expect(text).toMatch(/shoal_scheduler_index_holders \d+/);
     expect(text).toMatch(/shoal_scheduler_decision_duration_seconds_count [1-9]/);
+  });
+
+  it('publishes a chunks_assigned event per decision with the candidates each parent was ranked among', async () => {
+    const sub = nc.subscribe(subjects.eventsOfType('chunks_assigned'));
+    await nc.flush();
+    const reply = ok(await ask({ node: 'n3', blob: blobA, size: 4 * MiB, chunkSize: MiB, need: [0, 1] }));
+    let event: (ShoalEvent & { type: 'chunks_assigned' }) | undefined;
+    for await (const msg of sub) {
+      event = msg.json();
+      break;
+    }
+    expect(event).toMatchObject({
+      type: 'chunks_assigned',
+      scheduler: reply.scheduler,
+      node: 'n3',
+      blob: blobA,
+      size: 4 * MiB,
+      chunkSize: MiB,
+    });
+    expect(event?.truncated).toBeUndefined();
+    expect(event?.assignments.map((a) => a.index)).toEqual([0, 1]);
+    reply.assignments.forEach((assignment, i) => {
+      const record = event?.assignments[i];
+      expect(assignment.source.kind).toBe('peer');
+      if (assignment.source.kind !== 'peer') return;
+      expect(record).toMatchObject({ source: 'peer', peer: assignment.source.node });
+      expect(chooseParent(record?.candidates ?? [])?.parent.node).toBe(assignment.source.node);
+    });
   });
 });
