@@ -9,6 +9,8 @@ import type { commonSpec } from './config.js';
 
 export interface CtlContext<S extends ConfigSpec> {
   config: ConfigOf<typeof commonSpec & S>;
+  /** Arguments left after the options, in order (the image of `preheat IMAGE`). */
+  args: readonly string[];
   /** Connects to NATS on first use (a command that never needs it never connects); closed after run. */
   nats: () => Promise<NatsConnection>;
   /** Writes one line (or several) to stdout. */

@@ -46,7 +46,11 @@ async function main(argv: string[]): Promise<void> {
     throw new ShoalError('SHOAL_ERR_CONFIG', `unknown command "${name}"; run "shoalctl --help" for the list`);
   }
   const spec = { ...commonSpec, ...command.spec };
-  const { config, help } = loadConfig(spec, { argv: rest, env: process.env, command: `shoalctl ${name}` });
+  const { config, args, help } = loadConfig(spec, {
+    argv: rest,
+    env: process.env,
+    command: `shoalctl ${name}`,
+  });
   if (help) {
     process.stdout.write(`${renderHelp(`shoalctl ${name}`, command.summary, spec)}\n`);
     return;
@@ -71,6 +75,7 @@ async function main(argv: string[]): Promise<void> {
   try {
     await command.run({
       config,
+      args,
       nats,
       print: (text) => process.stdout.write(`${text}\n`),
       signal: stop.signal,

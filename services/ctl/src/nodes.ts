@@ -34,7 +34,7 @@ export interface NodeView extends Omit<NodeRecord, 'url' | 'startedAt' | 'seenAt
 }
 
 /** Every value in a bucket that `read` accepts; keys whose values it refuses are reported, not hidden. */
-async function readBucket<T>(
+export async function readBucket<T>(
   nc: NatsConnection,
   bucket: string,
   read: (value: Uint8Array, key: string) => T,
