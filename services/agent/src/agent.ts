@@ -8,6 +8,7 @@ import {
   type Logger,
   type MeshConnection,
   natsAuth,
+  countDroppedEvents,
   natsEventPublisher,
   peerTokenSource,
 } from '@shoal/mesh';
@@ -57,7 +58,7 @@ export async function createAgent(
     log,
     auth: natsAuth(config),
   });
-  const events = natsEventPublisher(mesh, config.nodeId);
+  const events = natsEventPublisher(mesh, config.nodeId, countDroppedEvents(registry));
   const endpoints = new RegistryEndpoints(
     parseRegistries(config.registries),
     { zone: config.zone, region: config.region },

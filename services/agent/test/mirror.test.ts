@@ -66,6 +66,13 @@ describe('mirror API', () => {
     ]);
   });
 
+  it('drops and counts events while NATS is away, and still serves', async () => {
+    const res = await agent.app.inject({ method: 'GET', url: '/metrics' });
+    const dropped = /^shoal_events_dropped_total\{[^}]*\} (\d+)$/m.exec(res.payload);
+    // The pull above published pull_started, chunk_fetched and pull_finished with no NATS to take them.
+    expect(Number(dropped?.[1])).toBeGreaterThan(0);
+  });
+
   it('answers HEAD with size and digest and no body', async () => {
     const res = await agent.app.inject({ method: 'HEAD', url: `/v2/team/app/blobs/${digest}` });
     expect(res.statusCode).toBe(200);

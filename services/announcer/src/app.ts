@@ -7,6 +7,7 @@ import {
   announcement as announcementSchema,
   consumers,
   decode,
+  countDroppedEvents,
   natsEventPublisher,
   openBuckets,
   streams,
@@ -97,7 +98,7 @@ export async function openTombstones(nc: NatsConnection, ttlMs: number): Promise
 export function createAnnouncer(deps: AnnouncerDeps): Announcer {
   const { mesh, log, config, instance } = deps;
   const metrics = createAnnouncerMetrics(deps.registry);
-  const events = deps.events ?? natsEventPublisher(mesh, instance);
+  const events = deps.events ?? natsEventPublisher(mesh, instance, countDroppedEvents(deps.registry));
   const inflight = new Set<Promise<void>>();
   /** The tail of each node's queue: one node's announcements are applied in order, nodes in parallel. */
   const tails = new Map<string, Promise<void>>();

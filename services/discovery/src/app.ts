@@ -15,6 +15,7 @@ import {
   type Logger,
   type MeshBuckets,
   type MeshConnection,
+  countDroppedEvents,
   natsEventPublisher,
   nodeIdOf,
   nodeRecord,
@@ -83,7 +84,7 @@ const leavePrefix = subjects.leaveAll.slice(0, -1);
 export function createDiscovery(deps: DiscoveryDeps): Discovery {
   const { mesh, log, config, instance } = deps;
   const now = deps.now ?? Date.now;
-  const events = deps.events ?? natsEventPublisher(mesh, instance);
+  const events = deps.events ?? natsEventPublisher(mesh, instance, countDroppedEvents(deps.registry));
   /** Every key of the nodes bucket seen, deleted ones included: their revision is what a re-join must expect. */
   const known = new Map<string, Known>();
   const liveNodes = new Map<string, NodeRecord>();

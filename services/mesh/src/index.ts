@@ -68,7 +68,7 @@ export type {
   ScheduleReply,
   ScheduleRequest,
 } from './messages.js';
-export { createRegistry, metricsServer } from './metrics.js';
+export { countDroppedEvents, createRegistry, metricsServer } from './metrics.js';
 export {
   connectMesh,
   defaultStreamLimits,

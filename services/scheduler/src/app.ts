@@ -13,6 +13,7 @@ import {
   type Logger,
   type MeshBuckets,
   type MeshConnection,
+  countDroppedEvents,
   natsEventPublisher,
   openBuckets,
   queueGroups,
@@ -90,7 +91,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const now = deps.now ?? Date.now;
   const state: IndexState = createIndexState();
   const metrics = createSchedulerMetrics(deps.registry, () => indexSizes(state));
-  const events = deps.events ?? natsEventPublisher(mesh, instance);
+  const events = deps.events ?? natsEventPublisher(mesh, instance, countDroppedEvents(deps.registry));
   // A parent's load is the transfers assigned to it that its children have not yet announced.
   const load = inflightLoad(config.parentExpire);
   const budget =
