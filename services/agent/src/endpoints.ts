@@ -5,8 +5,8 @@
  * own configuration as a last resort. A request that fails on one endpoint moves on to the next.
  */
 import { Kvm } from '@nats-io/kv';
+import type { NatsConnection } from '@nats-io/transport-node';
 import {
-  type BucketWatch,
   buckets,
   decode,
   type EndpointCandidate,
@@ -183,6 +183,56 @@ export class RegistryEndpoints {
 }
 
 /**
+ * Runs `watch` once NATS is connected, at most one at a time, again after every reconnect if the last
+ * one ended, and again a few seconds later if it could not start (its bucket not created yet: discovery
+ * creates the buckets, so that they get its replica count; agents only bind to them).
+ */
+function keepWatching(
+  mesh: MeshConnection,
+  log: Logger,
+  what: string,
+  watch: (nc: NatsConnection) => Promise<{ stop(): void; ended: Promise<void> }>,
+): { stop(): Promise<void> } {
+  let current: { stop(): void; ended: Promise<void> } | undefined;
+  let starting = false;
+  let stopped = false;
+  let retry: NodeJS.Timeout | undefined;
+  const start = (nc: NatsConnection) => {
+    if (current || starting || stopped || nc.isClosed()) return;
+    starting = true;
+    void watch(nc)
+      .then((started) => {
+        if (stopped) {
+          started.stop();
+          return;
+        }
+        current = started;
+        void started.ended.then(() => {
+          if (current === started) current = undefined;
+        });
+      })
+      .catch((err: unknown) => {
+        log.debug({ err }, `cannot follow ${what} yet; trying again shortly`);
+        retry = setTimeout(() => {
+          const now = mesh.connection();
+          if (now) start(now);
+        }, 5_000);
+        retry.unref();
+      })
+      .finally(() => (starting = false));
+  };
+  mesh.onConnect(start);
+  return {
+    async stop() {
+      stopped = true;
+      clearTimeout(retry);
+      current?.stop();
+      await current?.ended;
+    },
+  };
+}
+
+/**
  * Learns this node's zone and region from discovery's topology record for it (Kubernetes mode, where the
  * agent cannot read its node's labels itself), for the ones its configuration leaves empty.
  */
@@ -192,36 +242,24 @@ export function followOwnTopology(
   endpoints: RegistryEndpoints,
   log: Logger,
 ): { stop(): Promise<void> } {
-  let watching: { stop(): void; done: Promise<void> } | undefined;
-  let stopped = false;
-  mesh.onConnect((nc) => {
-    if (watching || stopped) return;
-    void (async () => {
-      const kv = await new Kvm(nc).create(buckets.topology, { history: 1 });
-      const iterator = await kv.watch({ key: nodeId });
-      const done = (async () => {
-        for await (const entry of iterator) {
-          if (entry.operation !== 'PUT') continue;
-          try {
-            const record = decode(topologyRecord, entry.value, `topology of ${nodeId}`);
-            endpoints.place({ zone: record.zone, region: record.region });
-            log.debug({ placement: endpoints.placement }, 'placement from the cluster');
-          } catch (err) {
-            log.warn({ err }, 'unreadable topology record for this node');
-          }
+  return keepWatching(mesh, log, 'this node’s topology', async (nc) => {
+    const kv = await new Kvm(nc).open(buckets.topology);
+    await kv.status();
+    const iterator = await kv.watch({ key: nodeId });
+    const ended = (async () => {
+      for await (const entry of iterator) {
+        if (entry.operation !== 'PUT') continue;
+        try {
+          const record = decode(topologyRecord, entry.value, `topology of ${nodeId}`);
+          endpoints.place({ zone: record.zone, region: record.region });
+          log.debug({ placement: endpoints.placement }, 'placement from the cluster');
+        } catch (err) {
+          log.warn({ err }, 'unreadable topology record for this node');
         }
-      })().finally(() => (watching = undefined));
-      watching = { stop: () => iterator.stop(), done };
-      if (stopped) iterator.stop();
-    })().catch((err: unknown) => log.warn({ err }, 'could not follow this node’s topology'));
+      }
+    })().catch(() => undefined);
+    return { stop: () => iterator.stop(), ended };
   });
-  return {
-    async stop() {
-      stopped = true;
-      watching?.stop();
-      await watching?.done;
-    },
-  };
 }
 
 /**
@@ -233,45 +271,19 @@ export function followPublishedEndpoints(
   endpoints: RegistryEndpoints,
   log: Logger,
 ): { stop(): Promise<void> } {
-  let watch: BucketWatch | undefined;
-  let starting = false;
-  let stopped = false;
-  mesh.onConnect((nc) => {
-    if (watch || starting || stopped) return;
-    starting = true;
-    void (async () => {
-      const kv = await new Kvm(nc).create(buckets.endpoints, { history: 1 });
-      const started = await watchBucket(kv, (entry) => {
-        const registry = endpointKeyToRegistry(entry.key);
-        if (entry.operation !== 'PUT') {
-          endpoints.update(registry, undefined);
-          return;
-        }
-        try {
-          endpoints.update(registry, decode(endpointRecord, entry.value, `endpoints of ${registry}`));
-        } catch (err) {
-          log.warn({ err, registry }, 'unreadable registry endpoint record; keeping the previous one');
-        }
-      });
-      if (stopped) {
-        started.stop();
+  return keepWatching(mesh, log, 'registry endpoints', async (nc) => {
+    const kv = await new Kvm(nc).open(buckets.endpoints);
+    return watchBucket(kv, (entry) => {
+      const registry = endpointKeyToRegistry(entry.key);
+      if (entry.operation !== 'PUT') {
+        endpoints.update(registry, undefined);
         return;
       }
-      watch = started;
-      void started.ended.then(() => {
-        if (watch === started) watch = undefined;
-      });
-    })()
-      .catch((err: unknown) =>
-        log.warn({ err }, 'could not follow registry endpoints; using configured ones'),
-      )
-      .finally(() => (starting = false));
+      try {
+        endpoints.update(registry, decode(endpointRecord, entry.value, `endpoints of ${registry}`));
+      } catch (err) {
+        log.warn({ err, registry }, 'unreadable registry endpoint record; keeping the previous one');
+      }
+    });
   });
-  return {
-    async stop() {
-      stopped = true;
-      watch?.stop();
-      await watch?.ended;
-    },
-  };
 }

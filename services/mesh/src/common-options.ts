@@ -78,6 +78,12 @@ export const instanceOption = (what: string) => ({
 
 /** How long and how much of the event stream is kept; every control service applies them on connect. */
 export const eventsRetentionOptions = {
+  natsReplicas: opt.int(
+    'nats.replicas',
+    1,
+    'Servers each JetStream stream and bucket is kept on: the size of a clustered NATS (3 or 5), so that losing one server loses nothing.',
+    { min: 1, max: 5 },
+  ),
   eventsMaxAge: opt.duration(
     'events.maxAge',
     '7d',

@@ -35,6 +35,7 @@ export interface ControlServiceConfig {
   natsTlsKey: string;
   eventsMaxAge: number;
   eventsMaxBytes: number;
+  natsReplicas: number;
 }
 
 export interface ControlServiceApp {
@@ -65,6 +66,7 @@ export async function runControlService(options: {
     ...defaultStreamLimits,
     eventsMaxAgeMs: config.eventsMaxAge,
     eventsMaxBytes: config.eventsMaxBytes,
+    replicas: config.natsReplicas,
   };
   const registry = createRegistry(service);
   let app: ControlServiceApp | undefined;
@@ -80,7 +82,7 @@ export async function runControlService(options: {
   try {
     const nc = await mesh.ready();
     await ensureStreams(await jetStreamOf(nc).jsm, limits);
-    const buckets = await openBuckets(nc);
+    const buckets = await openBuckets(nc, limits.replicas);
     started = options.build({ mesh, log, registry, instance, buckets });
     app = started;
     await started.start();
@@ -95,7 +97,7 @@ export async function runControlService(options: {
     void (async () => {
       const jsm = await jetStreamOf(nc).jsm;
       await ensureStreams(jsm, limits);
-      await openBuckets(nc);
+      await openBuckets(nc, limits.replicas);
       await options.restore?.(jsm);
     })().catch((err: unknown) =>
       log.error({ err }, 'could not re-create streams or buckets after reconnect'),

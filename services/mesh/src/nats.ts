@@ -171,12 +171,15 @@ export interface StreamLimits {
   eventsMaxAgeMs: number;
   eventsMaxBytes: number;
   announceMaxAgeMs: number;
+  /** Servers each stream and bucket is kept on: 1, or the size of a clustered NATS (at most 5). */
+  replicas: number;
 }
 
 export const defaultStreamLimits: StreamLimits = {
   eventsMaxAgeMs: 7 * 24 * 3_600_000,
   eventsMaxBytes: 1024 ** 3,
   announceMaxAgeMs: 10 * 60_000,
+  replicas: 1,
 };
 
 const nanos = (ms: number) => ms * 1_000_000;
@@ -192,6 +195,7 @@ export async function ensureStreams(
       subjects: [subjects.announceAll],
       retention: RetentionPolicy.Limits,
       max_age: nanos(limits.announceMaxAgeMs),
+      num_replicas: limits.replicas,
     },
     {
       name: streams.events,
@@ -199,6 +203,7 @@ export async function ensureStreams(
       retention: RetentionPolicy.Limits,
       max_age: nanos(limits.eventsMaxAgeMs),
       max_bytes: limits.eventsMaxBytes,
+      num_replicas: limits.replicas,
     },
   ];
   for (const config of wanted) {
@@ -225,15 +230,30 @@ export interface MeshBuckets {
   topology: KV;
 }
 
-/** Opens (creating if needed) every KV bucket. */
-export async function openBuckets(nc: NatsConnection): Promise<MeshBuckets> {
+/**
+ * Opens (creating if needed) every KV bucket, kept on `replicas` servers. A bucket that exists with fewer
+ * replicas (created before the cluster grew, or by an older version) is raised to that many.
+ */
+export async function openBuckets(nc: NatsConnection, replicas = 1): Promise<MeshBuckets> {
   const kvm = new Kvm(nc);
+  const open = async (name: string) => {
+    const kv = await kvm.create(name, { history: 1, replicas });
+    if (replicas > 1) {
+      const jsm = await jetstreamManager(nc);
+      const stream = `KV_${name}`;
+      const info = await jsm.streams.info(stream);
+      if ((info.config.num_replicas ?? 1) < replicas) {
+        await jsm.streams.update(stream, { ...info.config, num_replicas: replicas });
+      }
+    }
+    return kv;
+  };
   const [nodes, chunks, grants, endpoints, topology] = await Promise.all([
-    kvm.create(buckets.nodes, { history: 1 }),
-    kvm.create(buckets.chunks, { history: 1 }),
-    kvm.create(buckets.grants, { history: 1 }),
-    kvm.create(buckets.endpoints, { history: 1 }),
-    kvm.create(buckets.topology, { history: 1 }),
+    open(buckets.nodes),
+    open(buckets.chunks),
+    open(buckets.grants),
+    open(buckets.endpoints),
+    open(buckets.topology),
   ]);
   return { nodes, chunks, grants, endpoints, topology };
 }
