@@ -29,7 +29,14 @@ export const agentCommand: CommandDefinition<typeof agentSpec> = {
     const address = await agent.app.listen({ host: config.host, port: config.port });
     const port = new URL(address).port;
     listening = `http://${advertiseHost(config.host)}:${port}`;
-    const distributed = config.distributedPort ? await serveDistributed(agent, config) : undefined;
+    let distributed: HttpServer | undefined;
+    try {
+      distributed = config.distributedPort ? await serveDistributed(agent, config) : undefined;
+    } catch (err) {
+      // The main port is already open: close it, so that a failed start leaves nothing behind.
+      await agent.stop();
+      throw err;
+    }
     await agent.start();
     log.info(
       {

@@ -11,6 +11,8 @@
  *                                    a service instance name
  */
 
+import { createHash } from 'node:crypto';
+
 export const SUBJECT_PREFIX = 'shoal';
 
 const tokenPattern = /^[A-Za-z0-9_-]{1,64}$/;
@@ -71,10 +73,13 @@ export const buckets = {
 
 /**
  * The mesh's ID for a machine name (a host name, a Kubernetes node name such as cn-hangzhou.10.0.0.5):
- * the characters a subject token cannot carry become '-'.
+ * the characters a subject token cannot carry become '-'. A name longer than a token may be is cut and
+ * given a hash of the whole name, so that long names sharing a prefix stay apart.
  */
 export function nodeIdOf(name: string): string {
-  return name.replace(/[^A-Za-z0-9_-]/g, '-').slice(0, 64) || 'node';
+  const id = name.replace(/[^A-Za-z0-9_-]/g, '-');
+  if (id.length <= 64) return id || 'node';
+  return `${id.slice(0, 55)}-${createHash('sha256').update(name).digest('hex').slice(0, 8)}`;
 }
 
 /** Keys of the chunk-index bucket. */

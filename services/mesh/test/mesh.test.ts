@@ -3,7 +3,7 @@ import { Bitmap, chooseChunkSize, chunkCount, chunkRange, MiB } from '../src/chu
 import { assertRepositoryName, parseDigest } from '../src/digest.js';
 import { ErrorCodes, isShoalError, ociErrorBody, ShoalError } from '../src/errors.js';
 import { chunksAnnouncement, decode, encode, scheduleRequest } from '../src/messages.js';
-import { chunkKeys, subjects } from '../src/subjects.js';
+import { chunkKeys, isValidToken, nodeIdOf, subjects } from '../src/subjects.js';
 import { parseBytes, parseDurationMs } from '../src/units.js';
 
 const digest = `sha256:${'a'.repeat(64)}`;
@@ -101,6 +101,16 @@ describe('digests, names, units and errors', () => {
     for (const bad of ['..', '../x', 'a/../b', 'A/b', 'a//b', '/a', '']) {
       expect(() => assertRepositoryName(bad)).toThrow(/invalid repository name/);
     }
+  });
+
+  it('maps machine names to node IDs, keeping long ones apart', () => {
+    expect(nodeIdOf('cn-hangzhou.10.0.0.5')).toBe('cn-hangzhou-10-0-0-5');
+    expect(nodeIdOf('')).toBe('node');
+    const long = (tail: string) => `gke-production-cluster-default-pool-0123456789-abcd.internal.${tail}`;
+    const [a, b] = [nodeIdOf(long('zone-a')), nodeIdOf(long('zone-b'))];
+    expect(a).not.toBe(b);
+    for (const id of [a, b]) expect(isValidToken(id)).toBe(true);
+    expect(nodeIdOf(long('zone-a'))).toBe(a);
   });
 
   it('parses units', () => {
