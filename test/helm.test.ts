@@ -262,6 +262,12 @@ describe('the Helm chart', () => {
       protocol: 'TCP',
     });
     expect(envOf(pod.initContainers![0]!).get('SHOAL_NODE_SETUP_RUNTIME')?.value).toBe('docker');
+    expect(envOf(pod.initContainers![0]!).get('SHOAL_NODE_SETUP_DISTRIBUTED_PORT')?.value).toBe('443');
+    // 443 on the host's network needs the one capability to bind a low port.
+    expect(
+      (pod.containers[0] as Container & { securityContext: { capabilities: { add?: string[] } } })
+        .securityContext.capabilities.add,
+    ).toEqual(['NET_BIND_SERVICE']);
   });
 
   it('ships the alerts and the dashboard it is tested with', async () => {
@@ -299,6 +305,10 @@ describe('the Helm chart', () => {
     [['agnet.logLevel=debug'], /agnet/],
     [['rrsa.enabled=true'], /rrsa\.roleArn/],
     [['nats.bundled=false'], /nats\.external\.url/],
+    [
+      ['nodeSetup.runtime=docker', 'nodeSetup.dockerPort=65001'],
+      /nodeSetup\.dockerPort must differ from p2p\.port/,
+    ],
     [
       ['registries[0].name=r.example', 'registries[0].url=ftp://r.example'],
       /registries\.0\.url|registries\/0\/url/,

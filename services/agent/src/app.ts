@@ -1,7 +1,7 @@
 /**
  * The agent's HTTP face: the registry mirror API for the container runtime (containerd hosts.toml with
- * `?ns=`, or clients naming the agent directly), the peer chunk API, the preheat API, /metrics and
- * /healthz. The builder never listens, so tests drive it with inject() or listen on a port of their
+ * `?ns=`, or clients naming the agent directly), the peer chunk API, the preheat API, the limits API,
+ * /metrics and /healthz. The builder never listens, so tests drive it with inject() or listen on a port of their
  * choosing.
  */
 import type { OutgoingHttpHeaders } from 'node:http';
@@ -13,6 +13,7 @@ import {
   type ChunkSourceKind,
   type EventPublisher,
   isShoalError,
+  limitsPath,
   type Logger,
   ociErrorBody,
   parseDigest,
@@ -24,6 +25,8 @@ import {
 } from '@shoal/mesh';
 import type { BufferPool } from './buffers.js';
 import { FileSender } from './file-sender.js';
+import { type AgentLimiters, parseLimitsChange } from './limits.js';
+import type { MemoryTier } from './memory-tier.js';
 import type { AgentMetrics } from './metrics.js';
 import {
   createPreheatJobs,
@@ -52,6 +55,12 @@ export interface HttpDeps {
   health: () => Record<string, unknown> & { ok: boolean };
   /** Limits of the preheat API; the defaults unless given. */
   preheat?: PreheatOptions;
+  /** Hot chunks, served before the disk cache. */
+  memory: MemoryTier;
+  /** Rate limits, upload slots and peer.share, all changeable at run time through the limits API. */
+  limits: AgentLimiters;
+  /** Brings the metrics fed from counters elsewhere up to date; run before every scrape. */
+  refreshMetrics?: () => void;
 }
 
 const blobPath = /^\/v2\/(.+)\/blobs\/([^/]+)$/;
@@ -163,6 +172,7 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
   });
 
   app.get('/metrics', async (_request, reply) => {
+    deps.refreshMetrics?.();
     void reply.header('content-type', deps.registry.contentType);
     return deps.registry.metrics();
   });
@@ -180,36 +190,61 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
       if (!/^[a-f0-9]{64}$/.test(hex) || !/^\d{1,7}$/.test(indexText)) {
         throw new ShoalError('SHOAL_ERR_DIGEST_INVALID', 'invalid blob or chunk index');
       }
-      if (
-        deps.peerSecret &&
-        verifyPeerAuthorization(deps.peerSecret, request.headers.authorization) === undefined
-      ) {
+      const peer = deps.peerSecret
+        ? verifyPeerAuthorization(deps.peerSecret, request.headers.authorization)
+        : request.ip;
+      if (peer === undefined) {
         throw new ShoalError('SHOAL_ERR_UNAUTHORIZED', 'the peer API needs a valid mesh token');
       }
-      const index = Number(indexText);
-      const blob = deps.store.get(hex);
-      if (!blob?.have.has(index))
-        throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', 'chunk not held by this node');
-      const { start, end } = chunkRange(blob.meta.size, blob.meta.chunkSize, index);
-      // Written through reused buffers, as blobs to clients are (see FileSender).
-      reply.hijack();
-      const res = reply.raw;
-      res.writeHead(200, {
-        'content-type': 'application/octet-stream',
-        'content-length': String(end - start),
-      });
-      const sender = new FileSender(res, deps.buffers);
-      try {
-        await sender.send({ path: deps.store.chunkPath(hex, index), from: 0, to: end - start }, (count) =>
-          deps.metrics.peerUploadBytes.inc(count),
-        );
-        await sender.flushed();
-        res.end();
-      } catch {
-        // The child went away or the file could not be read; it sees a short body and tries elsewhere.
-        res.destroy();
+      if (!deps.limits.share) {
+        throw new ShoalError('SHOAL_ERR_NOT_SHARING', 'this node does not serve peers (peer.share is false)');
       }
-      return reply;
+      // A peer gets a few uploads at once; asking for more, it is told to try another holder.
+      const release = deps.limits.uploadsPerPeer.tryAcquire(peer);
+      if (!release) {
+        deps.metrics.peerUploadsRefused.inc();
+        void reply.header('retry-after', '1');
+        throw new ShoalError(
+          'SHOAL_ERR_BUSY',
+          `this node is already serving ${deps.limits.uploadsPerPeer.limit} chunks to ${peer}`,
+        );
+      }
+      // Pinned before the lookup, so an eviction cannot take the files between the lookup and the read.
+      const unpin = deps.store.pin(hex);
+      try {
+        const index = Number(indexText);
+        const blob = deps.store.get(hex);
+        if (!blob?.have.has(index))
+          throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', 'chunk not held by this node');
+        const { start, end } = chunkRange(blob.meta.size, blob.meta.chunkSize, index);
+        const hot = deps.memory.get(hex, index);
+        // Written through reused buffers, as blobs to clients are (see FileSender).
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, {
+          'content-type': 'application/octet-stream',
+          'content-length': String(end - start),
+        });
+        const sender = new FileSender(res, deps.buffers, deps.limits.peerUploads);
+        const counted = (count: number) => deps.metrics.peerUploadBytes.inc(count);
+        try {
+          if (hot) {
+            await sender.sendBuffer(hot, 0, end - start, counted);
+          } else {
+            deps.metrics.diskTierHits.inc();
+            await sender.send({ path: deps.store.chunkPath(hex, index), from: 0, to: end - start }, counted);
+          }
+          await sender.flushed();
+          res.end();
+        } catch {
+          // The child went away or the file could not be read; it sees a short body and tries elsewhere.
+          res.destroy();
+        }
+        return reply;
+      } finally {
+        unpin();
+        release();
+      }
     },
   );
 
@@ -225,21 +260,38 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
   );
   app.addHook('onClose', async () => preheats.close());
 
-  /** The preheat API makes this node download: only members of the mesh may ask. */
-  const requireMeshToken = async (request: FastifyRequest) => {
+  /**
+   * The preheat API makes this node download and the limits API changes how it behaves: only members of
+   * the mesh may ask. The limits API carries no registry credential, so its token may come in
+   * `Authorization` too.
+   */
+  const meshTokenCheck = (api: string, orAuthorization: boolean) => async (request: FastifyRequest) => {
     if (!deps.peerSecret) return;
     const header = request.headers[MESH_TOKEN_HEADER];
-    const value = Array.isArray(header) ? header[0] : header;
+    const value =
+      (Array.isArray(header) ? header[0] : header) ??
+      (orAuthorization ? request.headers.authorization : undefined);
     if (value === undefined) {
       throw new ShoalError(
         'SHOAL_ERR_UNAUTHORIZED',
-        `the preheat API needs a mesh token in the ${MESH_TOKEN_HEADER} header`,
+        `the ${api} API needs a mesh token in the ${MESH_TOKEN_HEADER} header`,
       );
     }
     if (verifyPeerAuthorization(deps.peerSecret, value) === undefined) {
       throw new ShoalError('SHOAL_ERR_DENIED', 'the mesh token is not valid: wrong peer.secret, or expired');
     }
   };
+  const requireMeshToken = meshTokenCheck('preheat', false);
+  const limitsAuth = meshTokenCheck('limits', true);
+
+  app.get(limitsPath, { onRequest: limitsAuth }, async () => deps.limits.current());
+  // Applied at once: waiting transfers are re-timed, a smaller cache is swept before the answer.
+  app.put(limitsPath, { onRequest: limitsAuth }, async (request) => {
+    const change = parseLimitsChange(request.body);
+    const applied = await deps.limits.apply(change);
+    deps.log.info({ change, limits: applied }, 'limits changed');
+    return applied;
+  });
   const unknownJob = (id: string) =>
     new ShoalError(
       'SHOAL_ERR_BLOB_UNKNOWN',
@@ -361,6 +413,38 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
     if (request.method === 'HEAD' || size === 0) return reply.send();
 
     const hex = digest.slice('sha256:'.length);
+    // Held until the last byte is out (or the request is passed through), so eviction keeps the blob.
+    const unpin = deps.store.pin(hex);
+    try {
+      return await streamBlob(
+        request,
+        reply,
+        target,
+        repository,
+        digest,
+        authorization,
+        hex,
+        size,
+        start,
+        end,
+      );
+    } finally {
+      unpin();
+    }
+  }
+
+  async function streamBlob(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    target: RegistryTarget,
+    repository: string,
+    digest: string,
+    authorization: string | undefined,
+    hex: string,
+    size: number,
+    start: number,
+    end: number,
+  ) {
     const began = performance.now();
     deps.events.publish({
       type: 'pull_started',
@@ -384,6 +468,28 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
         authorization,
         'size differs from the cache',
       );
+    }
+    if (!stored?.complete && !active) {
+      let held = 0;
+      if (stored) {
+        for (const i of stored.have.indices()) {
+          const range = chunkRange(size, stored.meta.chunkSize, i);
+          held += range.end - range.start;
+        }
+      }
+      // The cache is full of blobs in use: serve this one from the registry rather than grow it further.
+      if (!deps.store.canStore(size - held)) {
+        deps.metrics.cacheFull.inc({ action: 'passthrough' });
+        return passBlobThrough(
+          request,
+          reply,
+          target,
+          repository,
+          digest,
+          authorization,
+          'the cache is full of blobs in use',
+        );
+      }
     }
     const cachedAtStart = new Set(stored ? stored.have.indices() : []);
     const download = stored?.complete
@@ -436,10 +542,18 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
         const source: ChunkSourceKind = cachedAtStart.has(index)
           ? 'cache'
           : (sourceOf(download, index) ?? 'cache');
-        await sender.send({ path: deps.store.chunkPath(hex, index), from, to }, (count) => {
+        const counted = (count: number) => {
           bytes[source] += count;
           deps.metrics.clientBytes.inc({ source }, count);
-        });
+        };
+        const hot = deps.memory.get(hex, index);
+        if (hot) {
+          await sender.sendBuffer(hot, from, to, counted);
+        } else {
+          deps.metrics.diskTierHits.inc();
+          await sender.send({ path: deps.store.chunkPath(hex, index), from, to }, counted);
+        }
+        deps.store.touch(hex);
         chunks[source] += 1;
       }
       await sender.flushed();

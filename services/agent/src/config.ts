@@ -1,6 +1,6 @@
 /** Every option of the agent, defined once. */
 import { hostname } from 'node:os';
-import { type ConfigOf, logOptions, MiB, natsOptions, nodeIdOf, opt } from '@shoal/mesh';
+import { type ConfigOf, logOptions, MiB, natsOptions, nodeIdOf, opt, ShoalError } from '@shoal/mesh';
 
 /** The node ID used when none is configured: the host name, made a valid subject token. */
 export function defaultNodeId(): string {
@@ -59,6 +59,39 @@ export const agentSpec = {
   ),
   distributedTlsKey: opt.string('distributed.tls.key', '', 'Key (PEM) of that certificate.'),
   cacheDir: opt.string('cache.dir', '/var/lib/shoal/cache', 'Directory of the chunk cache.'),
+  cacheMaxSize: opt.bytes(
+    'cache.maxSize',
+    '0',
+    'Bytes of chunks the disk cache may hold; least recently used blobs are evicted beyond it (blobs in use are kept). 0: unlimited.',
+  ),
+  cacheHighWatermark: opt.int(
+    'cache.highWatermark',
+    90,
+    'Eviction starts once the cache holds more than this percentage of cache.maxSize.',
+    { min: 1, max: 100 },
+  ),
+  cacheLowWatermark: opt.int(
+    'cache.lowWatermark',
+    80,
+    'Eviction stops once the cache holds no more than this percentage of cache.maxSize; below cache.highWatermark.',
+    { min: 1, max: 99 },
+  ),
+  cacheTtlMs: opt.duration(
+    'cache.ttl',
+    '0',
+    'A blob not read or written for this long is evicted. 0: blobs are evicted only for room.',
+  ),
+  cacheSweepIntervalMs: opt.duration(
+    'cache.sweepInterval',
+    '30s',
+    'How often the cache is checked for blobs past cache.ttl (room is made at every write anyway).',
+    { minMs: 100 },
+  ),
+  cacheMemory: opt.bytes(
+    'cache.memory',
+    '64MiB',
+    'Bytes of hot chunks (those streamed to clients while they download) kept in memory in front of the disk cache, to serve peers and other clients without reading the disk. 0: off.',
+  ),
   chunkSize: opt.bytes('chunk.size', '0', 'Fixed chunk size; 0 derives it from the blob size.', {
     min: 64 * 1024,
     max: 1024 * MiB,
@@ -137,6 +170,50 @@ export const agentSpec = {
     'Secret shared by the agents of one mesh; peer requests carry tokens signed with it. Unset, the peer API is open to anyone who can reach it.',
     { secret: true },
   ),
+  peerShare: opt.bool(
+    'peer.share',
+    true,
+    'Serve chunks to other agents and announce them. false: this node still pulls through the mesh, but its peer API answers 503 and it announces nothing.',
+  ),
+  peerUploadRate: opt.bytes(
+    'peer.uploadRate',
+    '0',
+    'Bytes per second this node uploads to other agents, all together. 0: unlimited.',
+  ),
+  peerUploadBurst: opt.bytes(
+    'peer.uploadBurst',
+    '4MiB',
+    'The most bytes uploaded to peers at once after a quiet spell, when peer.uploadRate is set.',
+    { min: 64 * 1024 },
+  ),
+  peerUploadsPerPeer: opt.int(
+    'peer.uploadsPerPeer',
+    4,
+    'Chunks served to one peer at once; a peer asking for more is answered 429 and tries another holder. 0: unlimited.',
+    { min: 0, max: 1024 },
+  ),
+  downloadRate: opt.bytes(
+    'download.rate',
+    '0',
+    'Bytes per second this node downloads (from peers and the registry together). 0: unlimited.',
+  ),
+  downloadBurst: opt.bytes(
+    'download.burst',
+    '8MiB',
+    'The most bytes downloaded at once after a quiet spell, when download.rate is set.',
+    { min: 64 * 1024 },
+  ),
+  registryRate: opt.bytes(
+    'registry.rate',
+    '0',
+    'Bytes per second this node fetches from the registry (chunks only; a subset of download.rate). 0: unlimited.',
+  ),
+  registryBurst: opt.bytes(
+    'registry.burst',
+    '8MiB',
+    'The most bytes fetched from the registry at once after a quiet spell, when registry.rate is set.',
+    { min: 64 * 1024 },
+  ),
   authCacheMs: opt.duration(
     'auth.cacheTtl',
     '30s',
@@ -157,3 +234,14 @@ export const agentSpec = {
 };
 
 export type AgentConfig = ConfigOf<typeof agentSpec>;
+
+/** Checks what no single option can: the watermarks' order. Throws SHOAL_ERR_CONFIG naming both keys. */
+export function checkAgentConfig(config: AgentConfig): void {
+  if (config.cacheLowWatermark >= config.cacheHighWatermark) {
+    throw new ShoalError(
+      'SHOAL_ERR_CONFIG',
+      `cache.lowWatermark (${config.cacheLowWatermark}) must be below cache.highWatermark (${config.cacheHighWatermark})`,
+      { details: { source: 'cache.lowWatermark' } },
+    );
+  }
+}

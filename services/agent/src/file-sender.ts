@@ -6,10 +6,15 @@
  * most POOL × PIECE bytes per response are held, and a slow client simply slows the reads. The buffers
  * are borrowed from the agent's buffer pool, and returned to it when the response is over, so a
  * response allocates nothing either.
+ *
+ * Chunks held in memory (the memory tier) are written straight from their buffer, in pieces of the same
+ * size, with at most as many pieces queued on the socket as the file path has buffers. With a rate limiter,
+ * every piece waits for its bytes before it is written; a client that leaves stops the wait.
  */
 import { open } from 'node:fs/promises';
 import type { ServerResponse } from 'node:http';
 import type { BufferPool } from './buffers.js';
+import type { TokenBucket } from './rate-limit.js';
 
 /**
  * Two 1 MiB buffers per response: one being read while the other drains. Measured on loopback, 256 KiB
@@ -34,10 +39,16 @@ export class FileSender {
   private allFree: (() => void) | undefined;
   private failure: Error | undefined;
   private over = false;
+  /** Pieces of in-memory chunks queued on the socket. */
+  private queued = 0;
+  private queueFreed: (() => void) | undefined;
+  /** Aborted when the client leaves, so a wait for the rate limiter ends with it. */
+  private readonly gone = new AbortController();
 
   constructor(
     private readonly res: ServerResponse,
     private readonly pool: BufferPool,
+    private readonly limiter?: TokenBucket,
   ) {
     res.once('close', () => {
       if (!res.writableFinished) {
@@ -45,10 +56,39 @@ export class FileSender {
         const waiting = this.waiting;
         this.waiting = undefined;
         waiting?.reject(this.failure);
+        this.gone.abort(this.failure);
+        this.queueFreed?.();
         this.allFree?.();
       }
       this.release();
     });
+  }
+
+  /** Writes [from, to) of an in-memory chunk, which must not change; resolves once it is queued. */
+  async sendBuffer(chunk: Buffer, from: number, to: number, onBytes: (count: number) => void): Promise<void> {
+    for (let at = from; at < to;) {
+      const piece = Math.min(PIECE, to - at);
+      await this.limit(piece);
+      while (this.queued >= POOL && !this.failure)
+        await new Promise<void>((resolve) => (this.queueFreed = resolve));
+      if (this.failure) throw this.failure;
+      this.queued++;
+      this.res.write(chunk.subarray(at, at + piece), (err) => {
+        if (err) this.failure ??= err;
+        this.queued--;
+        const freed = this.queueFreed;
+        this.queueFreed = undefined;
+        freed?.();
+        this.checkAllFree();
+      });
+      at += piece;
+      onBytes(piece);
+    }
+  }
+
+  private async limit(bytes: number): Promise<void> {
+    if (this.failure) throw this.failure;
+    if (this.limiter) await this.limiter.take(bytes, this.gone.signal);
   }
 
   /** Writes [from, to) of the file; resolves once every byte is queued on the socket. */
@@ -56,6 +96,7 @@ export class FileSender {
     const handle = await open(range.path, 'r');
     try {
       for (let at = range.from; at < range.to;) {
+        await this.limit(Math.min(PIECE, range.to - at));
         const buffer = await this.take();
         let bytesRead: number;
         try {
@@ -79,7 +120,7 @@ export class FileSender {
 
   /** Waits until the socket has taken everything written (every buffer is back), or the client left. */
   async flushed(): Promise<void> {
-    if (this.free.length < this.borrowed && !this.failure)
+    if ((this.free.length < this.borrowed || this.queued > 0) && !this.failure)
       await new Promise<void>((resolve) => (this.allFree = resolve));
     if (this.failure) throw this.failure;
   }
@@ -116,7 +157,11 @@ export class FileSender {
       return;
     }
     this.free.push(buffer);
-    if (this.free.length === this.borrowed && this.allFree) {
+    this.checkAllFree();
+  }
+
+  private checkAllFree(): void {
+    if (this.free.length === this.borrowed && this.queued === 0 && this.allFree) {
       const done = this.allFree;
       this.allFree = undefined;
       done();

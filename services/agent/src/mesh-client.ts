@@ -31,6 +31,12 @@ export interface MeshClientOptions {
   announceIntervalMs: number;
   heartbeatIntervalMs: number;
   self: () => Omit<NodeRecord, 'seenAt' | 'sentAt'>;
+  /**
+   * Whether this node serves peers (peer.share); read at every announcement, since it can change at run
+   * time. While false, nothing is announced (heartbeats still go out), so no scheduler plans this node as
+   * a parent. Unset: true.
+   */
+  share?: () => boolean;
 }
 
 /**
@@ -51,6 +57,8 @@ export class MeshClient {
   private announceTimer: NodeJS.Timeout | undefined;
   private heartbeatTimer: NodeJS.Timeout | undefined;
   private flushing = false;
+  /** A flush was asked for while one was running: it runs again once that one is over. */
+  private flushAgain = false;
 
   constructor(
     private readonly mesh: MeshConnection,
@@ -67,14 +75,35 @@ export class MeshClient {
     // rebuilt or may have dropped us while we were away.
     this.mesh.onConnect(() => {
       this.heartbeat();
-      for (const [hex, stored] of this.store.all()) {
-        this.markDirty(
-          `sha256:${hex}`,
-          Object.fromEntries([...stored.hashes].map(([i, h]) => [String(i), h])),
-        );
-      }
+      this.announceAll();
       void this.flush();
     });
+  }
+
+  private get sharing(): boolean {
+    return this.options.share?.() ?? true;
+  }
+
+  /** Queues a snapshot of every blob held, with every chunk's hash. */
+  private announceAll(): void {
+    for (const [hex, stored] of this.store.all()) {
+      this.markDirty(`sha256:${hex}`, Object.fromEntries([...stored.hashes].map(([i, h]) => [String(i), h])));
+    }
+  }
+
+  /**
+   * Follows a change of peer.share at run time: when this node stops sharing, every blob it holds is
+   * withdrawn at once (the scheduler stops planning it as a parent); when it starts again, everything it
+   * holds is announced.
+   */
+  shareChanged(share: boolean): void {
+    if (share) {
+      this.announceAll();
+    } else {
+      this.pending.clear();
+      for (const [hex] of this.store.all()) this.queueWithdraw(`sha256:${hex}`, false);
+    }
+    this.flushNow();
   }
 
   get usable(): boolean {
@@ -110,13 +139,31 @@ export class MeshClient {
 
   /** Queues an announcement of the blob's current chunks; `hashes` are origin-fetched chunk hashes. */
   markDirty(blob: string, hashes?: Record<string, string>): void {
+    if (!this.sharing) return;
     const entry = this.pending.get(blob) ?? { hashes: {}, withdraw: false, invalid: false, snapshot: false };
     entry.snapshot = true;
     if (hashes) Object.assign(entry.hashes, hashes);
     this.pending.set(blob, entry);
   }
 
-  withdraw(blob: string, invalid: boolean): void {
+  /**
+   * Withdraws this node's copy of a blob from the mesh. `now`: published at once rather than with the
+   * next batch (an evicted blob must stop being planned before a peer asks for it).
+   */
+  withdraw(blob: string, invalid: boolean, options: { now?: boolean } = {}): void {
+    // A node that does not share announced nothing (and withdrew everything when it stopped sharing).
+    if (!this.sharing) return;
+    this.queueWithdraw(blob, invalid);
+    if (options.now) this.flushNow();
+  }
+
+  /** Starts a flush now, or right after the one running. */
+  private flushNow(): void {
+    if (this.flushing) this.flushAgain = true;
+    else void this.flush();
+  }
+
+  private queueWithdraw(blob: string, invalid: boolean): void {
     const entry = this.pending.get(blob);
     this.pending.set(blob, {
       hashes: {},
@@ -196,6 +243,10 @@ export class MeshClient {
       }
     } finally {
       this.flushing = false;
+    }
+    if (this.flushAgain) {
+      this.flushAgain = false;
+      await this.flush();
     }
   }
 

@@ -94,6 +94,72 @@ export function agentMetrics(registry: Registry) {
       help: 'Bytes of verified chunks in the disk cache.',
       registers: [registry],
     }),
+    cacheEvictions: new Counter({
+      name: 'shoal_agent_cache_evictions_total',
+      help: 'Blobs evicted from the disk cache, by reason (capacity, ttl).',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    cacheEvictedBytes: new Counter({
+      name: 'shoal_agent_cache_evicted_bytes_total',
+      help: 'Bytes of chunks evicted from the disk cache, by reason (capacity, ttl).',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    cacheDiscardedFiles: new Counter({
+      name: 'shoal_agent_cache_discarded_files_total',
+      help: 'Files the agent threw away when it opened its cache at start, by reason (temporary, wrong_size, no_hash, bad_meta, out_of_range, incomplete).',
+      labelNames: ['reason'] as const,
+      registers: [registry],
+    }),
+    cachePinnedBytes: new Gauge({
+      name: 'shoal_agent_cache_pinned_bytes',
+      help: 'Bytes of cached blobs in use (downloading, being served), which eviction must keep.',
+      registers: [registry],
+    }),
+    cacheFull: new Counter({
+      name: 'shoal_agent_cache_full_total',
+      help: 'Times the cache was full of blobs in use, by what the agent did: passthrough (a blob served from the registry without caching it) or overshoot (a chunk of a running download written over cache.maxSize).',
+      labelNames: ['action'] as const,
+      registers: [registry],
+    }),
+    memoryTierHits: new Counter({
+      name: 'shoal_agent_memory_tier_hits_total',
+      help: 'Chunks served from the memory tier (to clients and peers).',
+      registers: [registry],
+    }),
+    memoryTierMisses: new Counter({
+      name: 'shoal_agent_memory_tier_misses_total',
+      help: 'Chunks looked up in the memory tier and not found there (served from disk instead).',
+      registers: [registry],
+    }),
+    memoryTierBytes: new Gauge({
+      name: 'shoal_agent_memory_tier_bytes',
+      help: 'Bytes of chunks held in the memory tier.',
+      registers: [registry],
+    }),
+    diskTierHits: new Counter({
+      name: 'shoal_agent_disk_tier_hits_total',
+      help: 'Chunks served from the disk cache (to clients and peers); with the memory tier hits, the share each tier serves.',
+      registers: [registry],
+    }),
+    limiterThrottledBytes: new Counter({
+      name: 'shoal_agent_limiter_throttled_bytes_total',
+      help: 'Bytes that had to wait for a rate limiter, by limiter (peer_upload, download, registry).',
+      labelNames: ['limiter'] as const,
+      registers: [registry],
+    }),
+    limiterWait: new Counter({
+      name: 'shoal_agent_limiter_wait_seconds_total',
+      help: 'Time transfers waited for a rate limiter, summed, by limiter (peer_upload, download, registry).',
+      labelNames: ['limiter'] as const,
+      registers: [registry],
+    }),
+    peerUploadsRefused: new Counter({
+      name: 'shoal_agent_peer_uploads_refused_total',
+      help: 'Peer chunk requests answered 429 because the peer already had peer.uploadsPerPeer uploads running.',
+      registers: [registry],
+    }),
     activeDownloads: new Gauge({
       name: 'shoal_agent_active_downloads',
       help: 'Blobs being downloaded right now.',

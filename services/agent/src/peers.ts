@@ -97,8 +97,9 @@ export class PeerClient {
       throw failed(cause);
     }
     if (status !== 200) {
+      // 429: the peer is serving this node as many chunks as it allows one peer; it is fine, only busy.
       throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin} answered ${status}`, {
-        details: { status },
+        details: { status, ...(status === 429 ? { busy: true } : {}) },
       });
     }
     return out;

@@ -186,9 +186,11 @@ export class ChunkStore {
   private sweepTail: Promise<unknown> = Promise.resolve();
   private evictions = 0;
   private evictedBytes = 0;
-  private readonly maxBytes: number;
-  private readonly highBytes: number;
-  private readonly lowBytes: number;
+  private maxBytes: number;
+  private highBytes: number;
+  private lowBytes: number;
+  private readonly high: number;
+  private readonly low: number;
   private readonly ttlMs: number;
   private readonly accessPersistMs: number;
   private readonly now: () => number;
@@ -208,6 +210,8 @@ export class ChunkStore {
       throw new RangeError('watermarks must satisfy 0 < lowWatermark <= highWatermark <= 1');
     }
     if (!(ttlMs >= 0) || !(accessPersistMs >= 0)) throw new RangeError('durations must be 0 or more');
+    this.high = high;
+    this.low = low;
     this.maxBytes = maxBytes;
     this.highBytes = maxBytes * high;
     this.lowBytes = maxBytes * low;
@@ -349,6 +353,22 @@ export class ChunkStore {
       this.bytes += entry.bytes;
     }
     return report;
+  }
+
+  /** The bytes the cache may hold (0: unlimited). */
+  get capacity(): number {
+    return this.maxBytes;
+  }
+
+  /**
+   * Changes maxBytes at run time; the watermarks keep their fractions. Nothing is evicted until the
+   * next `sweep`, which the caller runs when it wants a smaller cache to take effect at once.
+   */
+  setMaxBytes(maxBytes: number): void {
+    if (!(maxBytes >= 0) || !Number.isFinite(maxBytes)) throw new RangeError('maxBytes must be 0 or more');
+    this.maxBytes = maxBytes;
+    this.highBytes = maxBytes * this.high;
+    this.lowBytes = maxBytes * this.low;
   }
 
   get totalBytes(): number {

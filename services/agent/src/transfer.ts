@@ -19,10 +19,12 @@ import {
 } from '@shoal/mesh';
 import type { BufferPool } from './buffers.js';
 import type { HashPool } from './hash-pool.js';
+import type { MemoryTier } from './memory-tier.js';
 import type { MeshClient } from './mesh-client.js';
 import type { AgentMetrics } from './metrics.js';
 import { PeerSpeeds } from './peer-speeds.js';
 import type { PeerClient } from './peers.js';
+import type { TokenBucket } from './rate-limit.js';
 import type { ChunkStore } from './store.js';
 import type { RegistryTarget, Upstream } from './upstream.js';
 
@@ -58,6 +60,10 @@ export interface TransferDeps {
   metrics: AgentMetrics;
   events: EventPublisher;
   log: Logger;
+  /** Hot chunks: those written while clients wait for them are kept here too. */
+  memory: MemoryTier;
+  /** Every chunk fetched waits for `download`; those from the registry for `registry` as well. */
+  limits: { download: TokenBucket; registry: TokenBucket };
 }
 
 type Waiter = { resolve: () => void; reject: (err: Error) => void };
@@ -198,6 +204,16 @@ export class Download {
   }
 
   private async run(): Promise<void> {
+    // The blob stays in the cache for the whole download, however full the cache gets meanwhile.
+    const unpin = this.deps.store.pin(this.hex);
+    try {
+      await this.fetchAll();
+    } finally {
+      unpin();
+    }
+  }
+
+  private async fetchAll(): Promise<void> {
     await this.layout();
     const { store } = this.deps;
     const missing = new Set<number>();
@@ -349,6 +365,8 @@ export class Download {
       ];
       for (const peer of candidates) {
         if (this.avoid.has(peer.node)) continue;
+        // Waiting for the limiter comes before the clock starts, so throttling never looks like a slow parent.
+        await this.deps.limits.download.take(length);
         const began = performance.now();
         let held = this.deps.buffers.take(length);
         try {
@@ -367,6 +385,12 @@ export class Download {
         } catch (err) {
           this.deps.buffers.give(held);
           const reason = err instanceof Error ? err.message : String(err);
+          if (isShoalError(err) && err.details?.busy === true) {
+            // The parent is serving this node all it allows one peer: not a fault, so it is not dropped;
+            // the chunk goes to the next alternate (or is planned again).
+            this.deps.metrics.chunkFailures.inc({ source: 'peer', reason: 'busy' });
+            continue;
+          }
           const why = isShoalError(err, 'SHOAL_ERR_CHUNK_CORRUPT')
             ? 'corrupt'
             : isShoalError(err) && err.details?.slow === true
@@ -411,6 +435,8 @@ export class Download {
       return false;
     }
     if (source.kind === 'wait') return false;
+    await this.deps.limits.registry.take(length);
+    await this.deps.limits.download.take(length);
     const began = performance.now();
     let fetched: { sha256: string; chunk: Buffer };
     try {
@@ -537,8 +563,11 @@ export class Download {
     began: number,
     peer?: string,
   ): Promise<void> {
+    const { store } = this.deps;
+    // The download was admitted: its chunks are written even over cache.maxSize, and that is counted.
+    if (!store.canStore(chunk.length)) this.deps.metrics.cacheFull.inc({ action: 'overshoot' });
     try {
-      await this.deps.store.writeChunk(this.hex, index, chunk, sha256);
+      await store.writeChunk(this.hex, index, chunk, sha256);
     } catch (cause) {
       // A local failure (disk full, permissions) is not the peer's or the registry's fault: stop this
       // download, and let the clients waiting on it be served by the registry directly.
@@ -552,6 +581,9 @@ export class Download {
     this.deps.metrics.fetchBytes.inc({ source: from }, chunk.length);
     this.deps.metrics.fetchDuration.observe({ source: from }, ms / 1000);
     this.deps.metrics.cacheBytes.set(this.deps.store.totalBytes);
+    // Clients are waiting for this chunk: it is hot, and the memory tier serves them and the peers
+    // that will ask for it soon without reading it back from disk.
+    if (this.waiters.has(index)) this.deps.memory.put(this.hex, index, chunk);
     this.notify(index);
     // Hashes go to the manifest only for chunks fetched from the registry, and not while the manifest is
     // suspect: the corrected one is published after the whole blob has been verified.
@@ -593,6 +625,7 @@ export class Download {
       blob: this.request.digest,
       reason: `content hashes to sha256:${sha256}`,
     });
+    this.deps.memory.drop(this.hex);
     await this.deps.store.remove(this.hex);
     this.deps.mesh.withdraw(this.request.digest, true);
     throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', `blob ${this.request.digest} failed digest verification`);

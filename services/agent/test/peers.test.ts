@@ -61,3 +61,33 @@ describe('PeerClient', () => {
     await client.close();
   });
 });
+
+describe('PeerClient and a busy peer', () => {
+  it('marks a 429 as busy (try the next holder), and other refusals not', async () => {
+    let status = 429;
+    const busy = createServer((_req, res) => {
+      res.writeHead(status, { 'retry-after': '1', 'content-length': '0' }).end();
+    });
+    await new Promise<void>((resolve) => busy.listen(0, '127.0.0.1', resolve));
+    const busyUrl = `http://127.0.0.1:${(busy.address() as AddressInfo).port}`;
+    const client = new PeerClient(1000, undefined, 64 * KiB);
+    try {
+      const err: unknown = await client
+        .fetchChunk(busyUrl, 'a'.repeat(64), 0, Buffer.alloc(CHUNK))
+        .catch((e: unknown) => e);
+      expect(isShoalError(err, 'SHOAL_ERR_CHUNK_UNAVAILABLE') && err.details).toEqual({
+        status: 429,
+        busy: true,
+      });
+      status = 503;
+      const refused: unknown = await client
+        .fetchChunk(busyUrl, 'a'.repeat(64), 0, Buffer.alloc(CHUNK))
+        .catch((e: unknown) => e);
+      expect(isShoalError(refused) && refused.details).toEqual({ status: 503 });
+    } finally {
+      await client.close();
+      busy.closeAllConnections();
+      await new Promise((resolve) => busy.close(resolve));
+    }
+  });
+});

@@ -19,6 +19,10 @@ export const ErrorCodes = {
   SHOAL_ERR_BAD_MESSAGE: { status: 400, oci: 'UNKNOWN' },
   SHOAL_ERR_CONFIG: { status: 500, oci: 'UNKNOWN' },
   SHOAL_ERR_MESH_UNAVAILABLE: { status: 503, oci: 'UNAVAILABLE' },
+  /** This node will not serve now (its per-peer upload slots are taken); ask another one. */
+  SHOAL_ERR_BUSY: { status: 429, oci: 'TOOMANYREQUESTS' },
+  /** This node does not serve peers at all (peer.share is false). */
+  SHOAL_ERR_NOT_SHARING: { status: 503, oci: 'UNAVAILABLE' },
   SHOAL_ERR_CACHE: { status: 500, oci: 'UNKNOWN' },
   SHOAL_ERR_INTERNAL: { status: 500, oci: 'UNKNOWN' },
 } as const satisfies Record<string, { status: number; oci: string }>;

@@ -98,6 +98,8 @@ export type { BucketWatch } from './kv.js';
 export { runControlService } from './control-service.js';
 export type { ControlServiceApp, ControlServiceConfig, ControlServiceContext } from './control-service.js';
 export { createPeerToken, PEER_AUTH_SCHEME, peerTokenSource, verifyPeerAuthorization } from './peer-auth.js';
+export { limitsPath } from './limits-api.js';
+export type { AgentLimits } from './limits-api.js';
 export { MESH_TOKEN_HEADER, PREHEAT_MAX_DIGESTS, PreheatStates, preheatPaths } from './preheat-api.js';
 export type { PreheatBlobView, PreheatJobView, PreheatRequest, PreheatState } from './preheat-api.js';
 export { chooseParent, compareCandidates, rankedLoad } from './ranking.js';
