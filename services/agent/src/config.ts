@@ -89,8 +89,8 @@ export const agentSpec = {
   ),
   cacheMemory: opt.bytes(
     'cache.memory',
-    '64MiB',
-    'Bytes of hot chunks (those streamed to clients while they download) kept in memory in front of the disk cache, to serve peers and other clients without reading the disk. 0: off.',
+    '0',
+    "Bytes of hot chunks (those streamed to clients while they download) kept in memory in front of the disk cache, to serve peers and other clients without reading the disk; for nodes with memory to spare (it adds that much to the agent's RSS). 0: off.",
   ),
   chunkSize: opt.bytes('chunk.size', '0', 'Fixed chunk size; 0 derives it from the blob size.', {
     min: 64 * 1024,
