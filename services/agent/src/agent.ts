@@ -107,6 +107,10 @@ export async function createAgent(
     endpoints,
     timeoutMs: config.upstreamTimeoutMs,
     authCacheMs: config.authCacheMs,
+    // Manifest and authorisation requests are counted where they are made; chunk ranges here.
+    onRequest: (kind, status) => {
+      if (kind === 'chunk') metrics.originRequests.inc({ kind, status: `${Math.floor(status / 100)}xx` });
+    },
   });
   const startedAt = Date.now();
   const meshClient = new MeshClient(

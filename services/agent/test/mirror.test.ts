@@ -68,6 +68,8 @@ describe('mirror API', () => {
 
   it('drops and counts events while NATS is away, and still serves', async () => {
     const res = await agent.app.inject({ method: 'GET', url: '/metrics' });
+    // The four ranges of the first test, counted as chunk requests to the registry.
+    expect(res.payload).toMatch(/^shoal_agent_origin_requests_total\{kind="chunk",status="2xx"[^}]*\} 4$/m);
     const dropped = /^shoal_events_dropped_total\{[^}]*\} (\d+)$/m.exec(res.payload);
     // The pull above published pull_started, chunk_fetched and pull_finished with no NATS to take them.
     expect(Number(dropped?.[1])).toBeGreaterThan(0);

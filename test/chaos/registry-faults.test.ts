@@ -1,0 +1,133 @@
+/**
+ * Faults of the registry during a rollout: a share of blob requests answered 5xx, connections reset
+ * before an answer, and a registry far slower than usual. Every pull must complete; the figures say how
+ * many requests were retried and what the registry sent.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { RegistryFault } from '../kit/index.js';
+import {
+  BLOB_GETS,
+  type Harness,
+  MiB,
+  report,
+  type RolloutResult,
+  startHarness,
+  writeReport,
+} from './harness.js';
+
+describe('chaos: faults of the registry during a rollout', () => {
+  let h: Harness;
+  let baseline: RolloutResult;
+
+  beforeAll(async () => {
+    // Layers of 8 MiB: more ranges from the registry for its faults to land on.
+    h = await startHarness({ name: 'registry', layerSize: 8 * MiB });
+    // The first rollout of a fresh mesh is slower (code paths not yet optimised); it is not the reference.
+    await h.rollout(await h.pushImage('warm-up'));
+    baseline = await h.rollout(await h.pushImage('baseline'));
+    const verify = await h.verifyAgents(baseline.image);
+    const r = report(
+      'baseline-registry',
+      'No fault: the reference for the registry faults.',
+      baseline,
+      undefined,
+      verify,
+    );
+    await writeReport(r);
+    expect(r.pullsLost).toBe(0);
+  });
+
+  afterEach(async () => {
+    await h?.heal();
+  });
+
+  afterAll(async () => {
+    await h?.stop();
+  });
+
+  /**
+   * Runs a rollout with `fault` on the registry's blob GETs from its start (the first copy of each chunk
+   * is what the registry serves; later the mesh does), and reports what the agents retried.
+   */
+  async function underFault(name: string, description: string, fault: RegistryFault) {
+    const image = await h.pushImage(name);
+    const digests = [image.config.digest, ...image.layers.map((l) => l.digest)];
+    const seen = h.registry.requests().length;
+    const result = await h.rollout(image, {
+      fault: { atFraction: 0, inject: async () => h.registry.setFault({ ...BLOB_GETS, ...fault }) },
+    });
+    h.registry.setFault(h.baseFault);
+    const requests = h.registry
+      .requests()
+      .slice(seen)
+      .filter((r) => digests.some((d) => r.path.includes(d)));
+    const verify = await h.verifyAgents(image);
+    const originStatus = Object.fromEntries(
+      Object.entries(result.counters).filter(([k]) => k.startsWith('shoal_agent_origin_requests_total')),
+    );
+    const faultedRanges = requests.filter((x) => x.fault !== undefined && x.range !== undefined).length;
+    const originChunkFailures =
+      result.counters['shoal_agent_chunk_failures_total{reason="error",source="origin"}'] ?? 0;
+    const r = report(name, description, result, baseline, verify, {
+      extra: {
+        blobRequests: requests.length,
+        injected5xx: requests.filter((x) => x.fault === '5xx').length,
+        injectedResets: requests.filter((x) => x.fault === 'reset').length,
+        faultedRanges,
+        // Range GETs without a Range header come from containerd going to the registry itself.
+        runtimeDirectGets: requests.filter((x) => x.method === 'GET' && x.range === undefined).length,
+        originChunkFailures:
+          result.counters['shoal_agent_chunk_failures_total{reason="error",source="origin"}'] ?? 0,
+        originRequests: originStatus,
+      },
+    });
+    await writeReport(r);
+    for (const pull of result.pulls) expect(pull, pull.error).toMatchObject({ ok: true });
+    expect(verify.corruptBytes).toBe(0);
+    // Every refused range was noticed and asked for again by the agent that got it; none reached
+    // containerd, which never had to go to the registry by itself.
+    expect(originChunkFailures).toBe(faultedRanges);
+    expect(requests.filter((x) => x.method === 'GET' && x.range === undefined)).toEqual([]);
+    // The first copy of each chunk still left the registry about once, not once per node.
+    expect(r.registryEgressImages).toBeLessThan(1.5);
+    return { result, report: r, requests };
+  }
+
+  it('10% of blob GETs answered 503: pulls complete, refused ranges retried', async () => {
+    await underFault(
+      'registry-5xx',
+      '10% of blob GETs answered 503 by the registry, from the start of the rollout.',
+      { status5xxRatio: 0.1, bytesPerSecond: h.baseFault.bytesPerSecond },
+    );
+  });
+
+  it('10% of blob GETs reset before an answer: pulls complete, reset ranges retried', async () => {
+    await underFault(
+      'registry-resets',
+      '10% of blob GETs had their connection reset by the registry before any answer, from the start of the rollout.',
+      { resetRatio: 0.1, bytesPerSecond: h.baseFault.bytesPerSecond },
+    );
+  });
+
+  it('a registry four times slower: pulls complete, the registry still sends each layer about once', async () => {
+    await underFault(
+      'registry-slow',
+      'Blob GETs served at 256 KiB/s per request (four times slower than the baseline), from the start.',
+      { bytesPerSecond: MiB / 4 },
+    );
+  });
+
+  // Known weakness, skipped because it loses a pull only now and then (about one rollout in five here):
+  // the agent retries a refused range (origin.retries) but not the HEAD that authorises a blob
+  // (services/agent/src/upstream.ts, authorizeBlob; services/agent/src/app.ts, serveBlob). A 5xx or a
+  // reset on that HEAD goes back to containerd as an error, containerd fetches the whole blob from the
+  // registry itself (bypassing the mesh) with a single request, and when the registry refuses that one
+  // too, the pull fails. See docs/reliability.md.
+  it.skip('10% of every blob request, the authorising HEAD included, refused: pulls complete', async () => {
+    await underFault(
+      'registry-5xx-head',
+      '10% of blob GETs and HEADs answered 503 by the registry, from the start of the rollout.',
+      { status5xxRatio: 0.1, bytesPerSecond: h.baseFault.bytesPerSecond, methods: ['GET', 'HEAD'] },
+    );
+  });
+});
