@@ -37,26 +37,12 @@ import {
   startControlService,
   startPatientAgents,
   waitForNodes,
+  pullBlob,
 } from './support/shoal.js';
 
 const MiB = 1024 * 1024;
 
 /** GETs a blob through an agent's mirror API and returns its sha256 and length. */
-async function pullBlob(
-  agent: ShoalService,
-  repo: string,
-  digest: string,
-): Promise<{ sha256: string; bytes: number }> {
-  const res = await fetch(`${agent.url}/v2/${repo}/blobs/${digest}`);
-  if (res.status !== 200 || !res.body) throw new Error(`agent ${agent.name} answered ${res.status}`);
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const piece of res.body as AsyncIterable<Uint8Array>) {
-    hash.update(piece);
-    bytes += piece.length;
-  }
-  return { sha256: `sha256:${hash.digest('hex')}`, bytes };
-}
 
 /** A blob cut into 1 MiB chunks, as the fake parents below serve it and a mesh manifest lists it. */
 function chunked(bytes: Buffer) {

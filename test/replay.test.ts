@@ -4,7 +4,6 @@
  * `replay` accounts for every chunk as the agents' own metrics do, `explain` re-ranks every recorded
  * decision to the same parent, and `trace` writes a trace with a track per node and a slice per fetch.
  */
-import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { jetstream } from '@nats-io/jetstream';
@@ -32,22 +31,12 @@ import {
   startControlPlane,
   startPatientAgents,
   waitForHolders,
+  pullBlob,
 } from './support/shoal.js';
 
 const MiB = 1024 * 1024;
 
 /** GETs a blob through an agent's mirror API and returns its sha256 and length. */
-async function pullBlob(agent: ShoalService, repo: string, digest: string) {
-  const res = await fetch(`${agent.url}/v2/${repo}/blobs/${digest}`);
-  if (res.status !== 200 || !res.body) throw new Error(`agent ${agent.name} answered ${res.status}`);
-  const hash = createHash('sha256');
-  let bytes = 0;
-  for await (const piece of res.body as AsyncIterable<Uint8Array>) {
-    hash.update(piece);
-    bytes += piece.length;
-  }
-  return { sha256: `sha256:${hash.digest('hex')}`, bytes };
-}
 
 interface Tally {
   chunks: number;

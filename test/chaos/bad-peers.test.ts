@@ -8,7 +8,15 @@ import { subjects } from '@shoal/mesh';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { waitFor } from '../kit/index.js';
 import { type BadPeer, type BadPeerMode, startBadPeer, waitForManifests } from './bad-peer.js';
-import { type Harness, MiB, report, type RolloutResult, startHarness, writeReport } from './harness.js';
+import {
+  measureBaseline,
+  type Harness,
+  MiB,
+  report,
+  type RolloutResult,
+  startHarness,
+  writeReport,
+} from './harness.js';
 
 interface Dropped {
   node: string;
@@ -36,19 +44,7 @@ describe('chaos: a bad peer during a rollout', () => {
       },
     });
     await nc.flush();
-    // The first rollout of a fresh mesh is slower (code paths not yet optimised); it is not the reference.
-    await h.rollout(await h.pushImage('warm-up'));
-    baseline = await h.rollout(await h.pushImage('baseline'));
-    const verify = await h.verifyAgents(baseline.image);
-    const r = report(
-      'baseline-peers',
-      'No fault: the reference for the bad peers.',
-      baseline,
-      undefined,
-      verify,
-    );
-    await writeReport(r);
-    expect(r.pullsLost).toBe(0);
+    baseline = await measureBaseline(h, 'baseline-peers', 'No fault: the reference for the bad peers.');
   });
 
   afterEach(async () => {

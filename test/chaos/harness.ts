@@ -607,3 +607,16 @@ export async function writeReport(r: FaultReport): Promise<void> {
       `registry egress ${r.registryEgressImages} images, injected at ${r.injectedAtMs ?? '-'} ms`,
   );
 }
+
+/**
+ * The reference rollout of a test file: a warm-up first (the first rollout of a fresh mesh is slower,
+ * its code paths not yet optimised), then a fault-free rollout, verified and reported as `name`.
+ */
+export async function measureBaseline(h: Harness, name: string, description: string): Promise<RolloutResult> {
+  await h.rollout(await h.pushImage('warm-up'));
+  const baseline = await h.rollout(await h.pushImage('baseline'));
+  const r = report(name, description, baseline, undefined, await h.verifyAgents(baseline.image));
+  await writeReport(r);
+  if (r.pullsLost !== 0) throw new Error(`${name}: ${r.pullsLost} pulls lost without any fault`);
+  return baseline;
+}

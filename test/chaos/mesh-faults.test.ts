@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { freePort, writeHostsToml } from '../kit/index.js';
 import { metricSum, type ShoalService, startAgent } from '../support/shoal.js';
 import {
+  measureBaseline,
   type ChaosNode,
   type Harness,
   type PullTarget,
@@ -26,19 +27,7 @@ describe('chaos: faults of the mesh during a rollout', () => {
 
   beforeAll(async () => {
     h = await startHarness({ name: 'mesh' });
-    // The first rollout of a fresh mesh is slower (code paths not yet optimised); it is not the reference.
-    await h.rollout(await h.pushImage('warm-up'));
-    baseline = await h.rollout(await h.pushImage('baseline'));
-    const verify = await h.verifyAgents(baseline.image);
-    const r = report(
-      'baseline-mesh',
-      'No fault: the reference for the mesh faults.',
-      baseline,
-      undefined,
-      verify,
-    );
-    await writeReport(r);
-    expect(r.pullsLost).toBe(0);
+    baseline = await measureBaseline(h, 'baseline-mesh', 'No fault: the reference for the mesh faults.');
   });
 
   afterEach(async () => {

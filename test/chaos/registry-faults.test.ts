@@ -6,6 +6,7 @@
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { RegistryFault } from '../kit/index.js';
 import {
+  measureBaseline,
   BLOB_GETS,
   type Harness,
   MiB,
@@ -22,19 +23,11 @@ describe('chaos: faults of the registry during a rollout', () => {
   beforeAll(async () => {
     // Layers of 8 MiB: more ranges from the registry for its faults to land on.
     h = await startHarness({ name: 'registry', layerSize: 8 * MiB });
-    // The first rollout of a fresh mesh is slower (code paths not yet optimised); it is not the reference.
-    await h.rollout(await h.pushImage('warm-up'));
-    baseline = await h.rollout(await h.pushImage('baseline'));
-    const verify = await h.verifyAgents(baseline.image);
-    const r = report(
+    baseline = await measureBaseline(
+      h,
       'baseline-registry',
       'No fault: the reference for the registry faults.',
-      baseline,
-      undefined,
-      verify,
     );
-    await writeReport(r);
-    expect(r.pullsLost).toBe(0);
   });
 
   afterEach(async () => {

@@ -3,7 +3,7 @@
  * ports with its own temp dirs, and reads their metrics. Integration tests and the local-mesh script
  * build on this and on the test kit's real servers.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Kvm } from '@nats-io/kv';
@@ -262,4 +262,21 @@ export function bytesServed(registry: Registry, digest: string): number {
     .requests()
     .filter((r) => r.method === 'GET' && r.path.includes(digest))
     .reduce((sum, r) => sum + r.bytes, 0);
+}
+
+/** GETs a blob through an agent's mirror API and hashes it as it arrives. */
+export async function pullBlob(
+  agent: ShoalService,
+  repo: string,
+  digest: string,
+): Promise<{ sha256: string; bytes: number }> {
+  const res = await fetch(`${agent.url}/v2/${repo}/blobs/${digest}`);
+  if (res.status !== 200 || !res.body) throw new Error(`agent ${agent.name} answered ${res.status}`);
+  const hash = createHash('sha256');
+  let bytes = 0;
+  for await (const piece of res.body as AsyncIterable<Uint8Array>) {
+    hash.update(piece);
+    bytes += piece.length;
+  }
+  return { sha256: `sha256:${hash.digest('hex')}`, bytes };
 }
