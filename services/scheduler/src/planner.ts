@@ -549,8 +549,7 @@ export async function planRequest(
         rest.push(candidate(headCount + ((offset + i * stride) % restCount)));
     }
     for (const candidate of [...head, ...rest]) {
-      // Holders count even while the chunk's hash is not in the manifest: then the chunk waits for its
-      // hash rather than going to the registry a second time.
+      // Every listed holder counts towards rarity; whether one can serve is decided below, by sampling.
       ({ holders: candidate.holders, inZone: candidate.inZone } = holdersOf(candidate.index));
       candidate.tie = Math.imul(candidate.index + 1, 0x9e3779b1) ^ salt;
     }
@@ -608,7 +607,14 @@ export async function planRequest(
             load.release?.(best.node.id, now);
           }),
         );
-      } else if (wanted.holders === 0 && counts.origin + originPending < originLimit) {
+      } else if (sampled.length > 0) {
+        // Live holders with a known hash, all busy: one frees up within moments.
+        heldBack.set(wanted.index, 'parents_busy');
+      } else if (counts.origin + originPending < originLimit) {
+        // No holder can serve it: none listed, or only ones that are avoided, stale or announced no hash.
+        // Every real holder announces the hash with its first chunk (an origin fetch) or got the chunk
+        // verified against it, so a holder without one is not worth waiting for; the origin lease still
+        // keeps the mesh to one registry fetch of the chunk at a time.
         if (!mayLease(wanted.index) || (zone !== undefined && !mayLease(wanted.index, zone))) {
           heldBack.set(wanted.index, mayLease(wanted.index) ? 'zone_lease_held' : 'origin_lease_held');
           refusals++;
@@ -616,23 +622,20 @@ export async function planRequest(
         }
         assigned++;
         originPending++;
-        // Chosen because no one held it when the request began: anyone holding it by now counts.
+        // Chosen because no holder could serve when the request began: one that appeared since counts.
         pending.push(
-          assignOrigin(wanted, false).then((ok) => {
+          assignOrigin(wanted, wanted.holders > 0).then((ok) => {
             originPending--;
             if (ok) return;
             assigned--;
             refusals++;
           }),
         );
-      } else if (wanted.holders === 0 && originQueued.size > 0) {
-        // No one holds it and the registry is as busy as the budget allows: it waits its turn.
+      } else if (originQueued.size > 0) {
+        // No holder can serve it and the registry is as busy as the budget allows: it waits its turn.
         originQueued.add(wanted.index);
-      } else if (wanted.holders === 0) {
-        heldBack.set(wanted.index, 'origin_limit');
       } else {
-        // Held, but by no live holder with a known hash, or only by busy ones.
-        heldBack.set(wanted.index, ranked.length < sampled.length ? 'parents_busy' : 'no_holder_yet');
+        heldBack.set(wanted.index, 'origin_limit');
       }
     }
     await Promise.all(pending);

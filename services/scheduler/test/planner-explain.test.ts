@@ -217,15 +217,21 @@ describe('chunks_assigned records', () => {
     ]);
   });
 
-  it('records a chunk whose holders are unknown-hash or busy as waiting for a holder', async () => {
+  it('sends a chunk held only without a hash to the origin, and waits for busy holders', async () => {
     const nodes: [string, string, string][] = [
       ['r', 'z1', 'v1'],
       ['p1', 'z1', 'v1'],
     ];
-    // Chunk 3 is held but its hash is not in the manifest: it waits for it rather than go to the registry.
+    // Chunk 3 is claimed, but with no hash in the manifest it cannot be verified, so it cannot come from
+    // a peer; a claim no real holder makes must not keep it from the registry.
     const unknownHash = mesh(nodes, { p1: [3] }, [0]);
     expect(await records(unknownHash, request('r', [3], { max: 1 }))).toEqual([
-      { index: 3, source: 'wait', reason: 'no_holder_yet' },
+      { index: 3, source: 'origin', reason: 'no_live_holder', zoneLease: true },
+    ]);
+    // Likewise a chunk whose only holder the requester avoids.
+    const avoided = mesh(nodes, { p1: 'all' });
+    expect(await records(avoided, request('r', [2], { max: 1, avoid: ['p1'] }))).toEqual([
+      { index: 2, source: 'origin', reason: 'no_live_holder', zoneLease: true },
     ]);
     const load = inflightLoad(60_000);
     load.add('p1', NOW, 2);
