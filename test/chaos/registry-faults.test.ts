@@ -110,17 +110,23 @@ describe('chaos: faults of the registry during a rollout', () => {
     );
   });
 
-  // Known weakness, skipped because it loses a pull only now and then (about one rollout in five here):
-  // the agent retries a refused range (origin.retries) but not the HEAD that authorises a blob
-  // (services/agent/src/upstream.ts, authorizeBlob; services/agent/src/app.ts, serveBlob). A 5xx or a
-  // reset on that HEAD goes back to containerd as an error, containerd fetches the whole blob from the
-  // registry itself (bypassing the mesh) with a single request, and when the registry refuses that one
-  // too, the pull fails. See docs/reliability.md.
-  it.skip('10% of every blob request, the authorising HEAD included, refused: pulls complete', async () => {
+  // The HEAD with which an agent authorises a blob is retried like a range: were it not, its 5xx or reset
+  // would reach containerd, which would fetch the whole blob from the registry itself, outside the mesh
+  // (and lose the pull when the registry refused that too). underFault checks that containerd never did.
+  it('10% of every blob request, the authorising HEAD included, refused: pulls complete', async () => {
     await underFault(
       'registry-5xx-head',
       '10% of blob GETs and HEADs answered 503 by the registry, from the start of the rollout.',
       { status5xxRatio: 0.1, bytesPerSecond: h.baseFault.bytesPerSecond, methods: ['GET', 'HEAD'] },
     );
+  });
+
+  it('the first HEAD of every blob reset: each agent asks again, containerd never sees it', async () => {
+    const { requests } = await underFault(
+      'registry-head-resets',
+      'The first HEAD for each blob in each repository had its connection reset, from the start of the rollout.',
+      { resetRatio: 1, firstOnly: true, bytesPerSecond: h.baseFault.bytesPerSecond, methods: ['HEAD'] },
+    );
+    expect(requests.filter((x) => x.method === 'HEAD' && x.fault === 'reset').length).toBeGreaterThan(0);
   });
 });

@@ -83,6 +83,11 @@ export interface RegistryFault {
   match?: RegExp;
   /** Only these methods are affected; all methods unless given. */
   methods?: readonly string[];
+  /**
+   * Only the first matching request for each method and path is affected (the ratios apply to it); the
+   * ones after it pass. For faults a client must get past by asking again.
+   */
+  firstOnly?: boolean;
 }
 
 export interface Registry {
@@ -240,6 +245,7 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
     },
     setFault: (fault) => {
       activeProxy.fault = fault;
+      activeProxy.faulted.clear();
     },
     async stop() {
       if (stopped) return;
@@ -259,6 +265,8 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
 class CountingProxy {
   readonly log: RegistryRequest[] = [];
   fault: RegistryFault | undefined;
+  /** Method and path of the requests a `firstOnly` fault has already been applied to. */
+  readonly faulted = new Set<string>();
   private readonly agent = new Agent({ keepAlive: true, maxSockets: 64 });
 
   private constructor(
@@ -399,6 +407,11 @@ class CountingProxy {
     if (fault.match !== undefined) {
       fault.match.lastIndex = 0;
       if (!fault.match.test(entry.path)) return false;
+    }
+    if (fault.firstOnly) {
+      const key = `${entry.method} ${entry.path}`;
+      if (this.faulted.has(key)) return false;
+      this.faulted.add(key);
     }
     return true;
   }

@@ -107,6 +107,7 @@ export async function createAgent(
     endpoints,
     timeoutMs: config.upstreamTimeoutMs,
     authCacheMs: config.authCacheMs,
+    attempts: config.originRetries,
     // Manifest and authorisation requests are counted where they are made; chunk ranges here.
     onRequest: (kind, status) => {
       if (kind === 'chunk') metrics.originRequests.inc({ kind, status: `${Math.floor(status / 100)}xx` });

@@ -372,7 +372,7 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
       if (value !== undefined) headers[name] = Array.isArray(value) ? value.join(', ') : value;
     }
     const method = request.method === 'HEAD' ? 'HEAD' : 'GET';
-    const res = await deps.upstream.send(target, method, path, headers);
+    const res = await deps.upstream.send(target, method, path, headers, { retry: true });
     deps.metrics.originRequests.inc({ kind, status: `${Math.floor(res.status / 100)}xx` });
     void reply.code(res.status).headers(pickHeaders(res.headers));
     if (method === 'HEAD') {
@@ -590,7 +590,9 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
     const headers: Record<string, string> = {};
     if (authorization) headers.authorization = authorization;
     if (request.headers.range) headers.range = request.headers.range;
-    const res = await deps.upstream.send(target, 'GET', `/v2/${repository}/blobs/${digest}`, headers);
+    const res = await deps.upstream.send(target, 'GET', `/v2/${repository}/blobs/${digest}`, headers, {
+      retry: true,
+    });
     deps.metrics.originRequests.inc({ kind: 'passthrough', status: `${Math.floor(res.status / 100)}xx` });
     reply.removeHeader('content-length');
     reply.removeHeader('content-range');

@@ -133,7 +133,7 @@ export const agentSpec = {
   originRetries: opt.int(
     'origin.retries',
     3,
-    'Attempts per chunk against the registry before the pull fails.',
+    'Attempts per chunk, authorisation or manifest request against the registry (a reset, timeout, 5xx or 429 is asked again after a backoff with jitter) before the pull fails.',
     { min: 1 },
   ),
   upstreamTimeoutMs: opt.duration('upstream.timeout', '30s', 'Timeout for the registry to start answering.'),

@@ -5,6 +5,7 @@
  * endpoint, and on to the next when one is down.
  */
 import { createHash } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Agent, type Dispatcher } from 'undici';
 import { ShoalError } from '@shoal/mesh';
 import type { RegistryEndpoints, RegistryTarget } from './endpoints.js';
@@ -48,12 +49,23 @@ export function pickHeaders(
 
 /** Answers that say this endpoint, not the request, is at fault: another endpoint may do better. */
 const endpointFault = new Set([500, 502, 503, 504]);
+/** Answers worth asking again after a pause: the registry's trouble, not the request's. */
+const retryable = new Set([...endpointFault, 429]);
+/** The longest `Retry-After` honoured before asking again; a longer one is answered as it came. */
+const MAX_RETRY_AFTER_MS = 5_000;
 
 export interface UpstreamOptions {
   endpoints: RegistryEndpoints;
   timeoutMs: number;
   authCacheMs: number;
   onRequest?: (kind: 'manifest' | 'authorize' | 'chunk' | 'base', status: number) => void;
+  /**
+   * Attempts for requests sent with `retry` (authorisations, manifests, passed-through blobs): a reset,
+   * a timeout, 5xx or 429 is asked again after a backoff with jitter, up to this many times in all.
+   */
+  attempts?: number;
+  /** The first backoff; each further one doubles, with ±50% jitter. */
+  retryBaseMs?: number;
 }
 
 export class Upstream {
@@ -91,14 +103,58 @@ export class Upstream {
   /**
    * Sends a request to the registry, following redirects; credentials never follow to another host. An
    * endpoint that cannot be reached or answers 5xx is marked failed and the next one is tried; the last
-   * one's answer (or error) is what the caller gets.
+   * one's answer (or error) is what the caller gets, unless `retry` is set: then an error, 5xx or 429
+   * from every endpoint is tried again after a backoff, up to `attempts` times in all. Only requests
+   * that change nothing are sent here, so asking again is always safe.
    */
   async send(
     target: RegistryTarget,
     method: 'GET' | 'HEAD',
     path: string,
     headers: Record<string, string>,
-    options: { followRedirects?: boolean } = {},
+    options: { followRedirects?: boolean; retry?: boolean } = {},
+  ): Promise<UpstreamResponse> {
+    const attempts = options.retry ? Math.max(1, this.options.attempts ?? 3) : 1;
+    for (let attempt = 1; ; attempt++) {
+      const final = attempt >= attempts;
+      let res: UpstreamResponse;
+      try {
+        res = await this.sendOnce(target, method, path, headers, options);
+      } catch (err) {
+        if (final) throw err;
+        await sleep(this.backoffMs(attempt));
+        continue;
+      }
+      if (final || !retryable.has(res.status)) return res;
+      const pause = this.backoffMs(attempt, res.headers['retry-after']);
+      if (pause === undefined) return res;
+      await res.body.dump();
+      await sleep(pause);
+    }
+  }
+
+  /**
+   * The pause before attempt `attempt + 1`: the registry's `Retry-After` (in seconds) when it gave one
+   * no longer than MAX_RETRY_AFTER_MS (undefined when longer: not worth holding the client for), else
+   * exponential backoff with jitter, so that many agents refused at once do not come back at once.
+   */
+  private backoffMs(attempt: number): number;
+  private backoffMs(attempt: number, retryAfter: string | string[] | undefined): number | undefined;
+  private backoffMs(attempt: number, retryAfter?: string | string[]): number | undefined {
+    const seconds =
+      typeof retryAfter === 'string' && /^\d+$/.test(retryAfter) ? Number(retryAfter) : undefined;
+    if (seconds !== undefined) return seconds * 1000 <= MAX_RETRY_AFTER_MS ? seconds * 1000 : undefined;
+    const base = this.options.retryBaseMs ?? 100;
+    return base * 2 ** (attempt - 1) * (0.5 + Math.random());
+  }
+
+  /** One walk over the registry's endpoints, best first (see `send`). */
+  private async sendOnce(
+    target: RegistryTarget,
+    method: 'GET' | 'HEAD',
+    path: string,
+    headers: Record<string, string>,
+    options: { followRedirects?: boolean },
   ): Promise<UpstreamResponse> {
     const { endpoints } = this.options;
     const urls = endpoints.order(target);
@@ -194,6 +250,7 @@ export class Upstream {
     // behind it (which often refuses HEAD) is not asked for a decision that is not its to make.
     const res = await this.send(target, 'HEAD', `/v2/${repository}/blobs/${digest}`, headers, {
       followRedirects: false,
+      retry: true,
     });
     await res.body.dump();
     this.options.onRequest?.('authorize', res.status);
@@ -247,7 +304,7 @@ export class Upstream {
   ): Promise<number> {
     const headers: Record<string, string> = { range: 'bytes=0-0' };
     if (authorization) headers.authorization = authorization;
-    const res = await this.send(target, 'GET', `/v2/${repository}/blobs/${digest}`, headers);
+    const res = await this.send(target, 'GET', `/v2/${repository}/blobs/${digest}`, headers, { retry: true });
     res.body.destroy();
     const total = /\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''))?.[1];
     const size = total === undefined ? Number(res.headers['content-length']) : Number(total);
