@@ -1,4 +1,5 @@
 /** Builds an agent from its config: every dependency is created here and nowhere else. */
+import { join } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import type { Registry } from 'prom-client';
 import {
@@ -16,7 +17,7 @@ import { buildAgentApp } from './app.js';
 import { type AgentConfig, checkAgentConfig } from './config.js';
 import { BufferPool } from './buffers.js';
 import { createHashPool, type HashPool } from './hash-pool.js';
-import { AgentLimiters } from './limits.js';
+import { type AgentLimiters, fileOverrideStore, LIMITS_FILE, openAgentLimiters } from './limits.js';
 import { MemoryTier } from './memory-tier.js';
 import { MeshClient } from './mesh-client.js';
 import { agentMetrics, type AgentMetrics } from './metrics.js';
@@ -141,7 +142,8 @@ export async function createAgent(
   // The withdrawal goes out at once, not with the next batch: a scheduler must stop planning this node
   // for the blob before a peer asks for chunks that are gone.
   onEvicted = (hex) => meshClient.withdraw(`sha256:${hex}`, false, { now: true });
-  const limits = new AgentLimiters(
+  // Limits changed through the API are kept beside the cache and override the configuration at start.
+  const limits = await openAgentLimiters(
     {
       downloadRate: config.downloadRate,
       downloadBurst: config.downloadBurst,
@@ -155,6 +157,8 @@ export async function createAgent(
       memory: config.cacheMemory,
     },
     { store, memory, onShareChange: (share) => meshClient.shareChanged(share) },
+    fileOverrideStore(join(config.cacheDir, LIMITS_FILE), log),
+    log,
   );
   // Evictions due while the agent was down (a smaller cache.maxSize, blobs past the TTL) happen now.
   await store.sweep();

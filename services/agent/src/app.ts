@@ -284,12 +284,18 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
   const requireMeshToken = meshTokenCheck('preheat', false);
   const limitsAuth = meshTokenCheck('limits', true);
 
-  app.get(limitsPath, { onRequest: limitsAuth }, async () => deps.limits.current());
-  // Applied at once: waiting transfers are re-timed, a smaller cache is swept before the answer.
+  app.get(limitsPath, { onRequest: limitsAuth }, async () => deps.limits.view());
+  // Applied at once: waiting transfers are re-timed, a smaller cache is swept before the answer. The
+  // change is saved first, so it is in force after a restart too.
   app.put(limitsPath, { onRequest: limitsAuth }, async (request) => {
     const change = parseLimitsChange(request.body);
-    const applied = await deps.limits.apply(change);
+    const applied = await deps.limits.change(change);
     deps.log.info({ change, limits: applied }, 'limits changed');
+    return applied;
+  });
+  app.delete(limitsPath, { onRequest: limitsAuth }, async () => {
+    const applied = await deps.limits.reset();
+    deps.log.info({ limits: applied }, 'limits overrides dropped: the configured limits apply');
     return applied;
   });
   const unknownJob = (id: string) =>

@@ -332,6 +332,7 @@ describe('limits API', () => {
       share: true,
       cacheMaxSize: 1024 * MiB,
       memory: 0,
+      overridden: [],
     });
   });
 

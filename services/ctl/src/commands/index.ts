@@ -3,6 +3,7 @@ import type { CtlCommand } from '../command.js';
 import { doctorCommand } from './doctor.js';
 import { eventsCommand } from './events.js';
 import { explainCommand } from './explain.js';
+import { limitsCommand } from './limits.js';
 import { nodesCommand } from './nodes.js';
 import { preheatCommand } from './preheat.js';
 import { pullsCommand } from './pulls.js';
@@ -19,5 +20,6 @@ export const ctlCommands: CtlCommand[] = [
   explainCommand,
   traceCommand,
   preheatCommand,
+  limitsCommand,
   doctorCommand,
 ];
