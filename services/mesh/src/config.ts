@@ -381,9 +381,11 @@ export function renderReference(
     );
     out.push('|---|---|---|---|---|---|');
     for (const option of Object.values(section.spec)) {
-      const type = option.type.replace(/ \(default.*\)$/, '');
+      // A pipe inside a cell (an enum's `table | json`) would end the cell.
+      const cell = (text: string) => text.replace(/\|/g, '\\|');
+      const type = cell(option.type.replace(/ \(default.*\)$/, ''));
       out.push(
-        `| \`${option.key}\` | \`${flagName(option.key)}\` | \`${envName(option.key)}\` | ${type} | \`${describeDefault(option)}\` | ${option.help.replace(/\|/g, '\\|')} |`,
+        `| \`${option.key}\` | \`${flagName(option.key)}\` | \`${envName(option.key)}\` | ${type} | \`${cell(describeDefault(option))}\` | ${cell(option.help)} |`,
       );
     }
     out.push('');
