@@ -1,1 +1,1 @@
-export { commands } from './commands.js';
+export { allCommands, commands } from './commands.js';
