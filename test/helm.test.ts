@@ -161,6 +161,8 @@ describe('the Helm chart', () => {
     expect(agent.ports).toEqual([{ name: 'p2p', containerPort: 65001, hostPort: 65001, protocol: 'TCP' }]);
     const env = envOf(agent);
     expect(env.get('SHOAL_NODE_ID')?.valueFrom?.fieldRef?.fieldPath).toBe('spec.nodeName');
+    // The runtime flags the swarm benchmark measures the agent with (test/bench/swarm/mesh.ts).
+    expect(env.get('NODE_OPTIONS')?.value).toBe('--max-semi-space-size=4');
     expect(env.get('SHOAL_REGISTRIES')?.value).toBe('registry.example.com=https://registry.example.com');
     expect(env.get('SHOAL_PEER_SECRET')?.valueFrom?.secretKeyRef).toEqual({
       name: 'shoal-peer',
