@@ -163,6 +163,9 @@ describe('the Helm chart', () => {
     expect(env.get('SHOAL_NODE_ID')?.valueFrom?.fieldRef?.fieldPath).toBe('spec.nodeName');
     // The runtime flags the swarm benchmark measures the agent with (test/bench/swarm/mesh.ts).
     expect(env.get('NODE_OPTIONS')?.value).toBe('--max-semi-space-size=4');
+    // The node's IP, from which the agent builds its URL (an IPv6 address in brackets).
+    expect(env.get('SHOAL_ADVERTISE_HOST')?.value).toBe('$(HOST_IP)');
+    expect(env.get('HOST_IP')?.valueFrom?.fieldRef?.fieldPath).toBe('status.hostIP');
     expect(env.get('SHOAL_REGISTRIES')?.value).toBe('registry.example.com=https://registry.example.com');
     expect(env.get('SHOAL_PEER_SECRET')?.valueFrom?.secretKeyRef).toEqual({
       name: 'shoal-peer',

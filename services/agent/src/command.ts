@@ -28,7 +28,7 @@ export const agentCommand: CommandDefinition<typeof agentSpec> = {
     const agent = await createAgent(config, log, advertise);
     const address = await agent.app.listen({ host: config.host, port: config.port });
     const port = new URL(address).port;
-    listening = `http://${advertiseHost(config.host)}:${port}`;
+    listening = `http://${urlHost(config.advertiseHost || advertiseHost(config.host))}:${port}`;
     let distributed: HttpServer | undefined;
     try {
       distributed = config.distributedPort ? await serveDistributed(agent, config) : undefined;
@@ -92,8 +92,13 @@ async function serveDistributed(
  * The address peers should use when none is configured: the listen address if it is a specific one,
  * else this machine's first non-internal IPv4 address (a node's own loopback is useless to its peers).
  */
+/** A host as it goes in a URL: an IPv6 address in brackets. */
+export function urlHost(host: string): string {
+  return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
+}
+
 function advertiseHost(host: string): string {
-  if (host !== '0.0.0.0' && host !== '::') return host.includes(':') ? `[${host}]` : host;
+  if (host !== '0.0.0.0' && host !== '::') return host;
   for (const addresses of Object.values(networkInterfaces())) {
     for (const address of addresses ?? [])
       if (address.family === 'IPv4' && !address.internal) return address.address;

@@ -19,6 +19,12 @@ export const agentSpec = {
     'URL other agents use to reach this one; defaults to http://<host>:<port> (set it when host is 0.0.0.0).',
     { pattern: /^(|https?:\/\/[^\s/]+)$/, hint: 'http(s)://host:port URL' },
   ),
+  advertiseHost: opt.string(
+    'advertise.host',
+    '',
+    "Address other agents use to reach this one, with this agent's port (an IPv6 address is bracketed in the URL); for a node's IP from the environment. advertise.url wins when both are set.",
+    { pattern: /^[A-Za-z0-9.:_-]{0,253}$/, hint: 'an IP address or host name' },
+  ),
   nodeId: opt.string(
     'node.id',
     '',
@@ -237,6 +243,13 @@ export type AgentConfig = ConfigOf<typeof agentSpec>;
 
 /** Checks what no single option can: the watermarks' order. Throws SHOAL_ERR_CONFIG naming both keys. */
 export function checkAgentConfig(config: AgentConfig): void {
+  if (config.advertiseUrl !== '' && !URL.canParse(config.advertiseUrl)) {
+    throw new ShoalError(
+      'SHOAL_ERR_CONFIG',
+      `advertise.url: ${JSON.stringify(config.advertiseUrl)} is not a URL (an IPv6 address goes in brackets: http://[fd00::1]:65001, or set advertise.host)`,
+      { details: { source: 'advertise.url' } },
+    );
+  }
   if (config.cacheLowWatermark >= config.cacheHighWatermark) {
     throw new ShoalError(
       'SHOAL_ERR_CONFIG',
