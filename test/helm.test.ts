@@ -15,6 +15,7 @@ import { schedulerSpec } from '@shoal/scheduler';
 import YAML from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runCommand } from './kit/index.js';
+import { CHART_AGENT_ARGS, CHART_AGENT_NODE_OPTIONS } from './support/shoal.js';
 
 const root = join(import.meta.dirname, '..');
 const chart = join(root, 'deploy', 'helm', 'shoal');
@@ -161,8 +162,9 @@ describe('the Helm chart', () => {
     expect(agent.ports).toEqual([{ name: 'p2p', containerPort: 65001, hostPort: 65001, protocol: 'TCP' }]);
     const env = envOf(agent);
     expect(env.get('SHOAL_NODE_ID')?.valueFrom?.fieldRef?.fieldPath).toBe('spec.nodeName');
-    // The runtime flags the swarm benchmark measures the agent with (test/bench/swarm/mesh.ts).
-    expect(env.get('NODE_OPTIONS')?.value).toBe('--max-semi-space-size=4');
+    // The runtime flags the benchmarks measure the agent with.
+    expect(env.get('NODE_OPTIONS')?.value).toBe(CHART_AGENT_NODE_OPTIONS.join(' '));
+    expect(CHART_AGENT_ARGS).toEqual([`--cache-memory=${env.get('SHOAL_CACHE_MEMORY')?.value}`]);
     // The node's IP, from which the agent builds its URL (an IPv6 address in brackets).
     expect(env.get('SHOAL_ADVERTISE_HOST')?.value).toBe('$(HOST_IP)');
     expect(env.get('HOST_IP')?.valueFrom?.fieldRef?.fieldPath).toBe('status.hostIP');

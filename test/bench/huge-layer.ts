@@ -31,7 +31,7 @@ import {
 import { pushBlobFile } from '../support/blobs.js';
 import { type Janitor, startJanitor } from '../support/janitor.js';
 import { pushImageManifest } from '../support/manifests.js';
-import { metricSum, startAgent } from '../support/shoal.js';
+import { CHART_AGENT_ARGS, CHART_AGENT_NODE_OPTIONS, metricSum, startAgent } from '../support/shoal.js';
 import { table } from './report.js';
 
 const MiB = 1024 * 1024;
@@ -153,7 +153,15 @@ async function main(): Promise<void> {
         `tagged ${ref} (manifest ${image.manifestDigest})`,
     );
 
-    const agent = await startAgent({ id: 'huge', natsUrl: nats.url, registries: [registry.url], dir });
+    // The agent runs as the Helm chart runs it: its Node.js flags and its memory tier.
+    const agent = await startAgent({
+      id: 'huge',
+      natsUrl: nats.url,
+      registries: [registry.url],
+      dir,
+      nodeArgs: CHART_AGENT_NODE_OPTIONS,
+      extraArgs: CHART_AGENT_ARGS,
+    });
     stops.add('agent', () => agent.stop());
     const hostsDir = join(dir, 'hosts');
     await writeHostsToml(hostsDir, registry.host, agent.url);

@@ -45,7 +45,14 @@ export interface AgentOptions {
   port?: number;
   /** The mesh secret for peer tokens; the test process's shared one unless given, none when null. */
   peerSecret?: string | null;
+  /** Flags for the agent's Node.js runtime, before its script. */
+  nodeArgs?: string[];
 }
+
+/** The Node.js flags the Helm chart runs agents with (`agent.nodeOptions`), for benchmarks that measure them. */
+export const CHART_AGENT_NODE_OPTIONS = ['--max-semi-space-size=4'];
+/** The agent settings of the Helm chart's defaults that change its memory (`agent.cache.memory`). */
+export const CHART_AGENT_ARGS = ['--cache-memory=128MiB'];
 
 /** The secret the agents of this test process share; passed by environment so it never shows in `ps`. */
 export const meshSecret = randomBytes(24).toString('base64url');
@@ -57,11 +64,12 @@ async function startShoal(
   port: number,
   logDir: string,
   env: Record<string, string> = {},
+  nodeArgs: string[] = [],
 ): Promise<ShoalService> {
   const proc = await startProcess({
     name,
     cmd: process.execPath,
-    args: [serviceMain(kind), ...args],
+    args: [...nodeArgs, serviceMain(kind), ...args],
     logFile: join(logDir, `${name}.log`),
     env,
   });
@@ -100,7 +108,15 @@ export async function startAgent(options: AgentOptions): Promise<ShoalService> {
   ];
   const secret = options.peerSecret === undefined ? meshSecret : options.peerSecret;
   const env: Record<string, string> = secret === null ? {} : { SHOAL_PEER_SECRET: secret };
-  return startShoal('agent', `agent-${options.id}`, args, port, options.logDir ?? options.dir, env);
+  return startShoal(
+    'agent',
+    `agent-${options.id}`,
+    args,
+    port,
+    options.logDir ?? options.dir,
+    env,
+    options.nodeArgs,
+  );
 }
 
 /**

@@ -23,7 +23,7 @@ import { MeshClient } from './mesh-client.js';
 import { agentMetrics, type AgentMetrics } from './metrics.js';
 import { PeerClient } from './peers.js';
 import { ChunkStore, type DiscardReason, type OpenReport } from './store.js';
-import type { TokenBucket } from './rate-limit.js';
+import { ByteBudget, type TokenBucket } from './rate-limit.js';
 import { Transfers } from './transfer.js';
 import {
   followOwnTopology,
@@ -212,6 +212,7 @@ export async function createAgent(
       log,
       memory,
       limits: { download: limits.download, registry: limits.registry },
+      chunkMemory: new ByteBudget(config.downloadMemory),
     },
   );
   const refreshMetrics = statsSampler(metrics, store, memory, {

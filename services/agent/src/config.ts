@@ -119,6 +119,12 @@ export const agentSpec = {
     min: 1,
     max: 256,
   }),
+  downloadMemory: opt.bytes(
+    'download.memory',
+    '128MiB',
+    'Bytes of chunk buffers all downloads may hold at once. Layers with large chunks (32 MiB for a 5 GiB layer) get fewer chunks in flight, so memory stays bounded whatever the layer size; a download may always fetch one chunk.',
+    { min: 1024 * 1024 },
+  ),
   askWhenFree: opt.int(
     'download.askWhenFree',
     4,

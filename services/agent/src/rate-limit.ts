@@ -320,3 +320,48 @@ export class ConcurrencyLimiter {
       this.keys.delete(key);
   }
 }
+
+/**
+ * Bytes of chunk buffers all downloads may hold at once. A download asks how many of its chunks it may
+ * start (`slots`), reserves each one's bytes as it starts it and releases them when it ends. A download
+ * with nothing in flight may always start one chunk, even past the budget, so a chunk larger than the
+ * budget, or a budget spent by other downloads, never stops a download for good.
+ */
+export class ByteBudget {
+  private usedBytes = 0;
+
+  constructor(private readonly maxBytes: number) {
+    if (!(maxBytes > 0) || !Number.isFinite(maxBytes))
+      throw new RangeError('the budget must be more than 0 bytes');
+  }
+
+  get used(): number {
+    return this.usedBytes;
+  }
+
+  get max(): number {
+    return this.maxBytes;
+  }
+
+  /** How many chunks of `size` bytes a download holding `inflight` chunks may start now. */
+  slots(size: number, inflight: number): number {
+    const fit = Math.floor(Math.max(0, this.maxBytes - this.usedBytes) / Math.max(1, size));
+    return inflight === 0 ? Math.max(1, fit) : fit;
+  }
+
+  /** How many chunks of `size` bytes fit in the whole budget: one download's most at once. */
+  capacity(size: number): number {
+    return Math.max(1, Math.floor(this.maxBytes / Math.max(1, size)));
+  }
+
+  /** Takes `bytes` and returns the function that gives them back (once). */
+  reserve(bytes: number): () => void {
+    this.usedBytes += bytes;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.usedBytes -= bytes;
+    };
+  }
+}

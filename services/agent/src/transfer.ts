@@ -24,7 +24,7 @@ import type { MeshClient } from './mesh-client.js';
 import type { AgentMetrics } from './metrics.js';
 import { PeerSpeeds } from './peer-speeds.js';
 import type { PeerClient } from './peers.js';
-import type { TokenBucket } from './rate-limit.js';
+import type { ByteBudget, TokenBucket } from './rate-limit.js';
 import type { ChunkStore } from './store.js';
 import type { RegistryTarget, Upstream } from './upstream.js';
 
@@ -64,6 +64,8 @@ export interface TransferDeps {
   memory: MemoryTier;
   /** Every chunk fetched waits for `download`; those from the registry for `registry` as well. */
   limits: { download: TokenBucket; registry: TokenBucket };
+  /** Bytes of chunk buffers all downloads together may hold: with large chunks, fewer are in flight. */
+  chunkMemory: ByteBudget;
 }
 
 type Waiter = { resolve: () => void; reject: (err: Error) => void };
@@ -232,7 +234,10 @@ export class Download {
     const start = (assignment: Assignment) => {
       const index = assignment.index;
       waitUntil.delete(index);
+      const { start: from, end } = chunkRange(this.request.size, this.chunkSize, index);
+      const release = this.deps.chunkMemory.reserve(end - from);
       const task = this.fetchChunk(assignment, originFailures)
+        .finally(release)
         .then((ok) => {
           if (!ok) return;
           missing.delete(index);
@@ -284,16 +289,21 @@ export class Download {
       const now = Date.now();
       for (const [index, until] of waitUntil)
         if (until <= now || !missing.has(index)) waitUntil.delete(index);
-      const free = this.options.concurrency - inflight.size;
+      // Slots: the configured concurrency, fewer where chunks are so large that the agent's chunk memory
+      // holds fewer, and fewer still while other downloads hold part of it.
+      const memory = this.deps.chunkMemory;
+      const capacity = Math.min(this.options.concurrency, memory.capacity(this.chunkSize));
+      const free = Math.min(capacity - inflight.size, memory.slots(this.chunkSize, inflight.size));
+      const askWhenFree = Math.min(this.options.askWhenFree, capacity);
       const ready = [...missing].filter((i) => !inflight.has(i) && !waitUntil.has(i)).sort((x, y) => x - y);
-      if (free > 0 && ready.length > 0 && (inflight.size === 0 || free >= this.options.askWhenFree)) {
+      if (free > 0 && ready.length > 0 && (inflight.size === 0 || free >= askWhenFree)) {
         const assignments = await plan(ready, free);
         let started = 0;
         let retryMs = 0;
         /** Told that chunks no one holds wait their turn for a registry as busy as the mesh allows. */
         let queued = false;
         for (const assignment of assignments) {
-          if (inflight.size >= this.options.concurrency) break;
+          if (started >= free) break;
           if (!missing.has(assignment.index) || inflight.has(assignment.index)) continue;
           if (assignment.source.kind === 'wait') {
             retryMs = Math.max(retryMs, assignment.source.retryMs);

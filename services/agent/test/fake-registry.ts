@@ -14,13 +14,17 @@ export interface FakeRegistry {
   /** Sizes HEAD reports instead of the real one, to play a registry that disagrees with the cache. */
   headSizes: Map<string, number>;
   requests: { method: string; path: string; range?: string; authorized: boolean }[];
+  /** The most range GETs answered at once so far (each is held `rangeDelayMs` before its answer). */
+  peakRanges(): number;
   close(): Promise<void>;
 }
 
 export async function startFakeRegistry(
-  options: { user?: string; password?: string } = {},
+  options: { user?: string; password?: string; rangeDelayMs?: number } = {},
 ): Promise<FakeRegistry> {
   const blobs = new Map<string, Buffer>();
+  let activeRanges = 0;
+  let peakRanges = 0;
   const headSizes = new Map<string, number>();
   const requests: FakeRegistry['requests'] = [];
   const expected = options.user
@@ -72,11 +76,16 @@ export async function startFakeRegistry(
     if (range) {
       const start = Number(range[1]);
       const end = Math.min(Number(range[2]) + 1, blob.length);
-      res.writeHead(206, {
-        'content-length': end - start,
-        'content-range': `bytes ${start}-${end - 1}/${blob.length}`,
-      });
-      res.end(req.method === 'HEAD' ? undefined : blob.subarray(start, end));
+      activeRanges++;
+      peakRanges = Math.max(peakRanges, activeRanges);
+      setTimeout(() => {
+        activeRanges--;
+        res.writeHead(206, {
+          'content-length': end - start,
+          'content-range': `bytes ${start}-${end - 1}/${blob.length}`,
+        });
+        res.end(req.method === 'HEAD' ? undefined : blob.subarray(start, end));
+      }, options.rangeDelayMs ?? 0);
       return;
     }
     if (req.method === 'HEAD') {
@@ -95,6 +104,7 @@ export async function startFakeRegistry(
     blobs,
     headSizes,
     requests,
+    peakRanges: () => peakRanges,
     addBlob(data) {
       const digest = `sha256:${createHash('sha256').update(data).digest('hex')}`;
       blobs.set(digest, data);

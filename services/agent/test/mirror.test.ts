@@ -264,3 +264,30 @@ describe('mirror API against a registry with authentication', () => {
     expect(wrong.rawPayload.includes(data)).toBe(false);
   });
 });
+
+describe('chunk memory', () => {
+  it('keeps the chunks in flight within download.memory, whatever download.concurrency allows', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-memory-'));
+    const registry = await startFakeRegistry({ rangeDelayMs: 30 });
+    const blob = randomBlob(16 * MiB);
+    const digest = registry.addBlob(blob);
+    const agent = await makeAgent(registry, dir, [
+      '--chunk-size=1MiB',
+      '--download-concurrency=8',
+      '--download-memory=3MiB',
+    ]);
+    try {
+      const res = await agent.app.inject({
+        method: 'GET',
+        url: `/v2/team/app/blobs/${digest}?ns=${registry.host}`,
+      });
+      expect(res.statusCode).toBe(200);
+      expect(res.rawPayload.equals(blob)).toBe(true);
+      expect(registry.peakRanges()).toBe(3);
+    } finally {
+      await agent.stop();
+      await registry.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

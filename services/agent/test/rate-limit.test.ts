@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { ConcurrencyLimiter, TokenBucket } from '../src/rate-limit.js';
+import { ByteBudget, ConcurrencyLimiter, TokenBucket } from '../src/rate-limit.js';
 
 const KiB = 1024;
 
@@ -232,5 +232,31 @@ describe('concurrency limiter', () => {
     expect(limiter.stats()).toMatchObject({ waiting: 0, active: 1 });
     release?.();
     expect(limiter.stats()).toMatchObject({ waiting: 0, active: 0, keys: 0 });
+  });
+});
+
+describe('byte budget', () => {
+  const MiB = 1024 * 1024;
+
+  it('fits as many chunks as the free bytes hold, and one for a download with none in flight', () => {
+    const budget = new ByteBudget(128 * MiB);
+    expect(budget.capacity(32 * MiB)).toBe(4);
+    expect(budget.capacity(1 * MiB)).toBe(128);
+    expect(budget.capacity(256 * MiB)).toBe(1);
+    const held = [1, 2, 3].map(() => budget.reserve(32 * MiB));
+    expect(budget.slots(32 * MiB, 3)).toBe(1);
+    const fourth = budget.reserve(32 * MiB);
+    expect(budget.slots(32 * MiB, 4)).toBe(0);
+    // Another download, with nothing in flight, may still start one chunk.
+    expect(budget.slots(32 * MiB, 0)).toBe(1);
+    fourth();
+    fourth();
+    expect(budget.used).toBe(96 * MiB);
+    for (const release of held) release();
+    expect(budget.used).toBe(0);
+  });
+
+  it('refuses a budget of nothing', () => {
+    expect(() => new ByteBudget(0)).toThrow(RangeError);
   });
 });
