@@ -4,8 +4,23 @@ import { PeerHttp, PeerHttpError } from './peer-http.js';
 
 export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha256/${hex}/chunks/${index}`;
 
+/** How long a cap learned from a parent's busy answers holds after the last one. */
+const BUSY_MEMORY_MS = 30_000;
+
+interface ParentSlots {
+  /** Fetches from this parent running now, over every download. */
+  inflight: number;
+  /** The most this node runs at once from this parent, learned from its busy answers. */
+  cap: number;
+  /** When the last busy answer came (performance.now()). */
+  busyAt: number;
+  waiting: (() => void)[];
+}
+
 export class PeerClient {
   private readonly http: PeerHttp;
+  /** Per parent URL origin: fetches in flight, and the cap its busy answers taught. */
+  private readonly parents = new Map<string, ParentSlots>();
   /**
    * One entry per chunk fetch in flight from this node, over every download (they share its link): the
    * most fetches that were in flight while it ran.
@@ -24,6 +39,40 @@ export class PeerClient {
     private readonly minRate: number,
   ) {
     this.http = new PeerHttp({ timeoutMs, keepAliveMs: 30_000, maxIdlePerPeer: 16 });
+  }
+
+  /**
+   * Waits until this node may start another fetch from the parent at `baseUrl`, and returns the function
+   * that ends it. A parent serves each peer a few chunks at once (`peer.uploadsPerPeer`) and answers 429
+   * beyond that; once it has, this node keeps to what it was serving (over all downloads) and queues the
+   * rest here rather than asking again and again. The cap is forgotten 30 s after the last busy answer,
+   * in case the parent's limit was raised. Call before starting any clock on the transfer.
+   */
+  async slot(baseUrl: string): Promise<() => void> {
+    const key = new URL(baseUrl).origin;
+    let parent = this.parents.get(key);
+    if (!parent) this.parents.set(key, (parent = { inflight: 0, cap: Infinity, busyAt: 0, waiting: [] }));
+    const state = parent;
+    if (state.cap !== Infinity && performance.now() - state.busyAt > BUSY_MEMORY_MS) state.cap = Infinity;
+    while (state.inflight >= state.cap) await new Promise<void>((resolve) => state.waiting.push(resolve));
+    state.inflight++;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      state.inflight--;
+      state.waiting.shift()?.();
+      if (state.inflight === 0 && state.waiting.length === 0 && state.cap === Infinity)
+        this.parents.delete(key);
+    };
+  }
+
+  /** Learns from a busy answer: no more fetches at once from that parent than the others running now. */
+  private busy(origin: string): void {
+    const state = this.parents.get(origin);
+    if (!state) return;
+    state.cap = Math.max(1, Math.min(state.cap, state.inflight - 1));
+    state.busyAt = performance.now();
   }
 
   /**
@@ -96,6 +145,7 @@ export class PeerClient {
         throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', `peer ${url.origin}: ${cause.message}`, { cause });
       throw failed(cause);
     }
+    if (status === 429) this.busy(url.origin);
     if (status !== 200) {
       // 429: the peer is serving this node as many chunks as it allows one peer; it is fine, only busy.
       throw new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin} answered ${status}`, {

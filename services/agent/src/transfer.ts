@@ -285,6 +285,29 @@ export class Download {
       }
     };
 
+    /** Whether the scheduler gave this download a peer, whose upload it counts until told otherwise. */
+    let peerAssigned = false;
+    /**
+     * Tells the scheduler that none of this download's chunks are in flight any more, so it frees the
+     * parents at once. A node that announces its chunks frees them that way too; one that does not share
+     * (peer.share false) never announces, and its parents would look busy for the scheduler's
+     * parent.expire after each of its downloads.
+     */
+    const nothingInFlight = () => {
+      if (!peerAssigned || inflight.size > 0 || !this.deps.mesh.usable) return;
+      peerAssigned = false;
+      this.deps.mesh
+        .plan({
+          blob: this.request.digest,
+          size: this.request.size,
+          chunkSize: this.chunkSize,
+          need: [],
+          avoid: [],
+          fetching: [],
+        })
+        .catch(() => undefined);
+    };
+
     while (missing.size > 0) {
       const now = Date.now();
       for (const [index, until] of waitUntil)
@@ -310,6 +333,7 @@ export class Download {
             queued ||= assignment.source.queue === 'origin';
             continue;
           }
+          peerAssigned ||= assignment.source.kind === 'peer';
           start(assignment);
           started++;
         }
@@ -331,6 +355,7 @@ export class Download {
           if (Date.now() - waitingSince >= limit) {
             // Nobody has served this node for too long: take the next chunks from the registry itself.
             this.fallback('waited too long for a peer');
+            nothingInFlight();
             for (const index of ready.slice(0, free)) start(originAssignment(index));
             waitingSince = undefined;
           } else {
@@ -344,6 +369,7 @@ export class Download {
       const pause = sleep(Math.min(Math.max(nextWake, 1), IDLE_POLL_MS));
       await (inflight.size > 0 ? Promise.race([...inflight.values(), pause]) : pause);
     }
+    nothingInFlight();
     await this.verifyWhole();
   }
 
@@ -375,14 +401,20 @@ export class Download {
       ];
       for (const peer of candidates) {
         if (this.avoid.has(peer.node)) continue;
-        // Waiting for the limiter comes before the clock starts, so throttling never looks like a slow parent.
+        // Waiting for a slot of the parent (one that said it was busy) and for the limiter comes before
+        // the clock starts, so neither looks like a slow parent.
+        const endSlot = await this.deps.peers.slot(peer.url);
         await this.deps.limits.download.take(length);
         const began = performance.now();
         let held = this.deps.buffers.take(length);
         try {
           if (!assignment.sha256)
             throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', 'no known hash for this chunk');
-          await this.fetchFromPeer(peer, index, held);
+          try {
+            await this.fetchFromPeer(peer, index, held);
+          } finally {
+            endSlot();
+          }
           const { sha256, chunk } = await this.deps.hashes.hashChunk(held, true);
           held = chunk;
           if (sha256 !== assignment.sha256) {
@@ -393,6 +425,7 @@ export class Download {
             );
           }
         } catch (err) {
+          endSlot();
           this.deps.buffers.give(held);
           const reason = err instanceof Error ? err.message : String(err);
           if (isShoalError(err) && err.details?.busy === true) {

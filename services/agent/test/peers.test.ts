@@ -91,3 +91,56 @@ describe('PeerClient and a busy peer', () => {
     }
   });
 });
+
+describe('PeerClient slots', () => {
+  it('keeps to what a busy parent serves, queuing the rest instead of asking again', async () => {
+    // A parent that serves two chunks to a peer at once, each for 50 ms, and answers 429 beyond that.
+    let running = 0;
+    let most = 0;
+    let refused = 0;
+    const parent = createServer((_req, res) => {
+      if (running >= 2) {
+        refused++;
+        res.writeHead(429, { 'retry-after': '1' }).end();
+        return;
+      }
+      running++;
+      most = Math.max(most, running);
+      setTimeout(() => {
+        running--;
+        res.writeHead(200, { 'content-length': String(KiB) }).end(Buffer.alloc(KiB, 1));
+      }, 50);
+    });
+    await new Promise<void>((resolve) => parent.listen(0, '127.0.0.1', resolve));
+    const parentUrl = `http://127.0.0.1:${(parent.address() as AddressInfo).port}`;
+    const client = new PeerClient(2_000, undefined, 64 * KiB);
+    try {
+      /** Fetches a chunk as a download does: a slot first, then the fetch; a busy answer is tried again. */
+      const fetchOne = async (index: number): Promise<void> => {
+        for (;;) {
+          const end = await client.slot(parentUrl);
+          try {
+            await client.fetchChunk(parentUrl, 'b'.repeat(64), index, Buffer.alloc(KiB));
+            return;
+          } catch (err) {
+            if (!(isShoalError(err) && err.details?.busy === true)) throw err;
+          } finally {
+            end();
+          }
+        }
+      };
+      await Promise.all(Array.from({ length: 8 }, (_, i) => fetchOne(i)));
+      await Promise.all(Array.from({ length: 8 }, (_, i) => fetchOne(8 + i)));
+      expect(most).toBe(2);
+      // The first burst teaches the cap; after that nothing more is refused, however many are waiting.
+      expect(refused).toBeLessThanOrEqual(6);
+      const before = refused;
+      await Promise.all(Array.from({ length: 8 }, (_, i) => fetchOne(16 + i)));
+      expect(refused).toBe(before);
+    } finally {
+      await client.close();
+      parent.closeAllConnections();
+      await new Promise((resolve) => parent.close(resolve));
+    }
+  });
+});
