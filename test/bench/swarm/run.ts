@@ -5,14 +5,18 @@
  *
  *   npm run bench:swarm -- [--zones 2] [--vswitches 2] [--nodes-per-vswitch 6] [--node-mbit 50]
  *                          [--registry-mbit 100] [--cross-zone-mbit 200] [--layers 4] [--layer-mib 16]
- *                          [--stagger-s 0] [--scenarios direct,shoal,bittorrent] [--client ctr|http]
+ *                          [--stagger-s 0] [--scenarios direct,shoal,bittorrent,limits] [--client ctr|http]
+ *                          [--limit-download-mb 1] [--limit-registry-mb 2] [--limit-upload-mb 4]
+ *                          [--limit-upload-clients 2]
  *                          [--out results/swarm] [--agent-args "--scheduler-timeout=5s"]
  *                          [--agent-node-args "--cpu-prof"]
  *
  * Scenarios: **direct** — every node pulls the image from the registry itself; **shoal** — NATS and the
  * control plane on the registry host, an agent on every node host, every node pulling through its own
  * agent as registry mirror; **bittorrent** — the layers as torrents seeded from the registry host
- * (WebTorrent and an HTTP tracker, see bittorrent.ts), fetched by every node. Nodes pull with `ctr
+ * (WebTorrent and an HTTP tracker, see bittorrent.ts), fetched by every node; **limits** — the agents'
+ * rate limits set at run time and measured under real pulls (see limits.ts; not run unless named). Nodes
+ * pull with `ctr
  * content fetch` (one containerd, a containerd namespace and a hosts.toml per node) unless `--client
  * http`, which GETs the layers with a plain client.
  *
@@ -22,7 +26,6 @@
  * completion-time CDFs with T_min marked. Every namespace and process is removed at the end, also on
  * interrupt.
  */
-import { randomBytes } from 'node:crypto';
 import { rmSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -39,10 +42,12 @@ import {
   startRegistry,
   type ManagedProcess,
 } from '../../kit/index.js';
-import { type Metrics, metricSum, parseMetrics, serviceMain } from '../../support/shoal.js';
+import { type Metrics, metricSum } from '../../support/shoal.js';
 import { cdfChart } from '../chart.js';
 import { histogramQuantile, quantile, rolloutColumns, table } from '../report.js';
 import { pullEverywhereBittorrent, startBittorrentSwarm } from './bittorrent.js';
+import { type LimitCheck, type LimitsOptions, runLimits } from './limits.js';
+import { AGENT_PORT, scrape, startMesh, waitServing } from './mesh.js';
 import { buildNetwork, type Host, type Network, type NetworkShape } from './network.js';
 import { machineTicks, processUsage, type ProcessUsage } from './usage.js';
 
@@ -87,13 +92,21 @@ const agentArgs = (flag('agent-args') ?? '').split(' ').filter((a) => a !== '');
 /** Extra flags for the agents' node runtime, e.g. --agent-node-args "--cpu-prof --cpu-prof-dir=/tmp/prof". */
 const agentNodeArgs = (flag('agent-node-args') ?? '').split(' ').filter((a) => a !== '');
 for (const scenario of scenarios) {
-  if (!['direct', 'shoal', 'bittorrent'].includes(scenario)) {
+  if (!['direct', 'shoal', 'bittorrent', 'limits'].includes(scenario)) {
     process.stderr.write(
-      `--scenarios: unknown scenario ${JSON.stringify(scenario)} (known: direct, shoal, bittorrent)\n`,
+      `--scenarios: unknown scenario ${JSON.stringify(scenario)} (known: direct, shoal, bittorrent, limits)\n`,
     );
     process.exit(2);
   }
 }
+/** The rates the limits scenario sets, in MB/s (10⁶ bytes per second), and its upload phase's clients. */
+const limitsOptions: LimitsOptions = {
+  samplesDir: join(outDir, `limits-samples-${new Date().toISOString().replace(/[:.]/g, '-')}`),
+  downloadRate: num('limit-download-mb', 1) * 1e6,
+  registryRate: num('limit-registry-mb', 2) * 1e6,
+  uploadRate: num('limit-upload-mb', 4) * 1e6,
+  uploadClients: Math.max(1, Math.round(num('limit-upload-clients', 2))),
+};
 
 const REGISTRY_PORT = 5000;
 const clientScript = join(import.meta.dirname, 'client.mjs');
@@ -166,58 +179,6 @@ async function serveRegistry(network: Network, storageDir: string, dir: string):
   return proc;
 }
 
-/** Waits until a node host can GET `url` (any status below 500 but 503 counts), or fails with the log. */
-async function waitServing(network: Network, proc: ManagedProcess, url: string): Promise<void> {
-  const probe = `fetch('${url}').then((r) => process.exit(r.status < 500 || r.status === 503 ? 0 : 1), () => process.exit(1))`;
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    const [cmd, args] = network.exec(network.nodes[0]!, process.execPath, ['-e', probe]);
-    if ((await runCommand(cmd, args, { timeoutMs: 5_000 })).ok) return;
-    if (Date.now() > deadline || !proc.running()) {
-      await proc.stop();
-      throw new Error(`${proc.name} did not come up at ${url}: ${proc.tail(20)}`);
-    }
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-/** A service's metrics, fetched from inside `host`'s namespace. */
-async function scrape(network: Network, host: Host, url: string): Promise<Metrics> {
-  const script = `fetch('${url}').then((r) => r.text()).then((t) => process.stdout.write(t))`;
-  const [cmd, args] = network.exec(host, process.execPath, ['-e', script]);
-  return parseMetrics((await runCommand(cmd, args, { timeoutMs: 10_000 })).stdout);
-}
-
-/** Starts a process inside a host's namespace, logging to `dir`. */
-async function startIn(
-  network: Network,
-  host: Host,
-  name: string,
-  cmd: string,
-  args: string[],
-  dir: string,
-  options: { env?: Record<string, string>; nice?: number } = {},
-): Promise<ManagedProcess> {
-  const [wrapped, wrappedArgs] =
-    options.nice === undefined
-      ? network.exec(host, cmd, args)
-      : network.exec(host, 'nice', ['-n', String(options.nice), cmd, ...args]);
-  return startProcess({
-    name,
-    cmd: wrapped,
-    args: wrappedArgs,
-    logFile: join(dir, `${name}.log`),
-    env: options.env ?? {},
-  });
-}
-
-/**
- * Scheduling priority of NATS and the control plane. In a cluster they run on their own nodes; here they
- * share two cores with every agent and client, and without priority a schedule request waits behind
- * dozens of runnable processes at each hop. Agents and clients keep the default priority.
- */
-const CONTROL_PLANE_NICE = -10;
-
 /**
  * Runs `pull` (which resolves with each node's completion in seconds, NaN for a node that failed) and
  * counts what left the registry host and each zone meanwhile, and how busy the machine was.
@@ -248,11 +209,13 @@ async function measurePulls(
 function pullEverywhere(
   network: Network,
   urlsFor: (node: Host) => string[],
+  only: readonly number[] = network.nodes.map((_, i) => i),
 ): Promise<Omit<ScenarioResult, 'scenario'>> {
   return measurePulls(
     () =>
       Promise.all(
-        network.nodes.map(async (node, i) => {
+        only.map(async (i) => {
+          const node = network.nodes[i]!;
           const [cmd, args] = network.exec(node, process.execPath, [
             clientScript,
             JSON.stringify({ urls: urlsFor(node), delayMs: delayFor(i, network.nodes.length) }),
@@ -309,6 +272,35 @@ async function runBittorrent(
   }
 }
 
+/**
+ * The limits scenario (see limits.ts) on a mesh of its own, with empty caches: rates set at run time,
+ * measured while real pulls run through the agents.
+ */
+async function runLimitsScenario(
+  network: Network,
+  images: readonly [BuiltImage, BuiltImage],
+  dir: string,
+): Promise<LimitCheck[]> {
+  const mesh = await startMesh(network, dir, {
+    registryHost: `${network.registry.ip}:${REGISTRY_PORT}`,
+    agentArgs,
+    agentNodeArgs,
+  });
+  await mkdir(limitsOptions.samplesDir, { recursive: true });
+  try {
+    return await runLimits(
+      network,
+      mesh,
+      images,
+      dir,
+      async (image, nodes) => (await pullImage(network, image, 'agent', dir, nodes)).completions,
+      limitsOptions,
+    );
+  } finally {
+    await mesh.stop();
+  }
+}
+
 async function runDirect(network: Network, image: BuiltImage, dir: string): Promise<ScenarioResult> {
   return { scenario: 'direct', ...(await pullImage(network, image, 'registry', dir)) };
 }
@@ -327,22 +319,27 @@ async function pullImage(
   image: BuiltImage,
   via: 'registry' | 'agent',
   dir: string,
+  only: readonly number[] = network.nodes.map((_, i) => i),
 ): Promise<Omit<ScenarioResult, 'scenario'>> {
   const registryHost = `${network.registry.ip}:${REGISTRY_PORT}`;
   if (!containerd)
-    return pullEverywhere(network, (node) =>
-      image.layers.map((l) =>
-        via === 'agent'
-          ? `http://${node.ip}:${AGENT_PORT}/v2/${image.repo}/blobs/${l.digest}?ns=${registryHost}`
-          : `http://${registryHost}/v2/${image.repo}/blobs/${l.digest}`,
-      ),
+    return pullEverywhere(
+      network,
+      (node) =>
+        image.layers.map((l) =>
+          via === 'agent'
+            ? `http://${node.ip}:${AGENT_PORT}/v2/${image.repo}/blobs/${l.digest}?ns=${registryHost}`
+            : `http://${registryHost}/v2/${image.repo}/blobs/${l.digest}`,
+        ),
+      only,
     );
   const daemon = containerd;
   const ref = `${registryHost}/${image.repo}:${TAG}`;
   return measurePulls(
     () =>
       Promise.all(
-        network.nodes.map(async (node, i) => {
+        only.map(async (i) => {
+          const node = network.nodes[i]!;
           const hostsDir = join(dir, `hosts-${i}`);
           await writeHostsToml(
             hostsDir,
@@ -365,92 +362,18 @@ async function pullImage(
   );
 }
 
-const NATS_PORT = 4222;
-const AGENT_PORT = 65001;
-
 /**
  * The mesh on the emulated network: NATS and the control plane on the registry host, an agent on every
  * node host; every node pulls through its own agent. Stops everything it started.
  */
 async function runShoal(network: Network, image: BuiltImage, dir: string): Promise<ScenarioResult> {
-  const started: ManagedProcess[] = [];
-  const natsUrl = `nats://${network.registry.ip}:${NATS_PORT}`;
-  const registryHost = `${network.registry.ip}:${REGISTRY_PORT}`;
+  const mesh = await startMesh(network, dir, {
+    registryHost: `${network.registry.ip}:${REGISTRY_PORT}`,
+    agentArgs,
+    agentNodeArgs,
+  });
   try {
-    const natsConfig = join(dir, 'nats.conf');
-    await mkdir(join(dir, 'jetstream'), { recursive: true });
-    await writeFile(
-      natsConfig,
-      [
-        `listen: 0.0.0.0:${NATS_PORT}`,
-        'http: 0.0.0.0:8222',
-        'max_payload: 8MB',
-        `jetstream { store_dir: ${JSON.stringify(join(dir, 'jetstream'))} }`,
-        '',
-      ].join('\n'),
-    );
-    const nats = await startIn(network, network.registry, 'nats', 'nats-server', ['-c', natsConfig], dir, {
-      nice: CONTROL_PLANE_NICE,
-    });
-    started.push(nats);
-    const controlPlane = [nats];
-    await waitServing(network, nats, `http://${network.registry.ip}:8222/healthz`);
-    for (const [i, kind] of (['discovery', 'announcer', 'scheduler'] as const).entries()) {
-      const port = 9100 + i;
-      const proc = await startIn(
-        network,
-        network.registry,
-        kind,
-        process.execPath,
-        [
-          serviceMain(kind),
-          `--nats-servers=${natsUrl}`,
-          `--metrics-port=${port}`,
-          `--metrics-host=${network.registry.ip}`,
-          `--instance=${kind}`,
-        ],
-        dir,
-        { nice: CONTROL_PLANE_NICE },
-      );
-      started.push(proc);
-      controlPlane.push(proc);
-      await waitServing(network, proc, `http://${network.registry.ip}:${port}/healthz`);
-    }
-    const secret = randomBytes(24).toString('base64url');
-    const agents = await Promise.all(
-      network.nodes.map(async (node, i) => {
-        const id = `node-${i}`;
-        const proc = await startIn(
-          network,
-          node,
-          `agent-${id}`,
-          process.execPath,
-          [
-            ...agentNodeArgs,
-            serviceMain('agent'),
-            `--node-id=${id}`,
-            `--host=${node.ip}`,
-            `--port=${AGENT_PORT}`,
-            `--cache-dir=${join(dir, id, 'cache')}`,
-            `--nats-servers=${natsUrl}`,
-            `--registries=http://${registryHost}`,
-            `--node-zone=${node.zone}`,
-            `--node-vswitch=${node.vswitch}`,
-            '--heartbeat-interval=500ms',
-            ...agentArgs,
-          ],
-          dir,
-          { env: { SHOAL_PEER_SECRET: secret } },
-        );
-        started.push(proc);
-        return proc;
-      }),
-    );
-    for (const [i, agent] of agents.entries())
-      await waitServing(network, agent, `http://${network.nodes[i]!.ip}:${AGENT_PORT}/healthz`);
-    // Every agent heartbeats every 500 ms; two rounds and discovery lists them all.
-    await new Promise((r) => setTimeout(r, 1_500));
-
+    const { agents, controlPlane } = mesh;
     const everyone = [...agents, ...controlPlane];
     const before = await Promise.all(everyone.map((p) => processUsage(p.pid)));
     const pulled = await pullImage(network, image, 'agent', dir);
@@ -495,7 +418,7 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
     };
     return { scenario: 'shoal', ...pulled, fallbacks, chunkFailures, usage, schedule };
   } finally {
-    await Promise.allSettled(started.reverse().map((p) => p.stop('SIGTERM', 10_000)));
+    await mesh.stop();
   }
 }
 
@@ -530,6 +453,28 @@ function describeCosts(r: ScenarioResult): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** The limits scenario's table: each limit, what it was set to and what the nodes measured. */
+function describeLimits(checks: readonly LimitCheck[]): string {
+  const mb = (bytesPerSecond: number) => (bytesPerSecond / 1e6).toFixed(3);
+  const rows = checks.map((c) => {
+    const sorted = [...c.measured].sort((a, b) => a - b);
+    return {
+      limit: c.limit,
+      'set, MB/s': mb(c.configured),
+      nodes: String(c.measured.length),
+      'measured, MB/s (min / median / max)':
+        sorted.length === 1
+          ? mb(sorted[0]!)
+          : `${mb(sorted[0]!)} / ${mb(quantile(sorted, 0.5))} / ${mb(sorted[sorted.length - 1]!)}`,
+      'worst deviation': `${(c.worstDeviation * 100).toFixed(1)}%`,
+      'within ±5%': c.within ? 'yes' : 'no',
+      'pull s (max)': Math.max(...c.pullSeconds).toFixed(1),
+    };
+  });
+  const sources = checks.map((c) => `  ${c.limit}: pulling nodes' counters ${JSON.stringify(c.pulledBy)}`);
+  return `limits, set through the limits API at run time:\n${table(rows)}\n${sources.join('\n')}\n`;
+}
+
 async function main(): Promise<void> {
   const dir = await makeTempDir('swarm');
   // A run that dies on the way (an interrupt, or its output piped into a command that quit) still
@@ -547,6 +492,16 @@ async function main(): Promise<void> {
       layers,
       layerSize,
     });
+    // The limits scenario needs a second image that no node has pulled yet.
+    const second = scenarios.includes('limits')
+      ? await buildAndPushImage({
+          registry: staging,
+          repo: 'bench/swarm-limits',
+          tag: TAG,
+          layers,
+          layerSize,
+        })
+      : undefined;
     if (client === 'ctr') containerd = await startContainerd({ name: 'swarm-containerd' });
     network = await buildNetwork(shape);
     registry = await serveRegistry(network, join(staging.dir, 'storage'), dir);
@@ -559,6 +514,7 @@ async function main(): Promise<void> {
         `cross-zone ${shape.crossZoneMbit || 'unshaped'} Mbit/s; T_min = ${tMin.toFixed(1)} s\n\n`,
     );
     const results: ScenarioResult[] = [];
+    let limits: LimitCheck[] | undefined;
     for (const scenario of scenarios) {
       if (scenario === 'direct') results.push(await runDirect(network, image, join(dir, 'direct')));
       if (scenario === 'shoal') results.push(await runShoal(network, image, join(dir, 'shoal')));
@@ -566,19 +522,22 @@ async function main(): Promise<void> {
         results.push(
           await runBittorrent(network, image, join(staging.dir, 'storage'), join(dir, 'bittorrent')),
         );
+      if (scenario === 'limits' && second)
+        limits = await runLimitsScenario(network, [image, second], join(dir, 'limits'));
     }
     const rows = results.map((r) => ({
       scenario: r.scenario,
       ...rolloutColumns({ ...r, tMin, imageBytes }),
       failed: String(r.failedNodes),
     }));
-    process.stdout.write(`${table(rows)}\n`);
+    if (rows.length > 0) process.stdout.write(`${table(rows)}\n`);
     for (const r of results) process.stdout.write(`\n${describeCosts(r)}`);
+    if (limits) process.stdout.write(`\n${describeLimits(limits)}`);
     await mkdir(outDir, { recursive: true });
     const file = join(outDir, `swarm-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     await writeFile(
       file,
-      JSON.stringify({ shape, layers, layerSize, staggerS, tMin, imageBytes, results }, null, 2),
+      JSON.stringify({ shape, layers, layerSize, staggerS, tMin, imageBytes, results, limits }, null, 2),
     );
     const chart = file.replace(/\.json$/, '.svg');
     await writeFile(
