@@ -18,7 +18,9 @@ describe('advertised address', () => {
 
   it('takes the node IP as advertise.host, as the chart sets it', () => {
     expect(configWith({ SHOAL_ADVERTISE_HOST: 'fd00::1' }).advertiseHost).toBe('fd00::1');
-    expect(() => configWith({ SHOAL_ADVERTISE_HOST: 'http://x' })).toThrow(/SHOAL_ADVERTISE_HOST: .*IP address or host name/);
+    expect(() => configWith({ SHOAL_ADVERTISE_HOST: 'http://x' })).toThrow(
+      /SHOAL_ADVERTISE_HOST: .*IP address or host name/,
+    );
   });
 
   it('refuses an advertise.url that is not a URL, naming the key and the fix', () => {
