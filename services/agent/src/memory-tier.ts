@@ -8,6 +8,12 @@
  * per chunk admitted, paid only for chunks chosen as hot. Buffers returned by `get` are shared: callers
  * must not modify them nor give them to a BufferPool; they may keep them as long as they like (a socket
  * still writing one keeps it alive after the tier forgot it), since the tier never reuses its memory.
+ *
+ * Apart from the budget, the tier parks the chunks a download could not write to a full disk (`park`):
+ * the clients of that download are served from them, as from hot chunks, so a pull goes on uncached
+ * rather than fail. They are not evicted for room; their download lets them go (`unpark`) once no one
+ * is reading the blob any more. Parked chunks are limited in all (`parkLimit`, 256 MiB unless given):
+ * beyond it `park` refuses, and the download fails as it would without them.
  */
 
 export interface MemoryTierStats {
@@ -25,6 +31,9 @@ function keyOf(hex: string, index: number): string {
   return `${hex}/${index}`;
 }
 
+/** Bytes of chunks parked for full-disk downloads, in all, unless the constructor is told otherwise. */
+export const DEFAULT_PARK_LIMIT = 256 * 1024 * 1024;
+
 export class MemoryTier {
   /** Chunks by key, least recently used first: a hit or a put moves a chunk to the end. */
   private readonly chunks = new Map<string, Buffer>();
@@ -34,14 +43,32 @@ export class MemoryTier {
   private hits = 0;
   private misses = 0;
   private evictions = 0;
+  /** Chunks the disk had no room for, by blob and index, outside the budget (see `park`). */
+  private readonly parked = new Map<string, Map<number, Buffer>>();
+  private parkedBytes = 0;
 
-  /** @param budget bytes of chunks held at most; 0 turns the tier off. */
-  constructor(private budget: number) {
+  /**
+   * @param budget bytes of hot chunks held at most; 0 turns the tier off (chunks may still be parked).
+   * @param parkLimit bytes of chunks parked for full-disk downloads at most, over every blob.
+   */
+  constructor(
+    private budget: number,
+    private readonly parkLimit = DEFAULT_PARK_LIMIT,
+  ) {
     if (!(budget >= 0)) throw new RangeError('the memory tier budget must be 0 or more');
+    if (!(parkLimit >= 0)) throw new RangeError('the park limit must be 0 or more');
   }
 
-  /** The chunk if held (and marks it recently used). Counts a hit or a miss while the tier is on. */
+  /**
+   * The chunk if parked or held (and marks a held one recently used). Counts a hit, or a miss while the
+   * tier is on.
+   */
   get(hex: string, index: number): Buffer | undefined {
+    const parked = this.parked.get(hex)?.get(index);
+    if (parked) {
+      this.hits++;
+      return parked;
+    }
     if (this.budget === 0) return undefined;
     const key = keyOf(hex, index);
     const chunk = this.chunks.get(key);
@@ -56,7 +83,45 @@ export class MemoryTier {
   }
 
   has(hex: string, index: number): boolean {
-    return this.chunks.has(keyOf(hex, index));
+    return this.parkedChunk(hex, index) !== undefined || this.chunks.has(keyOf(hex, index));
+  }
+
+  /** The chunk if parked here for a download whose disk was full (not counted as a hit). */
+  parkedChunk(hex: string, index: number): Buffer | undefined {
+    return this.parked.get(hex)?.get(index);
+  }
+
+  /**
+   * Keeps a copy of a verified chunk that could not be written to the disk cache, outside the budget,
+   * until `unpark(hex)`. Returns false, keeping nothing, when that would take the chunks parked over
+   * `parkLimit`. A chunk already parked is kept once.
+   */
+  park(hex: string, index: number, chunk: Buffer): boolean {
+    let chunks = this.parked.get(hex);
+    if (chunks?.has(index)) return true;
+    if (this.parkedBytes + chunk.length > this.parkLimit) return false;
+    const copy = Buffer.allocUnsafeSlow(chunk.length);
+    chunk.copy(copy);
+    if (!chunks) this.parked.set(hex, (chunks = new Map<number, Buffer>()));
+    chunks.set(index, copy);
+    this.parkedBytes += copy.length;
+    return true;
+  }
+
+  /** Lets go of the chunks parked for a blob; returns how many there were. */
+  unpark(hex: string): number {
+    const chunks = this.parked.get(hex);
+    if (!chunks) return 0;
+    for (const chunk of chunks.values()) this.parkedBytes -= chunk.length;
+    this.parked.delete(hex);
+    return chunks.size;
+  }
+
+  /** Chunks parked for full-disk downloads, their bytes, and the most that may be. */
+  parking(): { chunks: number; bytes: number; limit: number } {
+    let chunks = 0;
+    for (const parked of this.parked.values()) chunks += parked.size;
+    return { chunks, bytes: this.parkedBytes, limit: this.parkLimit };
   }
 
   /**
@@ -84,13 +149,17 @@ export class MemoryTier {
     return true;
   }
 
-  /** Forgets every chunk of a blob (evicted from the disk cache, or found invalid); returns how many. */
+  /**
+   * Forgets every chunk of a blob, parked ones too (evicted from the disk cache, or found invalid);
+   * returns how many.
+   */
   drop(hex: string): number {
+    const parked = this.unpark(hex);
     const indices = this.byBlob.get(hex);
-    if (!indices) return 0;
+    if (!indices) return parked;
     for (const index of indices) this.forget(keyOf(hex, index));
     this.byBlob.delete(hex);
-    return indices.size;
+    return parked + indices.size;
   }
 
   /** Changes the budget at run time, evicting at once down to a smaller one; 0 empties the tier. */
@@ -104,6 +173,8 @@ export class MemoryTier {
     this.chunks.clear();
     this.byBlob.clear();
     this.held = 0;
+    this.parked.clear();
+    this.parkedBytes = 0;
   }
 
   stats(): MemoryTierStats {

@@ -13,6 +13,17 @@
  * download is never failed for want of room) and `canStore` tells callers that would rather not add to
  * the overshoot.
  *
+ * The disk may be full before maxBytes is reached: a disk smaller than maxBytes, or other files on it.
+ * A write that fails for want of room (ENOSPC, EDQUOT) leaves nothing behind (its temporary file is
+ * removed, a sha256sums line cut short is taken back), and makes room as the watermarks would, as if
+ * the cache's size were what it holds now: least recently used unpinned blobs go (reason `disk_full`)
+ * down to `lowWatermark` of that, and the write is tried once more. When nothing can be evicted, or the
+ * disk is still full, the write fails with the disk's error (`isDiskFull` tells it apart), and for
+ * `diskFullRetryMs` afterwards writes fail at once without touching the disk and `canStore` says no,
+ * so callers serve without caching; the first eviction or removal ends that early. A chunk the caller
+ * keeps in memory instead can be recorded as parked (`markParked`): `has` answers for it and the mesh
+ * hears of it like any other, but it takes no room and has no file, until `unpark` forgets it.
+ *
  * Eviction is atomic with respect to readers: the index entry is removed first (in the same tick as the
  * choice of victims, so `get`/`has` stop answering for it at once), then the blob's directory is
  * renamed out of `blobs/` in one step and deleted. A reader that opened a chunk file before that keeps
@@ -23,18 +34,7 @@
  * directory, written at most once per `accessPersistMs` per blob (and for every blob by `close`). Chunk
  * writes move it too, since renaming a file into a directory updates the directory's mtime.
  */
-import {
-  appendFile,
-  mkdir,
-  open,
-  readdir,
-  readFile,
-  rename,
-  rm,
-  stat,
-  utimes,
-  writeFile,
-} from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Bitmap, chunkCount } from '@shoal/mesh';
 
@@ -52,8 +52,14 @@ export interface StoredBlob {
   complete: boolean;
 }
 
-/** Why a blob left the cache without being asked to. */
-export type EvictReason = 'capacity' | 'ttl';
+/** Why a blob left the cache without being asked to: over maxBytes, idle too long, or the disk full. */
+export type EvictReason = 'capacity' | 'ttl' | 'disk_full';
+
+/** Whether an error from the store means its disk has no room left (ENOSPC, or a quota: EDQUOT). */
+export function isDiskFull(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT';
+}
 
 export interface ChunkStoreOptions {
   /** Bytes of chunks the cache may hold; 0: unlimited. */
@@ -68,6 +74,11 @@ export interface ChunkStoreOptions {
   now?: () => number;
   /** The shortest interval between two writes of one blob's access time to disk (default 60 s). */
   accessPersistMs?: number;
+  /**
+   * After a write found the disk full (and no room could be made), how long writes fail at once and
+   * `canStore` says no before the disk is tried again (default 5 s).
+   */
+  diskFullRetryMs?: number;
   /**
    * Called once the blob is out of the index, before its files are gone, so the agent can withdraw it
    * from the mesh at once. It must not throw.
@@ -128,14 +139,20 @@ export interface ChunkStoreStats {
   blobs: number;
   pinnedBlobs: number;
   pinnedBytes: number;
-  /** Blobs evicted (by capacity or TTL) since the store was created, and their bytes. */
+  /** Blobs evicted (by capacity, TTL or a full disk) since the store was created, and their bytes. */
   evictions: number;
   evictedBytes: number;
+  /** Whether writes are refused now because the disk was found full. */
+  diskFull: boolean;
+  /** Writes (chunks, or a new blob's meta.json) that failed, or were refused, because the disk was full. */
+  diskFullWrites: number;
 }
 
 interface Entry {
   blob: StoredBlob;
   bytes: number;
+  /** Chunks in `have` that are kept in memory by the caller, not on disk (see `markParked`). */
+  parked?: Set<number>;
   lastAccess: number;
   /** The access time last written to disk. */
   persistedAccess: number;
@@ -167,6 +184,11 @@ function chunkLength(meta: BlobMeta, index: number): number {
   return Math.min(meta.chunkSize, meta.size - index * meta.chunkSize);
 }
 
+/** The error of a write refused without trying, while the disk is known to be full. */
+function diskFullError(message: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`ENOSPC: ${message}`), { code: 'ENOSPC' });
+}
+
 function errorMessage(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
@@ -179,6 +201,17 @@ export class ChunkStore {
   /** Directory removals under way, so that a blob registered again waits for its old directory to go. */
   private readonly removing = new Map<string, Promise<void>>();
   private readonly persisting = new Set<Promise<void>>();
+  /** The sha256sums append under way for each blob: appends to one file run one at a time. */
+  private readonly appending = new Map<string, Promise<void>>();
+  /** Blobs whose sha256sums may end in a torn line (not rewritten at open): the next append starts afresh. */
+  private readonly unterminated = new Set<string>();
+  /** Callbacks waiting for a blob's last pin to go. */
+  private readonly unpinWaiters = new Map<string, (() => void)[]>();
+  /** Until when writes are refused because the disk was found full (ms, this.now()). */
+  private diskFullUntil = 0;
+  private diskFullWrites = 0;
+  /** Counts the sweeps that evicted something, so writes that failed together make room once. */
+  private roomMade = 0;
   private tempCounter = 0;
   private bytes = 0;
   /** Bytes of chunk writes under way, counted against the watermarks before they land. */
@@ -193,6 +226,7 @@ export class ChunkStore {
   private readonly low: number;
   private readonly ttlMs: number;
   private readonly accessPersistMs: number;
+  private readonly diskFullRetryMs: number;
   private readonly now: () => number;
   private readonly onEvict: ((hex: string, reason: EvictReason, bytes: number) => void) | undefined;
 
@@ -205,11 +239,13 @@ export class ChunkStore {
     const low = options.lowWatermark ?? 0.8;
     const ttlMs = options.ttlMs ?? 0;
     const accessPersistMs = options.accessPersistMs ?? 60_000;
+    const diskFullRetryMs = options.diskFullRetryMs ?? 5_000;
     if (!(maxBytes >= 0) || !Number.isFinite(maxBytes)) throw new RangeError('maxBytes must be 0 or more');
     if (!(low > 0 && low <= high && high <= 1)) {
       throw new RangeError('watermarks must satisfy 0 < lowWatermark <= highWatermark <= 1');
     }
-    if (!(ttlMs >= 0) || !(accessPersistMs >= 0)) throw new RangeError('durations must be 0 or more');
+    if (!(ttlMs >= 0) || !(accessPersistMs >= 0) || !(diskFullRetryMs >= 0))
+      throw new RangeError('durations must be 0 or more');
     this.high = high;
     this.low = low;
     this.maxBytes = maxBytes;
@@ -217,6 +253,7 @@ export class ChunkStore {
     this.lowBytes = maxBytes * low;
     this.ttlMs = ttlMs;
     this.accessPersistMs = accessPersistMs;
+    this.diskFullRetryMs = diskFullRetryMs;
     this.now = options.now ?? (() => Date.now());
     this.onEvict = options.onEvict;
   }
@@ -334,8 +371,15 @@ export class ChunkStore {
       if (corrupt > 0 || (sums !== '' && !sums.endsWith('\n'))) {
         const text = [...hashes].map(([index, hash]) => `${index} ${hash}\n`).join('');
         const temp = join(blobDir, `${HASHES_FILE}.${process.pid}.${this.tempCounter++}.tmp`);
-        await writeFile(temp, text);
-        await rename(temp, join(blobDir, HASHES_FILE));
+        try {
+          await writeFile(temp, text);
+          await rename(temp, join(blobDir, HASHES_FILE));
+        } catch {
+          // No room to rewrite it (a full disk): the old file stays, its torn lines are skipped when read,
+          // and the next append starts a line of its own.
+          await rm(temp, { force: true });
+          this.unterminated.add(hex);
+        }
         changed = true;
       }
       // Cleaning up moved the directory's mtime, which stands for the blob's last access.
@@ -407,8 +451,17 @@ export class ChunkStore {
     if (existing) await this.remove(hex);
     // An eviction of this blob may still be moving its old directory out of the way.
     await this.removing.get(hex);
-    await mkdir(this.blobDir(hex), { recursive: true });
-    await writeFile(join(this.blobDir(hex), META_FILE), JSON.stringify(meta));
+    try {
+      await mkdir(this.blobDir(hex), { recursive: true });
+      await writeFile(join(this.blobDir(hex), META_FILE), JSON.stringify(meta));
+    } catch (err) {
+      // A meta.json cut short (the disk full) would only be thrown away by the next open: it goes now,
+      // with its directory.
+      await rm(this.blobDir(hex), { recursive: true, force: true });
+      if (isDiskFull(err)) this.noteDiskFull();
+      throw err;
+    }
+    this.unterminated.delete(hex);
     const blob: StoredBlob = {
       meta,
       have: new Bitmap(chunkCount(meta.size, meta.chunkSize)),
@@ -429,34 +482,46 @@ export class ChunkStore {
    * Stores a chunk that has already been verified. Its hash is recorded first and the data is synced
    * before the rename, so a chunk file that exists after a crash or power loss is whole and verified.
    * If the chunk would take the cache over its high watermark, least recently used blobs are evicted
-   * first. It never fails for want of room: when only pinned blobs are left the chunk is written over
-   * maxBytes (check `canStore` beforehand to avoid that).
+   * first. maxBytes never fails a write: when only pinned blobs are left the chunk is written over it
+   * (check `canStore` beforehand to avoid that). A full disk does, once no room can be made (see the
+   * top of this file); the error then satisfies `isDiskFull`, and nothing of the chunk is left on disk.
    */
   async writeChunk(hex: string, index: number, data: Buffer, sha256: string): Promise<void> {
     const entry = this.entries.get(hex);
     if (!entry) throw new Error(`blob ${hex} is not registered`);
-    if (entry.blob.have.has(index)) {
+    if (entry.blob.have.has(index) && !entry.parked?.has(index)) {
       this.touch(hex);
       return;
+    }
+    if (this.diskFull) {
+      this.diskFullWrites++;
+      throw diskFullError(`the cache disk was full less than ${this.diskFullRetryMs} ms ago`);
     }
     // Held while the chunk is written, so an eviction cannot move the directory from under the rename.
     const release = this.pin(hex);
     this.reserved += data.length;
     try {
       if (this.maxBytes > 0 && this.bytes + this.reserved > this.highBytes) await this.sweep();
-      const final = this.chunkPath(hex, index);
-      const temp = `${final}.${process.pid}.${this.tempCounter++}.tmp`;
-      await appendFile(join(this.blobDir(hex), HASHES_FILE), `${index} ${sha256}\n`);
-      const handle = await open(temp, 'w');
+      const roomMade = this.roomMade;
       try {
-        await handle.writeFile(data);
-        await handle.sync();
-      } finally {
-        await handle.close();
+        await this.writeChunkFiles(hex, index, data, sha256);
+      } catch (err) {
+        if (!isDiskFull(err)) throw err;
+        // Room made by another write that failed meanwhile counts for this one too.
+        if (this.roomMade === roomMade && (await this.makeRoom()).evicted.length === 0) {
+          this.noteDiskFull();
+          throw err;
+        }
+        try {
+          await this.writeChunkFiles(hex, index, data, sha256);
+        } catch (again) {
+          if (isDiskFull(again)) this.noteDiskFull();
+          throw again;
+        }
       }
-      await rename(temp, final);
-      // Two writes of one chunk may race; the second rename replaces identical bytes.
-      if (!entry.blob.have.has(index)) {
+      // Two writes of one chunk may race; the second rename replaces identical bytes. A parked chunk
+      // written now is on disk from now on.
+      if ((entry.parked?.delete(index) ?? false) || !entry.blob.have.has(index)) {
         entry.blob.have.set(index);
         entry.blob.hashes.set(index, sha256);
         entry.bytes += data.length;
@@ -466,6 +531,102 @@ export class ChunkStore {
       this.reserved -= data.length;
       release();
     }
+  }
+
+  /**
+   * The files of one chunk: its hash appended to sha256sums, then its bytes under a temporary name,
+   * synced and renamed into place. Whatever fails, nothing of it stays: the temporary file is removed and
+   * a sha256sums line cut short is taken back.
+   */
+  private async writeChunkFiles(hex: string, index: number, data: Buffer, sha256: string): Promise<void> {
+    const final = this.chunkPath(hex, index);
+    await this.appendHash(hex, `${index} ${sha256}\n`);
+    const temp = `${final}.${process.pid}.${this.tempCounter++}.tmp`;
+    try {
+      const handle = await open(temp, 'w');
+      try {
+        await handle.writeFile(data);
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      await rename(temp, final);
+    } catch (err) {
+      await rm(temp, { force: true }).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * Appends a line to the blob's sha256sums. Appends to one file run one at a time, so the length before
+   * this one is known and a line cut short (a full disk) is truncated away: the file holds whole lines.
+   */
+  private appendHash(hex: string, line: string): Promise<void> {
+    const path = join(this.blobDir(hex), HASHES_FILE);
+    const previous = this.appending.get(hex) ?? Promise.resolve();
+    const run = previous.then(async () => {
+      const handle = await open(path, 'a');
+      try {
+        const { size } = await handle.stat();
+        const text = this.unterminated.has(hex) ? `\n${line}` : line;
+        try {
+          await handle.appendFile(text);
+        } catch (err) {
+          await handle.truncate(size).catch(() => this.unterminated.add(hex));
+          throw err;
+        }
+        this.unterminated.delete(hex);
+      } finally {
+        await handle.close();
+      }
+    });
+    const settled = run.catch(() => undefined);
+    this.appending.set(hex, settled);
+    void settled.then(() => {
+      if (this.appending.get(hex) === settled) this.appending.delete(hex);
+    });
+    return run;
+  }
+
+  /**
+   * Records a verified chunk the disk had no room for, kept in memory by the caller: `has` answers for
+   * it and announcements include it (so a lease taken for it is released and peers may fetch it), but it
+   * counts for no bytes and has no file. The caller serves it from memory until `unpark`.
+   */
+  markParked(hex: string, index: number, sha256: string): void {
+    const entry = this.entries.get(hex);
+    if (!entry || entry.blob.have.has(index)) return;
+    entry.blob.have.set(index);
+    entry.blob.hashes.set(index, sha256);
+    (entry.parked ??= new Set()).add(index);
+  }
+
+  /** Forgets a blob's parked chunks (`has` no longer answers for them); returns how many there were. */
+  unpark(hex: string): number {
+    const entry = this.entries.get(hex);
+    const parked = entry?.parked;
+    if (!entry || !parked) return 0;
+    for (const index of parked) {
+      entry.blob.have.clear(index);
+      entry.blob.hashes.delete(index);
+    }
+    entry.parked = undefined;
+    return parked.size;
+  }
+
+  /** How many of a blob's chunks are parked in memory rather than on disk. */
+  parkedChunks(hex: string): number {
+    return this.entries.get(hex)?.parked?.size ?? 0;
+  }
+
+  /** Whether writes are refused now because the disk was found full (see `diskFullRetryMs`). */
+  get diskFull(): boolean {
+    return this.diskFullUntil > 0 && this.now() < this.diskFullUntil;
+  }
+
+  private noteDiskFull(): void {
+    this.diskFullWrites++;
+    this.diskFullUntil = this.now() + this.diskFullRetryMs;
   }
 
   async readChunk(hex: string, index: number): Promise<Buffer> {
@@ -501,7 +662,7 @@ export class ChunkStore {
 
   /** Removes a blob at once, pinned or not (a blob that failed verification); `onEvict` is not called. */
   async remove(hex: string): Promise<void> {
-    this.detach(hex);
+    if (this.detach(hex) > 0) this.diskFullUntil = 0;
     await this.removeDir(hex);
   }
 
@@ -540,6 +701,10 @@ export class ChunkStore {
       if (left > 0) this.pins.set(hex, left);
       else this.pins.delete(hex);
       this.touch(hex);
+      if (left > 0) return;
+      const waiters = this.unpinWaiters.get(hex);
+      this.unpinWaiters.delete(hex);
+      for (const wake of waiters ?? []) wake();
     };
   }
 
@@ -548,11 +713,27 @@ export class ChunkStore {
   }
 
   /**
+   * Calls `callback` once the blob is pinned by no one: at once if it is not pinned now, else in the same
+   * tick as its last pin is released, before anyone can pin it again.
+   */
+  afterUnpinned(hex: string, callback: () => void): void {
+    if (!this.pins.has(hex)) {
+      callback();
+      return;
+    }
+    const waiters = this.unpinWaiters.get(hex) ?? [];
+    waiters.push(callback);
+    this.unpinWaiters.set(hex, waiters);
+  }
+
+  /**
    * Whether `bytes` more can be cached without going over maxBytes, once every blob that is not pinned
    * has been evicted. False means the cache is full of blobs in use: a caller that gets it should serve
    * the bytes without caching them (or pass the request through to the registry) rather than write.
+   * Also false while the disk is full (see `diskFullRetryMs`).
    */
   canStore(bytes: number): boolean {
+    if (this.diskFull) return false;
     if (this.maxBytes === 0) return true;
     const held = this.bytes + this.reserved;
     if (held + bytes <= this.maxBytes) return true;
@@ -573,7 +754,17 @@ export class ChunkStore {
     return run;
   }
 
-  private async sweepOnce(): Promise<SweepResult> {
+  /**
+   * Makes room on a disk found full: a sweep as if maxBytes were what the cache holds now, so the least
+   * recently used unpinned blobs go down to `lowWatermark` of it.
+   */
+  private makeRoom(): Promise<SweepResult> {
+    const run = this.sweepTail.then(() => this.sweepOnce(this.bytes));
+    this.sweepTail = run.catch(() => undefined);
+    return run;
+  }
+
+  private async sweepOnce(fullAt?: number): Promise<SweepResult> {
     const evicted: EvictedBlob[] = [];
     const evict = (hex: string, reason: EvictReason) => {
       const bytes = this.detach(hex);
@@ -596,6 +787,18 @@ export class ChunkStore {
         if (this.bytes + this.reserved <= this.lowBytes) break;
         if (this.entries.has(hex) && !this.pins.has(hex)) evict(hex, 'capacity');
       }
+    }
+    if (fullAt !== undefined) {
+      // The disk holds no more than this: down to the low watermark of it, without the writes under way
+      // (they are what found the disk full).
+      for (const hex of [...this.entries.keys()]) {
+        if (this.bytes <= fullAt * this.low) break;
+        if (this.entries.has(hex) && !this.pins.has(hex)) evict(hex, 'disk_full');
+      }
+    }
+    if (evicted.length > 0) {
+      this.roomMade++;
+      this.diskFullUntil = 0;
     }
     const errors: SweepResult['errors'] = [];
     await Promise.all(
@@ -623,6 +826,8 @@ export class ChunkStore {
       pinnedBytes,
       evictions: this.evictions,
       evictedBytes: this.evictedBytes,
+      diskFull: this.diskFull,
+      diskFullWrites: this.diskFullWrites,
     };
   }
 

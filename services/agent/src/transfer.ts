@@ -6,6 +6,7 @@
  * (no NATS, no scheduler, peers failing, waiting too long) the chunk is fetched from the origin directly:
  * a pull that works without Shoal never fails with it.
  */
+import { createHash } from 'node:crypto';
 import {
   type Assignment,
   type ChunkPolicy,
@@ -25,7 +26,7 @@ import type { AgentMetrics } from './metrics.js';
 import { PeerSpeeds } from './peer-speeds.js';
 import type { PeerClient } from './peers.js';
 import type { ByteBudget, TokenBucket } from './rate-limit.js';
-import type { ChunkStore } from './store.js';
+import { type ChunkStore, isDiskFull } from './store.js';
 import type { RegistryTarget, Upstream } from './upstream.js';
 
 export interface BlobRequest {
@@ -79,6 +80,12 @@ const SLOW_CHECK_MS = 100;
 const IDLE_POLL_MS = 250;
 /** How many times origin.waitTimeout a download waits while told its chunks are queued for the origin. */
 const QUEUED_WAIT_FACTOR = 4;
+/**
+ * How long chunks parked in memory (the disk full) outlive their last reader: long enough for the mesh to
+ * have heard of every one (announcements are batched), so that the scheduler releases the leases taken
+ * for them before it hears they are gone; otherwise the other nodes wait out the lease.
+ */
+const PARKED_LINGER_MS = 1_000;
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, Math.max(0, ms)));
 
@@ -99,6 +106,8 @@ export class Download {
   private readonly chunkHashes = new Map<number, string>();
   /** Set when the registry's bytes disagreed with the mesh's manifest, which is then suspect. */
   private manifestSuspect = false;
+  /** Chunks the disk had no room for, parked in the memory tier for this download's clients. */
+  private parked = 0;
   readonly ready: Promise<void>;
   readonly finished: Promise<void>;
   private markReady!: () => void;
@@ -147,7 +156,7 @@ export class Download {
     return this.failure;
   }
 
-  /** Resolves once chunk `index` is verified and on disk. */
+  /** Resolves once chunk `index` is verified and on disk (or parked in memory, the disk being full). */
   waitChunk(index: number): Promise<void> {
     if (this.deps.store.has(this.hex, index)) return Promise.resolve();
     if (this.failure) return Promise.reject(this.failure);
@@ -212,6 +221,24 @@ export class Download {
       await this.fetchAll();
     } finally {
       unpin();
+      // Parked chunks serve the clients (and peers) still reading the blob; they go a little after the
+      // last of them is done, and the mesh hears at once that this node no longer has them.
+      if (this.parked > 0) {
+        const { store, memory, mesh } = this.deps;
+        const letGo = () => {
+          setTimeout(() => {
+            if (store.isPinned(this.hex)) {
+              store.afterUnpinned(this.hex, letGo);
+              return;
+            }
+            memory.unpark(this.hex);
+            if (store.unpark(this.hex) === 0) return;
+            mesh.withdraw(this.request.digest, false, { now: true });
+            mesh.markDirty(this.request.digest);
+          }, PARKED_LINGER_MS).unref();
+        };
+        store.afterUnpinned(this.hex, letGo);
+      }
     }
   }
 
@@ -608,15 +635,31 @@ export class Download {
   ): Promise<void> {
     const { store } = this.deps;
     // The download was admitted: its chunks are written even over cache.maxSize, and that is counted.
-    if (!store.canStore(chunk.length)) this.deps.metrics.cacheFull.inc({ action: 'overshoot' });
+    if (!store.diskFull && !store.canStore(chunk.length))
+      this.deps.metrics.cacheFull.inc({ action: 'overshoot' });
+    let parked = false;
     try {
       await store.writeChunk(this.hex, index, chunk, sha256);
     } catch (cause) {
-      // A local failure (disk full, permissions) is not the peer's or the registry's fault: stop this
-      // download, and let the clients waiting on it be served by the registry directly.
-      throw new ShoalError('SHOAL_ERR_CACHE', `cannot write to the cache: ${(cause as Error).message}`, {
-        cause,
-      });
+      // The disk is full and the store could make no room: the chunk is parked in memory and this
+      // download's clients are served from there, uncached, rather than cut off mid-body. It is announced
+      // like a stored chunk, so that a lease taken for it is released and peers may fetch it meanwhile.
+      parked = isDiskFull(cause) && this.deps.memory.park(this.hex, index, chunk);
+      if (!parked) {
+        // Another local failure (permissions), or too much parked: not the peer's or the registry's fault.
+        // Stop this download, and let the clients waiting on it be served by the registry directly.
+        throw new ShoalError('SHOAL_ERR_CACHE', `cannot write to the cache: ${(cause as Error).message}`, {
+          cause,
+        });
+      }
+      store.markParked(this.hex, index, sha256);
+      this.deps.metrics.cacheFull.inc({ action: 'uncached' });
+      if (this.parked++ === 0) {
+        this.deps.log.warn(
+          { blob: this.request.digest, err: (cause as Error).message },
+          'the cache disk is full: serving this blob without caching it',
+        );
+      }
     }
     const ms = performance.now() - began;
     this.chunkHashes.set(index, sha256);
@@ -626,7 +669,7 @@ export class Download {
     this.deps.metrics.cacheBytes.set(this.deps.store.totalBytes);
     // Clients are waiting for this chunk: it is hot, and the memory tier serves them and the peers
     // that will ask for it soon without reading it back from disk.
-    if (this.waiters.has(index)) this.deps.memory.put(this.hex, index, chunk);
+    if (!parked && this.waiters.has(index)) this.deps.memory.put(this.hex, index, chunk);
     this.notify(index);
     // Hashes go to the manifest only for chunks fetched from the registry, and not while the manifest is
     // suspect: the corrected one is published after the whole blob has been verified.
@@ -646,9 +689,13 @@ export class Download {
 
   /** The whole blob must match its digest before it is marked complete; a mismatch discards it. */
   private async verifyWhole(): Promise<void> {
-    const sha256 = await this.deps.hashes.hashFiles(this.deps.store.chunkPaths(this.hex));
+    const parked = this.deps.store.parkedChunks(this.hex) > 0;
+    const sha256 = parked
+      ? await this.hashWithParked()
+      : await this.deps.hashes.hashFiles(this.deps.store.chunkPaths(this.hex));
     if (sha256 === this.hex) {
-      await this.deps.store.markComplete(this.hex);
+      // With chunks parked in memory the blob is right but not all on disk: it stays incomplete.
+      if (!parked) await this.deps.store.markComplete(this.hex);
       if (this.manifestSuspect) {
         // The registry's bytes were right and the mesh's manifest was not: drop it everywhere, then
         // announce this copy with every chunk's hash so the mesh has a correct manifest again.
@@ -672,6 +719,17 @@ export class Download {
     await this.deps.store.remove(this.hex);
     this.deps.mesh.withdraw(this.request.digest, true);
     throw new ShoalError('SHOAL_ERR_CHUNK_CORRUPT', `blob ${this.request.digest} failed digest verification`);
+  }
+
+  /** The blob's sha256 over its chunks in order, from disk or parked in memory (some did not fit). */
+  private async hashWithParked(): Promise<string> {
+    const hash = createHash('sha256');
+    for (let index = 0; index < this.count; index++) {
+      hash.update(
+        this.deps.memory.parkedChunk(this.hex, index) ?? (await this.deps.store.readChunk(this.hex, index)),
+      );
+    }
+    return hash.digest('hex');
   }
 }
 

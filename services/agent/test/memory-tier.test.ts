@@ -85,4 +85,37 @@ describe('memory tier', () => {
     tier.put(a, 0, next);
     expect(tier.get(a, 0)?.[0]).toBe(7);
   });
+
+  it('parks chunks a full disk had no room for, outside the budget, until let go', () => {
+    // The budget is 0 (the tier is off): parked chunks are served all the same.
+    const tier = new MemoryTier(0, 250);
+    const pooled = Buffer.alloc(100, 1);
+    expect(tier.park(a, 0, pooled)).toBe(true);
+    pooled.fill(9);
+    expect(tier.park(a, 1, Buffer.alloc(100, 2))).toBe(true);
+    expect(tier.park(a, 1, Buffer.alloc(100, 3))).toBe(true);
+    // A copy was kept, once per chunk; the limit counts every blob's parked chunks.
+    expect(tier.get(a, 0)?.[0]).toBe(1);
+    expect(tier.get(a, 1)?.[0]).toBe(2);
+    expect(tier.has(a, 1)).toBe(true);
+    expect(tier.parkedChunk(a, 2)).toBeUndefined();
+    expect(tier.park(b, 0, Buffer.alloc(100))).toBe(false);
+    expect(tier.parking()).toEqual({ chunks: 2, bytes: 200, limit: 250 });
+    expect(tier.stats()).toMatchObject({ hits: 2, bytes: 0, entries: 0 });
+
+    expect(tier.unpark(a)).toBe(2);
+    expect(tier.get(a, 0)).toBeUndefined();
+    expect(tier.park(b, 0, Buffer.alloc(100))).toBe(true);
+    // Dropping a blob (evicted, or found invalid) lets its parked chunks go too.
+    expect(tier.drop(b)).toBe(1);
+    expect(tier.parking()).toEqual({ chunks: 0, bytes: 0, limit: 250 });
+  });
+
+  it('never evicts a parked chunk to make room for hot ones', () => {
+    const tier = new MemoryTier(200);
+    tier.park(a, 0, Buffer.alloc(150, 1));
+    for (let i = 0; i < 4; i++) tier.put(b, i, Buffer.alloc(100, 2));
+    expect(tier.parkedChunk(a, 0)?.[0]).toBe(1);
+    expect(tier.stats()).toMatchObject({ bytes: 200, entries: 2 });
+  });
 });
