@@ -56,7 +56,7 @@ export async function createAgent(
   checkAgentConfig(config);
   const registry = createRegistry('agent');
   const metrics = agentMetrics(registry);
-  const memory = new MemoryTier(config.cacheMemory);
+  const memory = new MemoryTier(config.cacheMemory, config.cacheParkedMemory);
   // Set once the mesh client exists; eviction runs only after that (the first sweep is below).
   let onEvicted: (hex: string) => void = () => undefined;
   const store = new ChunkStore(config.cacheDir, {

@@ -283,17 +283,28 @@ export function buildAgentApp(deps: HttpDeps): FastifyInstance {
   };
   const requireMeshToken = meshTokenCheck('preheat', false);
   const limitsAuth = meshTokenCheck('limits', true);
+  // Reading the limits is harmless; changing them (and keeping the change across restarts) is not left
+  // open to anyone who reaches the port, as a mesh without peer.secret leaves its other APIs.
+  const limitsChangeAuth = async (request: FastifyRequest) => {
+    if (!deps.peerSecret) {
+      throw new ShoalError(
+        'SHOAL_ERR_UNAUTHORIZED',
+        'this agent has no peer.secret, so its limits cannot be changed through the API; set peer.secret (or change its configuration)',
+      );
+    }
+    await limitsAuth(request);
+  };
 
   app.get(limitsPath, { onRequest: limitsAuth }, async () => deps.limits.view());
   // Applied at once: waiting transfers are re-timed, a smaller cache is swept before the answer. The
   // change is saved first, so it is in force after a restart too.
-  app.put(limitsPath, { onRequest: limitsAuth }, async (request) => {
+  app.put(limitsPath, { onRequest: limitsChangeAuth }, async (request) => {
     const change = parseLimitsChange(request.body);
     const applied = await deps.limits.change(change);
     deps.log.info({ change, limits: applied }, 'limits changed');
     return applied;
   });
-  app.delete(limitsPath, { onRequest: limitsAuth }, async () => {
+  app.delete(limitsPath, { onRequest: limitsChangeAuth }, async () => {
     const applied = await deps.limits.reset();
     deps.log.info({ limits: applied }, 'limits overrides dropped: the configured limits apply');
     return applied;

@@ -88,15 +88,15 @@ async function serveDistributed(
   return server;
 }
 
-/**
- * The address peers should use when none is configured: the listen address if it is a specific one,
- * else this machine's first non-internal IPv4 address (a node's own loopback is useless to its peers).
- */
 /** A host as it goes in a URL: an IPv6 address in brackets. */
 export function urlHost(host: string): string {
   return host.includes(':') && !host.startsWith('[') ? `[${host}]` : host;
 }
 
+/**
+ * The address peers should use when none is configured: the listen address if it is a specific one,
+ * else this machine's first non-internal IPv4 address (a node's own loopback is useless to its peers).
+ */
 function advertiseHost(host: string): string {
   if (host !== '0.0.0.0' && host !== '::') return host;
   for (const addresses of Object.values(networkInterfaces())) {

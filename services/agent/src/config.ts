@@ -98,6 +98,11 @@ export const agentSpec = {
     '0',
     "Bytes of hot chunks (those streamed to clients while they download) kept in memory in front of the disk cache, to serve peers and other clients without reading the disk; for nodes with memory to spare (it adds that much to the agent's RSS). 0: off.",
   ),
+  cacheParkedMemory: opt.bytes(
+    'cache.parkedMemory',
+    '64MiB',
+    "Bytes of chunks held in memory, over all blobs, for downloads whose chunks no longer fit on a full cache disk: their clients are served from there, uncached. A download needing more fails over to the registry. Counts against the agent's memory like cache.memory.",
+  ),
   chunkSize: opt.bytes('chunk.size', '0', 'Fixed chunk size; 0 derives it from the blob size.', {
     min: 64 * 1024,
     max: 1024 * MiB,
@@ -249,6 +254,13 @@ export type AgentConfig = ConfigOf<typeof agentSpec>;
 
 /** Checks what no single option can: the watermarks' order. Throws SHOAL_ERR_CONFIG naming both keys. */
 export function checkAgentConfig(config: AgentConfig): void {
+  if (['0.0.0.0', '::', '[::]'].includes(config.advertiseHost)) {
+    throw new ShoalError(
+      'SHOAL_ERR_CONFIG',
+      `advertise.host: ${config.advertiseHost} is where the agent listens, not an address peers can reach; give this node's IP or name`,
+      { details: { source: 'advertise.host' } },
+    );
+  }
   if (config.advertiseUrl !== '' && !URL.canParse(config.advertiseUrl)) {
     throw new ShoalError(
       'SHOAL_ERR_CONFIG',

@@ -12,7 +12,7 @@
  * Apart from the budget, the tier parks the chunks a download could not write to a full disk (`park`):
  * the clients of that download are served from them, as from hot chunks, so a pull goes on uncached
  * rather than fail. They are not evicted for room; their download lets them go (`unpark`) once no one
- * is reading the blob any more. Parked chunks are limited in all (`parkLimit`, 256 MiB unless given):
+ * is reading the blob any more. Parked chunks are limited in all (`parkLimit`, `cache.parkedMemory`):
  * beyond it `park` refuses, and the download fails as it would without them.
  */
 

@@ -335,68 +335,75 @@ export class Download {
         .catch(() => undefined);
     };
 
-    while (missing.size > 0) {
-      const now = Date.now();
-      for (const [index, until] of waitUntil)
-        if (until <= now || !missing.has(index)) waitUntil.delete(index);
-      // Slots: the configured concurrency, fewer where chunks are so large that the agent's chunk memory
-      // holds fewer, and fewer still while other downloads hold part of it.
-      const memory = this.deps.chunkMemory;
-      const capacity = Math.min(this.options.concurrency, memory.capacity(this.chunkSize));
-      const free = Math.min(capacity - inflight.size, memory.slots(this.chunkSize, inflight.size));
-      const askWhenFree = Math.min(this.options.askWhenFree, capacity);
-      const ready = [...missing].filter((i) => !inflight.has(i) && !waitUntil.has(i)).sort((x, y) => x - y);
-      if (free > 0 && ready.length > 0 && (inflight.size === 0 || free >= askWhenFree)) {
-        const assignments = await plan(ready, free);
-        let started = 0;
-        let retryMs = 0;
-        /** Told that chunks no one holds wait their turn for a registry as busy as the mesh allows. */
-        let queued = false;
-        for (const assignment of assignments) {
-          if (started >= free) break;
-          if (!missing.has(assignment.index) || inflight.has(assignment.index)) continue;
-          if (assignment.source.kind === 'wait') {
-            retryMs = Math.max(retryMs, assignment.source.retryMs);
-            queued ||= assignment.source.queue === 'origin';
-            continue;
+    const fetchMissing = async (): Promise<void> => {
+      while (missing.size > 0) {
+        const now = Date.now();
+        for (const [index, until] of waitUntil)
+          if (until <= now || !missing.has(index)) waitUntil.delete(index);
+        // Slots: the configured concurrency, fewer where chunks are so large that the agent's chunk memory
+        // holds fewer, and fewer still while other downloads hold part of it.
+        const memory = this.deps.chunkMemory;
+        const capacity = Math.min(this.options.concurrency, memory.capacity(this.chunkSize));
+        const free = Math.min(capacity - inflight.size, memory.slots(this.chunkSize, inflight.size));
+        const askWhenFree = Math.min(this.options.askWhenFree, capacity);
+        const ready = [...missing].filter((i) => !inflight.has(i) && !waitUntil.has(i)).sort((x, y) => x - y);
+        if (free > 0 && ready.length > 0 && (inflight.size === 0 || free >= askWhenFree)) {
+          const assignments = await plan(ready, free);
+          let started = 0;
+          let retryMs = 0;
+          /** Told that chunks no one holds wait their turn for a registry as busy as the mesh allows. */
+          let queued = false;
+          for (const assignment of assignments) {
+            if (started >= free) break;
+            if (!missing.has(assignment.index) || inflight.has(assignment.index)) continue;
+            if (assignment.source.kind === 'wait') {
+              retryMs = Math.max(retryMs, assignment.source.retryMs);
+              queued ||= assignment.source.queue === 'origin';
+              continue;
+            }
+            peerAssigned ||= assignment.source.kind === 'peer';
+            start(assignment);
+            started++;
           }
-          peerAssigned ||= assignment.source.kind === 'peer';
-          start(assignment);
-          started++;
-        }
-        if (started > 0) {
-          waitingSince = undefined;
-        } else if (inflight.size > 0) {
-          // Chunks are still arriving: the mesh is serving this node, and its link is busy with them;
-          // fetching the rest from the registry as well would only load it. The clock starts once
-          // nothing is in flight.
-          waitingSince = undefined;
-          const until = Date.now() + Math.max(retryMs, 1);
-          for (const index of ready) waitUntil.set(index, until);
-        } else {
-          waitingSince ??= Date.now();
-          // Chunks queued for the origin wait their turn for a registry that is already as busy as the
-          // mesh keeps it: going to it anyway would only slow everyone's share. They get longer, but not
-          // for ever, in case the turn never comes.
-          const limit = queued ? this.originWaitMs * QUEUED_WAIT_FACTOR : this.originWaitMs;
-          if (Date.now() - waitingSince >= limit) {
-            // Nobody has served this node for too long: take the next chunks from the registry itself.
-            this.fallback('waited too long for a peer');
-            nothingInFlight();
-            for (const index of ready.slice(0, free)) start(originAssignment(index));
+          if (started > 0) {
             waitingSince = undefined;
-          } else {
+          } else if (inflight.size > 0) {
+            // Chunks are still arriving: the mesh is serving this node, and its link is busy with them;
+            // fetching the rest from the registry as well would only load it. The clock starts once
+            // nothing is in flight.
+            waitingSince = undefined;
             const until = Date.now() + Math.max(retryMs, 1);
             for (const index of ready) waitUntil.set(index, until);
+          } else {
+            waitingSince ??= Date.now();
+            // Chunks queued for the origin wait their turn for a registry that is already as busy as the
+            // mesh keeps it: going to it anyway would only slow everyone's share. They get longer, but not
+            // for ever, in case the turn never comes.
+            const limit = queued ? this.originWaitMs * QUEUED_WAIT_FACTOR : this.originWaitMs;
+            if (Date.now() - waitingSince >= limit) {
+              // Nobody has served this node for too long: take the next chunks from the registry itself.
+              this.fallback('waited too long for a peer');
+              nothingInFlight();
+              for (const index of ready.slice(0, free)) start(originAssignment(index));
+              waitingSince = undefined;
+            } else {
+              const until = Date.now() + Math.max(retryMs, 1);
+              for (const index of ready) waitUntil.set(index, until);
+            }
           }
         }
+        // Sleep until a fetch finishes or the waiting chunks may be asked for again, whichever comes first.
+        const nextWake = waitUntil.size > 0 ? Math.min(...waitUntil.values()) - Date.now() : IDLE_POLL_MS;
+        const pause = sleep(Math.min(Math.max(nextWake, 1), IDLE_POLL_MS));
+        await (inflight.size > 0 ? Promise.race([...inflight.values(), pause]) : pause);
       }
-      // Sleep until a fetch finishes or the waiting chunks may be asked for again, whichever comes first.
-      const nextWake = waitUntil.size > 0 ? Math.min(...waitUntil.values()) - Date.now() : IDLE_POLL_MS;
-      const pause = sleep(Math.min(Math.max(nextWake, 1), IDLE_POLL_MS));
-      await (inflight.size > 0 ? Promise.race([...inflight.values(), pause]) : pause);
+    };
+    try {
+      await fetchMissing();
+    } finally {
+      // Also when the download failed: the fetches still running end first.
+      void Promise.allSettled([...inflight.values()]).then(nothingInFlight);
     }
-    nothingInFlight();
     await this.verifyWhole();
   }
 
@@ -431,7 +438,12 @@ export class Download {
         // Waiting for a slot of the parent (one that said it was busy) and for the limiter comes before
         // the clock starts, so neither looks like a slow parent.
         const endSlot = await this.deps.peers.slot(peer.url);
-        await this.deps.limits.download.take(length);
+        try {
+          await this.deps.limits.download.take(length);
+        } catch (err) {
+          endSlot();
+          throw err;
+        }
         const began = performance.now();
         let held = this.deps.buffers.take(length);
         try {

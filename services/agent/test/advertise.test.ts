@@ -31,3 +31,12 @@ describe('advertised address', () => {
     ).not.toThrow();
   });
 });
+
+describe('advertise.host', () => {
+  it('refuses a listen-anywhere address, which no peer can reach', () => {
+    for (const host of ['0.0.0.0', '::'])
+      expect(() => checkAgentConfig(configWith({ SHOAL_ADVERTISE_HOST: host }))).toThrow(
+        /advertise\.host: .*not an address peers can reach/,
+      );
+  });
+});

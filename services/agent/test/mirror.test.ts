@@ -291,3 +291,30 @@ describe('chunk memory', () => {
     }
   });
 });
+
+describe('limits API without peer.secret', () => {
+  it('shows the limits but refuses to change them, saying what to set', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-open-'));
+    const registry = await startFakeRegistry();
+    const agent = await makeAgent(registry, dir);
+    try {
+      const shown = await agent.app.inject({ method: 'GET', url: '/shoal/v1/limits' });
+      expect(shown.statusCode).toBe(200);
+      for (const method of ['PUT', 'DELETE'] as const) {
+        const res = await agent.app.inject({
+          method,
+          url: '/shoal/v1/limits',
+          ...(method === 'PUT' ? { payload: { share: false } } : {}),
+        });
+        expect(res.statusCode).toBe(401);
+        expect(res.body).toMatch(/set peer\.secret/);
+      }
+      const after = await agent.app.inject({ method: 'GET', url: '/shoal/v1/limits' });
+      expect(after.json()).toMatchObject({ share: true, overridden: [] });
+    } finally {
+      await agent.stop();
+      await registry.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

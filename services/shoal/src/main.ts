@@ -28,7 +28,7 @@ if (name === 'config-reference') {
   process.stdout.write(renderReference(sections));
   process.exit(0);
 }
-const load = commands[name];
+const load = Object.hasOwn(commands, name) ? commands[name] : undefined;
 if (!load) {
   process.stderr.write(`error: unknown command "${name}"; run "shoal --help" for the list\n`);
   process.exit(2);
