@@ -149,7 +149,7 @@ export const agentSpec = {
   ),
   originRetries: opt.int(
     'origin.retries',
-    3,
+    5,
     'Attempts per chunk, authorisation or manifest request against the registry (a reset, timeout, 5xx or 429 is asked again after a backoff with jitter) before the pull fails.',
     { min: 1 },
   ),
