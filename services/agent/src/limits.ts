@@ -19,6 +19,7 @@ import {
   type Logger,
   ShoalError,
 } from '@shoal/mesh';
+import { replaceFile } from './atomic-file.js';
 import type { MemoryTier } from './memory-tier.js';
 import { ConcurrencyLimiter, TokenBucket } from './rate-limit.js';
 import type { ChunkStore } from './store.js';
@@ -136,19 +137,7 @@ export function fileOverrideStore(path: string, log: Logger): LimitsOverrideStor
     async save(overrides) {
       const temp = `${path}.${process.pid}.${tempCounter++}.tmp`;
       const body = { version: LIMITS_FILE_VERSION, changedAt: new Date().toISOString(), overrides };
-      try {
-        const handle = await open(temp, 'w', 0o644);
-        try {
-          await handle.writeFile(`${JSON.stringify(body, null, 2)}\n`);
-          await handle.sync();
-        } finally {
-          await handle.close();
-        }
-        await rename(temp, path);
-      } catch (err) {
-        await rm(temp, { force: true }).catch(() => undefined);
-        throw err;
-      }
+      await replaceFile(path, temp, `${JSON.stringify(body, null, 2)}\n`, 0o644);
       await syncDir(dirname(path));
     },
     async clear() {

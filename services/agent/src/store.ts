@@ -37,6 +37,7 @@
 import { mkdir, open, readdir, readFile, rename, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Bitmap, chunkCount } from '@shoal/mesh';
+import { replaceFile } from './atomic-file.js';
 
 export interface BlobMeta {
   digest: string;
@@ -541,20 +542,7 @@ export class ChunkStore {
   private async writeChunkFiles(hex: string, index: number, data: Buffer, sha256: string): Promise<void> {
     const final = this.chunkPath(hex, index);
     await this.appendHash(hex, `${index} ${sha256}\n`);
-    const temp = `${final}.${process.pid}.${this.tempCounter++}.tmp`;
-    try {
-      const handle = await open(temp, 'w');
-      try {
-        await handle.writeFile(data);
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
-      await rename(temp, final);
-    } catch (err) {
-      await rm(temp, { force: true }).catch(() => undefined);
-      throw err;
-    }
+    await replaceFile(final, `${final}.${process.pid}.${this.tempCounter++}.tmp`, data);
   }
 
   /**
