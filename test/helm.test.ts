@@ -15,7 +15,7 @@ import { schedulerSpec } from '@shoal/scheduler';
 import YAML from 'yaml';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { runCommand } from './kit/index.js';
-import { CHART_AGENT_ARGS, CHART_AGENT_NODE_OPTIONS } from './support/shoal.js';
+import { CHART_AGENT_ARGS, CHART_AGENT_ENV, CHART_AGENT_NODE_OPTIONS } from './support/shoal.js';
 
 const root = join(import.meta.dirname, '..');
 const chart = join(root, 'deploy', 'helm', 'shoal');
@@ -164,6 +164,7 @@ describe('the Helm chart', () => {
     expect(env.get('SHOAL_NODE_ID')?.valueFrom?.fieldRef?.fieldPath).toBe('spec.nodeName');
     // The runtime flags the benchmarks measure the agent with.
     expect(env.get('NODE_OPTIONS')?.value).toBe(CHART_AGENT_NODE_OPTIONS.join(' '));
+    for (const [name, value] of Object.entries(CHART_AGENT_ENV)) expect(env.get(name)?.value).toBe(value);
     expect(CHART_AGENT_ARGS).toEqual([`--cache-memory=${env.get('SHOAL_CACHE_MEMORY')?.value}`]);
     // The node's IP, from which the agent builds its URL (an IPv6 address in brackets).
     expect(env.get('SHOAL_ADVERTISE_HOST')?.value).toBe('$(HOST_IP)');

@@ -31,7 +31,13 @@ import {
 import { pushBlobFile } from '../support/blobs.js';
 import { type Janitor, startJanitor } from '../support/janitor.js';
 import { pushImageManifest } from '../support/manifests.js';
-import { CHART_AGENT_ARGS, CHART_AGENT_NODE_OPTIONS, metricSum, startAgent } from '../support/shoal.js';
+import {
+  CHART_AGENT_ARGS,
+  CHART_AGENT_ENV,
+  CHART_AGENT_NODE_OPTIONS,
+  metricSum,
+  startAgent,
+} from '../support/shoal.js';
 import { table } from './report.js';
 
 const MiB = 1024 * 1024;
@@ -160,6 +166,7 @@ async function main(): Promise<void> {
       registries: [registry.url],
       dir,
       nodeArgs: CHART_AGENT_NODE_OPTIONS,
+      env: CHART_AGENT_ENV,
       extraArgs: CHART_AGENT_ARGS,
     });
     stops.add('agent', () => agent.stop());

@@ -47,10 +47,17 @@ export interface AgentOptions {
   peerSecret?: string | null;
   /** Flags for the agent's Node.js runtime, before its script. */
   nodeArgs?: string[];
+  /** More environment for the agent process. */
+  env?: Record<string, string>;
 }
 
 /** The Node.js flags the Helm chart runs agents with (`agent.nodeOptions`), for benchmarks that measure them. */
 export const CHART_AGENT_NODE_OPTIONS = ['--max-semi-space-size=4'];
+/** The glibc malloc settings the Helm chart gives agents (`agent.malloc`). */
+export const CHART_AGENT_ENV: Record<string, string> = {
+  MALLOC_ARENA_MAX: '2',
+  MALLOC_MMAP_THRESHOLD_: '131072',
+};
 /** The agent settings of the Helm chart's defaults that change its memory (`agent.cache.memory`). */
 export const CHART_AGENT_ARGS = ['--cache-memory=128MiB'];
 
@@ -107,7 +114,10 @@ export async function startAgent(options: AgentOptions): Promise<ShoalService> {
     ...(options.extraArgs ?? []),
   ];
   const secret = options.peerSecret === undefined ? meshSecret : options.peerSecret;
-  const env: Record<string, string> = secret === null ? {} : { SHOAL_PEER_SECRET: secret };
+  const env: Record<string, string> = {
+    ...options.env,
+    ...(secret === null ? {} : { SHOAL_PEER_SECRET: secret }),
+  };
   return startShoal(
     'agent',
     `agent-${options.id}`,

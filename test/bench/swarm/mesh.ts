@@ -6,7 +6,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { runCommand, startProcess, type ManagedProcess } from '../../kit/index.js';
-import { CHART_AGENT_NODE_OPTIONS, type Metrics, parseMetrics, serviceMain } from '../../support/shoal.js';
+import {
+  CHART_AGENT_ENV,
+  CHART_AGENT_NODE_OPTIONS,
+  type Metrics,
+  parseMetrics,
+  serviceMain,
+} from '../../support/shoal.js';
 import type { Host, Network } from './network.js';
 
 export const NATS_PORT = 4222;
@@ -157,7 +163,7 @@ export async function startMesh(network: Network, dir: string, options: MeshOpti
             ...options.agentArgs,
           ],
           dir,
-          { env: { SHOAL_PEER_SECRET: secret } },
+          { env: { ...CHART_AGENT_ENV, SHOAL_PEER_SECRET: secret } },
         );
         started.push(proc);
         return proc;
