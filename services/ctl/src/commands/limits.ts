@@ -12,13 +12,12 @@ import {
   limitKinds,
   type LimitName,
   limitsPath,
-  MESH_TOKEN_HEADER,
   type NodeRecord,
   opt,
   parseBytes,
-  peerTokenSource,
   ShoalError,
 } from '@shoal/mesh';
+import { agentCaller, agentName, errorMessage } from '../agent-api.js';
 import { defineCommand } from '../command.js';
 import { readNodes } from '../nodes.js';
 import { renderTable } from '../report.js';
@@ -27,8 +26,6 @@ import { matchSelector, parseSelector } from '../preheat/select.js';
 const USAGE = 'shoalctl limits [--nodes SELECTOR] [--set NAME=VALUE,… | --reset]';
 /** How long one request to an agent may take; a change that shrinks the cache sweeps it first. */
 const REQUEST_TIMEOUT_MS = 30_000;
-/** The node ID shoalctl signs its mesh tokens as. */
-const CTL_NODE_ID = 'shoalctl';
 
 const limitNames = Object.keys(limitKinds) as LimitName[];
 
@@ -197,50 +194,18 @@ function isView(body: unknown): body is AgentLimitsView {
   );
 }
 
-function errorMessage(body: unknown): string | undefined {
-  const first = (body as { errors?: { message?: unknown }[] } | null)?.errors?.[0]?.message;
-  return typeof first === 'string' ? first.slice(0, 300) : undefined;
-}
-
 type Action = { kind: 'read' } | { kind: 'set'; change: Partial<AgentLimits> } | { kind: 'reset' };
 
 /** Asks one agent's limits API; throws a message naming the agent and what to do. */
 async function callAgent(node: NodeRecord, peerSecret: string, action: Action): Promise<AgentLimitsView> {
-  const name = `agent ${node.id} at ${node.url}`;
-  const headers: Record<string, string> = {};
-  if (peerSecret) headers[MESH_TOKEN_HEADER] = peerTokenSource(peerSecret, CTL_NODE_ID)();
-  if (action.kind === 'set') headers['content-type'] = 'application/json';
-  let res: Response;
-  try {
-    res = await fetch(new URL(limitsPath, node.url), {
-      method: action.kind === 'set' ? 'PUT' : action.kind === 'reset' ? 'DELETE' : 'GET',
-      headers,
-      ...(action.kind === 'set' ? { body: JSON.stringify(action.change) } : {}),
-      signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS),
-      redirect: 'error',
-    });
-  } catch (err) {
-    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    const why = cause?.code ?? cause?.message ?? (err instanceof Error ? err.message : String(err));
-    throw new Error(`${name} is unreachable (${why}): is it running? shoalctl nodes shows its state`);
-  }
-  const text = await res.text();
-  let body: unknown;
-  try {
-    body = text ? JSON.parse(text) : undefined;
-  } catch {
-    body = undefined;
-  }
-  if (res.status === 401) {
-    throw new Error(
-      `${name} wants a mesh token: pass --peer-secret (or SHOAL_PEER_SECRET) with the mesh's peer.secret`,
-    );
-  }
-  if (res.status === 403) {
-    throw new Error(
-      `${name} refused the mesh token: --peer-secret is not the mesh's peer.secret (or this machine's clock is off)`,
-    );
-  }
+  const name = agentName(node);
+  const method = action.kind === 'set' ? 'PUT' : action.kind === 'reset' ? 'DELETE' : 'GET';
+  const res = await agentCaller(node, peerSecret, REQUEST_TIMEOUT_MS)(
+    method,
+    limitsPath,
+    action.kind === 'set' ? action.change : undefined,
+  );
+  const body = res.body;
   if (res.status === 404) {
     throw new Error(
       `${name} has no ${action.kind === 'reset' ? 'reset of its limits' : 'limits API'}: upgrade it`,

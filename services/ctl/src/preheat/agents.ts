@@ -3,49 +3,17 @@
  * signed with the mesh's peer secret as agents sign theirs; the registry credential goes in
  * Authorization, as the agent passes it on to the registry.
  */
-import {
-  MESH_TOKEN_HEADER,
-  peerTokenSource,
-  type PreheatJobView,
-  type PreheatRequest,
-  PreheatStates,
-  preheatPaths,
-  ShoalError,
-} from '@shoal/mesh';
+import { type PreheatJobView, type PreheatRequest, PreheatStates, preheatPaths } from '@shoal/mesh';
+import { AgentError, agentCaller, agentName, type AgentTarget, errorMessage } from '../agent-api.js';
 
+export { AgentError, type AgentTarget };
 export type { PreheatJobView, PreheatRequest };
-
-export interface AgentTarget {
-  id: string;
-  url: string;
-}
 
 export interface PreheatAgent {
   readonly node: AgentTarget;
   start(request: PreheatRequest, authorization: string | undefined): Promise<string>;
   status(id: string): Promise<PreheatJobView>;
   cancel(id: string): Promise<void>;
-}
-
-/** The node ID shoalctl signs its mesh tokens as. */
-const CTL_NODE_ID = 'shoalctl';
-
-/** Why a request to an agent failed; `gone` means the agent no longer knows the job. */
-export class AgentError extends ShoalError {
-  constructor(
-    readonly kind: 'unreachable' | 'refused' | 'gone' | 'bad-answer',
-    message: string,
-    cause?: unknown,
-  ) {
-    super(kind === 'unreachable' ? 'SHOAL_ERR_MESH_UNAVAILABLE' : 'SHOAL_ERR_UPSTREAM', message, {
-      cause,
-    });
-  }
-}
-
-function errorMessage(body: unknown): string | undefined {
-  const first = (body as { errors?: { message?: unknown }[] } | null)?.errors?.[0]?.message;
-  return typeof first === 'string' ? first.slice(0, 300) : undefined;
 }
 
 function validView(body: unknown): body is PreheatJobView {
@@ -67,58 +35,8 @@ function validView(body: unknown): body is PreheatJobView {
 }
 
 export function preheatAgent(node: AgentTarget, peerSecret: string, timeoutMs: number): PreheatAgent {
-  const token = peerSecret ? peerTokenSource(peerSecret, CTL_NODE_ID) : undefined;
-  const name = `agent ${node.id} at ${node.url}`;
-
-  const call = async (
-    method: 'GET' | 'POST' | 'DELETE',
-    path: string,
-    body?: unknown,
-    authorization?: string,
-  ): Promise<{ status: number; body: unknown }> => {
-    const headers: Record<string, string> = {};
-    if (token) headers[MESH_TOKEN_HEADER] = token();
-    if (authorization) headers.authorization = authorization;
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    let res: Response;
-    try {
-      res = await fetch(new URL(path, node.url), {
-        method,
-        headers,
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-        signal: AbortSignal.timeout(timeoutMs),
-        redirect: 'error',
-      });
-    } catch (err) {
-      const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-      const why = cause?.code ?? cause?.message ?? (err instanceof Error ? err.message : String(err));
-      throw new AgentError(
-        'unreachable',
-        `${name} is unreachable (${why}): is it running? shoalctl nodes shows its state`,
-        err,
-      );
-    }
-    const text = await res.text();
-    let parsed: unknown;
-    try {
-      parsed = text ? JSON.parse(text) : undefined;
-    } catch {
-      parsed = undefined;
-    }
-    if (res.status === 401) {
-      throw new AgentError(
-        'refused',
-        `${name} wants a mesh token: pass --peer-secret (or SHOAL_PEER_SECRET) with the mesh's peer.secret`,
-      );
-    }
-    if (res.status === 403) {
-      throw new AgentError(
-        'refused',
-        `${name} refused the mesh token: --peer-secret is not the mesh's peer.secret (or this machine's clock is off)`,
-      );
-    }
-    return { status: res.status, body: parsed };
-  };
+  const name = agentName(node);
+  const call = agentCaller(node, peerSecret, timeoutMs);
 
   return {
     node,
