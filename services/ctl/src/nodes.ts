@@ -2,9 +2,10 @@
  * `shoalctl nodes`: the node registry as discovery keeps it, by zone and vSwitch; with discovery in
  * Kubernetes mode, also the cluster's nodes that have no working agent, and why.
  */
-import { Kvm } from '@nats-io/kv';
+import { type KvEntry, Kvm } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/transport-node';
 import {
+  bucketEntries,
   buckets,
   decode,
   nodeIdOf,
@@ -40,10 +41,9 @@ export async function readBucket<T>(
   read: (value: Uint8Array, key: string) => T,
 ): Promise<{ values: T[]; unreadable: string[] }> {
   const kv = await new Kvm(nc).open(bucket);
-  // Writers rewrite the keys while they are listed, and the listing may then name a key twice.
-  const keys = new Set<string>();
+  let entries: KvEntry[];
   try {
-    for await (const key of await kv.keys()) keys.add(key);
+    entries = await bucketEntries(kv);
   } catch (err) {
     // No bucket yet: discovery has never run against this NATS. Anything else is an error to report.
     if (!/not found/i.test(err instanceof Error ? err.message : String(err))) throw err;
@@ -51,13 +51,11 @@ export async function readBucket<T>(
   }
   const values: T[] = [];
   const unreadable: string[] = [];
-  for (const key of keys) {
-    const entry = await kv.get(key);
-    if (entry?.operation !== 'PUT') continue;
+  for (const entry of entries) {
     try {
-      values.push(read(entry.value, key));
+      values.push(read(entry.value, entry.key));
     } catch {
-      unreadable.push(key);
+      unreadable.push(entry.key);
     }
   }
   return { values, unreadable };

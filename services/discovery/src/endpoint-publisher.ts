@@ -6,6 +6,7 @@
  */
 import type { KV } from '@nats-io/kv';
 import {
+  bucketKeys,
   encode,
   endpointKey,
   endpointKeyToRegistry,
@@ -179,8 +180,7 @@ export function createEndpointPublisher(options: EndpointPublisherOptions): Endp
   /** Removes published registries that no source names, once every source has answered at least once. */
   async function prune(kv: KV, current: Set<string>): Promise<void> {
     if (states.some((s) => s.targets === undefined)) return;
-    const keys = await kv.keys();
-    for await (const key of keys) {
+    for (const key of await bucketKeys(kv)) {
       const registry = endpointKeyToRegistry(key);
       if (current.has(registry)) continue;
       await kv.delete(key);

@@ -6,6 +6,7 @@
 import { isDeepStrictEqual } from 'node:util';
 import type { KV } from '@nats-io/kv';
 import {
+  bucketKeys,
   decode,
   encode,
   type EventPublisher,
@@ -102,7 +103,7 @@ export function createTopologyPublisher(options: {
       const kv = options.kv();
       if (!kv) return 0;
       let removed = 0;
-      for await (const key of await kv.keys()) {
+      for (const key of await bucketKeys(kv)) {
         if (ids.has(key)) continue;
         await kv.delete(key);
         removed++;

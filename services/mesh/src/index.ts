@@ -93,7 +93,7 @@ export {
   subjects,
 } from './subjects.js';
 export { formatBytes, formatDuration, parseBytes, parseDurationMs } from './units.js';
-export { isCasConflict, watchBucket } from './kv.js';
+export { bucketEntries, bucketKeys, isCasConflict, watchBucket } from './kv.js';
 export type { BucketWatch } from './kv.js';
 export { runControlService } from './control-service.js';
 export type { ControlServiceApp, ControlServiceConfig, ControlServiceContext } from './control-service.js';

@@ -23,7 +23,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createScheduler, type Scheduler } from '../src/app.js';
 import type { SchedulerSettings } from '../src/config.js';
 import { zoneGrantKey } from '../src/grants.js';
-import { chooseParent } from '@shoal/mesh';
+import { bucketKeys, chooseParent } from '@shoal/mesh';
 import { digestOf, hex, holder, manifest, node } from './fixtures.js';
 import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
@@ -335,7 +335,7 @@ describe('scheduler', () => {
   it('holds the origin leases of the mesh to its budget, and frees one as its chunk is announced', async () => {
     for (const replica of [...replicas]) await stopReplica(replica);
     // Leases left by earlier tests would count against the budget.
-    for await (const key of await buckets.grants.keys()) await buckets.grants.purge(key);
+    for (const key of await bucketKeys(buckets.grants)) await buckets.grants.purge(key);
     const replica = await startReplica('sched-budget', { originBudgetMax: 3, originBudgetMin: 1 });
     const blob = digestOf('b');
     const request = { blob, size: 6 * MiB, chunkSize: MiB };
