@@ -28,6 +28,7 @@
  */
 import { rmSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
   buildAndPushImage,
@@ -49,7 +50,13 @@ import { pullEverywhereBittorrent, startBittorrentSwarm } from './bittorrent.js'
 import { type LimitCheck, type LimitsOptions, runLimits } from './limits.js';
 import { AGENT_PORT, scrape, startMesh, waitServing } from './mesh.js';
 import { buildNetwork, type Host, type Network, type NetworkShape } from './network.js';
-import { machineTicks, processUsage, type ProcessUsage } from './usage.js';
+import {
+  endedChildrenCpuSeconds,
+  machineSeconds,
+  machineTicks,
+  processUsage,
+  type ProcessUsage,
+} from './usage.js';
 
 const MiB = 1024 * 1024;
 
@@ -120,13 +127,33 @@ export interface ScenarioResult {
   crossZoneBytesPerZone: number[];
   /** Fraction of the machine's CPU time that was busy while the nodes pulled. */
   machineBusy: number;
+  /**
+   * Where the machine's CPU went while the nodes pulled, in CPU seconds: busy in all, by kind (user
+   * space, kernel for processes, interrupts), and what the pull clients (`ctr` or the HTTP client) and the
+   * containerd daemon spent. For shoal the agents' and control plane's shares are in `usage`.
+   */
+  cpu: {
+    busy: number;
+    user: number;
+    system: number;
+    interrupts: number;
+    pullClients: number;
+    containerd?: number;
+    /** BitTorrent's clients are the system compared, so they are not part of the machine's floor. */
+    clientsAreTheSystem: boolean;
+  };
   /** Shoal only: pulls' fallbacks to the registry, summed over the agents, by reason. */
   fallbacks?: Record<string, number>;
   /**
    * Shoal only: CPU seconds spent during the pulls and peak RSS of each agent, in node order, and of each
    * control-plane process.
    */
-  usage?: { agents: (ProcessUsage | undefined)[]; controlPlane: Record<string, ProcessUsage | undefined> };
+  usage?: {
+    agents: (ProcessUsage | undefined)[];
+    /** Bytes each agent's memory tier held once the pulls were over (part of its RSS). */
+    memoryTierBytes: number[];
+    controlPlane: Record<string, ProcessUsage | undefined>;
+  };
   /** Shoal only: schedule round trips as the agents saw them and decision times in the scheduler, ms. */
   schedule?: {
     requests: number;
@@ -186,18 +213,37 @@ async function serveRegistry(network: Network, storageDir: string, dir: string):
 async function measurePulls(
   pull: () => Promise<number[]>,
   network: Network,
+  /** The pull clients are the system being measured (BitTorrent's), not a runtime that receives from it. */
+  clientsAreTheSystem = false,
 ): Promise<Omit<ScenarioResult, 'scenario'>> {
   const zoneBytes = () =>
     Promise.all(Array.from({ length: shape.zones }, (_, z) => network.zoneEgressBytes(z)));
   const registryBefore = await network.registryEgressBytes();
   const zonesBefore = await zoneBytes();
-  const ticksBefore = await machineTicks();
+  const daemon = containerd?.process().pid;
+  const [ticksBefore, clientsBefore, daemonBefore] = await Promise.all([
+    machineTicks(),
+    endedChildrenCpuSeconds(),
+    daemon === undefined ? undefined : processUsage(daemon),
+  ]);
   const results = await pull();
-  const ticksAfter = await machineTicks();
+  const [ticksAfter, clientsAfter, daemonAfter] = await Promise.all([
+    machineTicks(),
+    endedChildrenCpuSeconds(),
+    daemon === undefined ? undefined : processUsage(daemon),
+  ]);
   const registryBytes = (await network.registryEgressBytes()) - registryBefore;
   const zonesAfter = await zoneBytes();
   return {
     machineBusy: (ticksAfter.busy - ticksBefore.busy) / Math.max(1, ticksAfter.total - ticksBefore.total),
+    cpu: {
+      ...machineSeconds(ticksBefore, ticksAfter),
+      pullClients: clientsAfter - clientsBefore,
+      ...(daemonBefore && daemonAfter
+        ? { containerd: daemonAfter.cpuSeconds - daemonBefore.cpuSeconds }
+        : {}),
+      clientsAreTheSystem,
+    },
     completions: results,
     failedNodes: results.filter((r) => Number.isNaN(r)).length,
     registryBytes,
@@ -265,6 +311,7 @@ async function runBittorrent(
           dir,
         ),
       network,
+      true,
     );
     return { scenario: 'bittorrent', ...pulled };
   } finally {
@@ -378,9 +425,12 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
     const before = await Promise.all(everyone.map((p) => processUsage(p.pid)));
     const pulled = await pullImage(network, image, 'agent', dir);
     const agentMetrics: Metrics = new Map();
-    for (const node of network.nodes)
-      for (const [key, value] of await scrape(network, node, `http://${node.ip}:${AGENT_PORT}/metrics`))
-        agentMetrics.set(key, (agentMetrics.get(key) ?? 0) + value);
+    const memoryTierBytes: number[] = [];
+    for (const node of network.nodes) {
+      const metrics = await scrape(network, node, `http://${node.ip}:${AGENT_PORT}/metrics`);
+      memoryTierBytes.push(metrics.get('shoal_agent_memory_tier_bytes') ?? 0);
+      for (const [key, value] of metrics) agentMetrics.set(key, (agentMetrics.get(key) ?? 0) + value);
+    }
     const schedulerMetrics = await scrape(
       network,
       network.registry,
@@ -414,6 +464,7 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
     });
     const usage = {
       agents: spent.slice(0, agents.length),
+      memoryTierBytes,
       controlPlane: Object.fromEntries(controlPlane.map((p, i) => [p.name, spent[agents.length + i]])),
     };
     return { scenario: 'shoal', ...pulled, fallbacks, chunkFailures, usage, schedule };
@@ -422,16 +473,45 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
   }
 }
 
+const cores = availableParallelism();
+
+/**
+ * The wall time this machine's cores need for the CPU the pulls cost outside what is compared: the pull
+ * clients, containerd and the interrupts that move packets through the emulated network. No system
+ * that delivers the same bytes to the same clients finishes sooner here; on real nodes each node has
+ * cores of its own for its share.
+ */
+function machineFloor(r: ScenarioResult): number | undefined {
+  if (r.cpu.clientsAreTheSystem) return undefined;
+  return (r.cpu.pullClients + (r.cpu.containerd ?? 0) + r.cpu.interrupts) / cores;
+}
+
 /** Where a scenario's time and CPU went, in a few lines: machine load, agents, control plane, scheduling. */
-function describeCosts(r: ScenarioResult): string {
-  const lines = [`${r.scenario}: machine CPU ${(r.machineBusy * 100).toFixed(0)}% busy during the pulls`];
+function describeCosts(r: ScenarioResult, tMin: number): string {
+  const c = r.cpu;
+  const floor = machineFloor(r);
+  const lines = [
+    `${r.scenario}: machine CPU ${(r.machineBusy * 100).toFixed(0)}% busy during the pulls, ` +
+      `${c.busy.toFixed(1)} CPU s (user ${c.user.toFixed(1)}, kernel ${c.system.toFixed(1)}, ` +
+      `interrupts ${c.interrupts.toFixed(1)}); pull clients ${c.pullClients.toFixed(1)} s` +
+      (c.containerd === undefined ? '' : `, containerd ${c.containerd.toFixed(1)} s`),
+  ];
+  if (floor !== undefined)
+    lines.push(
+      `  machine floor: the pull clients${c.containerd === undefined ? '' : ', containerd'} and the network's ` +
+        `interrupts alone need ${floor.toFixed(1)} s of this machine's ${cores} cores (${(floor / tMin).toFixed(2)} × T_min)`,
+    );
   if (r.usage) {
     const agents = r.usage.agents.filter((u) => u !== undefined);
     const cpu = agents.map((u) => u.cpuSeconds);
     const rss = agents.map((u) => u.peakRssBytes / MiB);
     lines.push(
       `  agents: CPU ${cpu.reduce((a, b) => a + b, 0).toFixed(1)} s in all, ${Math.max(...cpu).toFixed(1)} s the most; ` +
-        `peak RSS ${Math.max(...rss).toFixed(0)} MiB the most, ${quantile(rss, 0.5).toFixed(0)} MiB median`,
+        `peak RSS ${Math.max(...rss).toFixed(0)} MiB the most, ${quantile(rss, 0.5).toFixed(0)} MiB median ` +
+        `(memory tier holding ${quantile(
+          r.usage.memoryTierBytes.map((b) => b / MiB),
+          0.5,
+        ).toFixed(0)} MiB median at the end)`,
       `  control plane: ${Object.entries(r.usage.controlPlane)
         .map(
           ([name, u]) =>
@@ -531,13 +611,17 @@ async function main(): Promise<void> {
       failed: String(r.failedNodes),
     }));
     if (rows.length > 0) process.stdout.write(`${table(rows)}\n`);
-    for (const r of results) process.stdout.write(`\n${describeCosts(r)}`);
+    for (const r of results) process.stdout.write(`\n${describeCosts(r, tMin)}`);
     if (limits) process.stdout.write(`\n${describeLimits(limits)}`);
     await mkdir(outDir, { recursive: true });
     const file = join(outDir, `swarm-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
     await writeFile(
       file,
-      JSON.stringify({ shape, layers, layerSize, staggerS, tMin, imageBytes, results, limits }, null, 2),
+      JSON.stringify(
+        { shape, layers, layerSize, staggerS, tMin, imageBytes, cores, results, limits },
+        null,
+        2,
+      ),
     );
     const chart = file.replace(/\.json$/, '.svg');
     await writeFile(

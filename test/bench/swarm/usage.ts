@@ -27,10 +27,50 @@ export async function processUsage(pid: number): Promise<ProcessUsage | undefine
   }
 }
 
-/** The machine's CPU time counters: busy and total ticks over all cores since boot. */
-export async function machineTicks(): Promise<{ busy: number; total: number }> {
+/**
+ * The machine's CPU time counters in ticks over all cores since boot: busy and total, and the busy time
+ * by kind — user space, kernel on behalf of processes, and interrupts (on the emulated network, mostly
+ * the softirqs that move packets through veths, bridges and qdiscs).
+ */
+export interface MachineTicks {
+  busy: number;
+  total: number;
+  user: number;
+  system: number;
+  interrupts: number;
+}
+
+export async function machineTicks(): Promise<MachineTicks> {
   const line = (await readFile('/proc/stat', 'utf8')).split('\n')[0] ?? '';
-  const [user, nice, system, idle, iowait, irq, softirq, steal] = line.split(/\s+/).slice(1).map(Number);
-  const busy = (user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0);
-  return { busy, total: busy + (idle ?? 0) + (iowait ?? 0) };
+  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line
+    .split(/\s+/)
+    .slice(1)
+    .map(Number);
+  const busy = user + nice + system + irq + softirq + steal;
+  return { busy, total: busy + idle + iowait, user: user + nice, system, interrupts: irq + softirq };
+}
+
+/** Where the machine's CPU went between two readings, in CPU seconds. */
+export function machineSeconds(
+  before: MachineTicks,
+  after: MachineTicks,
+): { busy: number; user: number; system: number; interrupts: number } {
+  const seconds = (key: keyof MachineTicks) => (after[key] - before[key]) / TICKS;
+  return {
+    busy: seconds('busy'),
+    user: seconds('user'),
+    system: seconds('system'),
+    interrupts: seconds('interrupts'),
+  };
+}
+
+/**
+ * CPU seconds of this process's children that have ended and been waited for (with their own waited
+ * descendants): read before and after a batch of short-lived commands, the difference is what they spent.
+ */
+export async function endedChildrenCpuSeconds(): Promise<number> {
+  const stat = await readFile('/proc/self/stat', 'utf8');
+  // cutime and cstime are fields 16 and 17.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[13]) + Number(fields[14])) / TICKS;
 }
