@@ -27,7 +27,7 @@
  * interrupt.
  */
 import { rmSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -123,7 +123,13 @@ export interface ScenarioResult {
   /** Seconds from each node's start to its last byte, in node order. */
   completions: number[];
   failedNodes: number;
+  /**
+   * What the origin sent: the bodies of the registry's responses for direct and shoal (from its log),
+   * the registry host's interface for BitTorrent (whose seeder runs there; wire bytes).
+   */
   registryBytes: number;
+  /** All the registry host sent, NATS's and the control plane's traffic to the agents included. */
+  registryHostBytes: number;
   crossZoneBytesPerZone: number[];
   /** Fraction of the machine's CPU time that was busy while the nodes pulled. */
   machineBusy: number;
@@ -175,15 +181,41 @@ function boundSeconds(imageBytes: number, nodes: number): number {
   return Math.max(imageBytes / origin, imageBytes / up, (nodes * imageBytes) / (origin + nodes * up));
 }
 
+/** The log of the registry on the emulated network, one JSON line per response. */
+let registryLog = '';
+
+/**
+ * Bytes of response bodies the registry has written so far, from its log: what the registry itself
+ * sent, without TCP/IP headers, retransmissions or anything else the registry host sends.
+ */
+async function registryBodyBytes(): Promise<number> {
+  // A response's line is written as it completes; give the last ones a moment to reach the file.
+  await new Promise((resolve) => setTimeout(resolve, 200));
+  let bytes = 0;
+  for (const line of (await readFile(registryLog, 'utf8')).split('\n')) {
+    if (!line.includes('"http.response.written"')) continue;
+    try {
+      const written = (JSON.parse(line) as Record<string, unknown>)['http.response.written'];
+      if (typeof written === 'number') bytes += written;
+    } catch {
+      // A line that is not the registry's JSON (the process runner's own notes).
+    }
+  }
+  return bytes;
+}
+
 /** docker-registry in the registry host's namespace, serving the storage the image was pushed to. */
 async function serveRegistry(network: Network, storageDir: string, dir: string): Promise<ManagedProcess> {
   const config = join(dir, 'registry.yml');
+  registryLog = join(dir, 'registry.log');
   await writeFile(
     config,
     [
       'version: 0.1',
       'log:',
-      '  level: warn',
+      // Every response is logged with the bytes written, the registry's own count of its egress.
+      '  level: info',
+      '  formatter: json',
       'storage:',
       '  filesystem:',
       `    rootdirectory: ${JSON.stringify(storageDir)}`,
@@ -200,7 +232,7 @@ async function serveRegistry(network: Network, storageDir: string, dir: string):
     name: 'swarm-registry',
     cmd,
     args,
-    logFile: join(dir, 'registry.log'),
+    logFile: registryLog,
   });
   await waitServing(network, proc, `http://${network.registry.ip}:${REGISTRY_PORT}/v2/`);
   return proc;
@@ -208,17 +240,19 @@ async function serveRegistry(network: Network, storageDir: string, dir: string):
 
 /**
  * Runs `pull` (which resolves with each node's completion in seconds, NaN for a node that failed) and
- * counts what left the registry host and each zone meanwhile, and how busy the machine was.
+ * counts what left the registry and each zone meanwhile, and how busy the machine was. With `torrent`
+ * the pull clients are the system measured (BitTorrent's), not a runtime that receives from it, and
+ * the origin is the seeder on the registry host rather than the registry.
  */
 async function measurePulls(
   pull: () => Promise<number[]>,
   network: Network,
-  /** The pull clients are the system being measured (BitTorrent's), not a runtime that receives from it. */
-  clientsAreTheSystem = false,
+  torrent = false,
 ): Promise<Omit<ScenarioResult, 'scenario'>> {
   const zoneBytes = () =>
     Promise.all(Array.from({ length: shape.zones }, (_, z) => network.zoneEgressBytes(z)));
-  const registryBefore = await network.registryEgressBytes();
+  const originBytes = () => (torrent ? network.registryEgressBytes() : registryBodyBytes());
+  const [registryBefore, hostBefore] = await Promise.all([originBytes(), network.registryEgressBytes()]);
   const zonesBefore = await zoneBytes();
   const daemon = containerd?.process().pid;
   const [ticksBefore, clientsBefore, daemonBefore] = await Promise.all([
@@ -232,7 +266,7 @@ async function measurePulls(
     endedChildrenCpuSeconds(),
     daemon === undefined ? undefined : processUsage(daemon),
   ]);
-  const registryBytes = (await network.registryEgressBytes()) - registryBefore;
+  const [registryAfter, hostAfter] = await Promise.all([originBytes(), network.registryEgressBytes()]);
   const zonesAfter = await zoneBytes();
   return {
     machineBusy: (ticksAfter.busy - ticksBefore.busy) / Math.max(1, ticksAfter.total - ticksBefore.total),
@@ -242,11 +276,12 @@ async function measurePulls(
       ...(daemonBefore && daemonAfter
         ? { containerd: daemonAfter.cpuSeconds - daemonBefore.cpuSeconds }
         : {}),
-      clientsAreTheSystem,
+      clientsAreTheSystem: torrent,
     },
     completions: results,
     failedNodes: results.filter((r) => Number.isNaN(r)).length,
-    registryBytes,
+    registryBytes: registryAfter - registryBefore,
+    registryHostBytes: hostAfter - hostBefore,
     crossZoneBytesPerZone: zonesAfter.map((after, z) => after - (zonesBefore[z] ?? 0)),
   };
 }
@@ -487,7 +522,7 @@ function machineFloor(r: ScenarioResult): number | undefined {
 }
 
 /** Where a scenario's time and CPU went, in a few lines: machine load, agents, control plane, scheduling. */
-function describeCosts(r: ScenarioResult, tMin: number): string {
+function describeCosts(r: ScenarioResult, tMin: number, imageBytes: number): string {
   const c = r.cpu;
   const floor = machineFloor(r);
   const lines = [
@@ -500,6 +535,12 @@ function describeCosts(r: ScenarioResult, tMin: number): string {
     lines.push(
       `  machine floor: the pull clients${c.containerd === undefined ? '' : ', containerd'} and the network's ` +
         `interrupts alone need ${floor.toFixed(1)} s of this machine's ${cores} cores (${(floor / tMin).toFixed(2)} × T_min)`,
+    );
+  if (!r.cpu.clientsAreTheSystem)
+    lines.push(
+      `  registry host: ${(r.registryHostBytes / imageBytes).toFixed(2)} images sent in all, ` +
+        `${((r.registryHostBytes - r.registryBytes) / MiB).toFixed(1)} MiB more than the registry's response bodies ` +
+        `(TCP/IP and Ethernet headers, NATS and the control plane)`,
     );
   if (r.usage) {
     const agents = r.usage.agents.filter((u) => u !== undefined);
@@ -611,7 +652,7 @@ async function main(): Promise<void> {
       failed: String(r.failedNodes),
     }));
     if (rows.length > 0) process.stdout.write(`${table(rows)}\n`);
-    for (const r of results) process.stdout.write(`\n${describeCosts(r, tMin)}`);
+    for (const r of results) process.stdout.write(`\n${describeCosts(r, tMin, imageBytes)}`);
     if (limits) process.stdout.write(`\n${describeLimits(limits)}`);
     await mkdir(outDir, { recursive: true });
     const file = join(outDir, `swarm-${new Date().toISOString().replace(/[:.]/g, '-')}.json`);
