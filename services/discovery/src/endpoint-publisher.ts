@@ -180,9 +180,8 @@ export function createEndpointPublisher(options: EndpointPublisherOptions): Endp
   /** Removes published registries that no source names, once every source has answered at least once. */
   async function prune(kv: KV, current: Set<string>): Promise<void> {
     if (states.some((s) => s.targets === undefined)) return;
-    for (const key of await bucketKeys(kv)) {
+    for (const key of await bucketKeys(kv, (key) => !current.has(endpointKeyToRegistry(key)))) {
       const registry = endpointKeyToRegistry(key);
-      if (current.has(registry)) continue;
       await kv.delete(key);
       last.delete(registry);
       metrics.endpointHealthy.remove({ registry });

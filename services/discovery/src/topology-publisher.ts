@@ -103,8 +103,7 @@ export function createTopologyPublisher(options: {
       const kv = options.kv();
       if (!kv) return 0;
       let removed = 0;
-      for (const key of await bucketKeys(kv)) {
-        if (ids.has(key)) continue;
+      for (const key of await bucketKeys(kv, (key) => !ids.has(key))) {
         await kv.delete(key);
         removed++;
       }

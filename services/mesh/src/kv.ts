@@ -1,6 +1,6 @@
 /** Key-value helpers shared by the services: compare-and-set conflicts and whole-bucket watches. */
 import { JetStreamApiCodes, JetStreamApiError } from '@nats-io/jetstream';
-import { Bucket, type KV, type KvEntry, type KvWatchEntry } from '@nats-io/kv';
+import type { Bucket, KV, KvEntry, KvWatchEntry } from '@nats-io/kv';
 
 /** Recognises the error JetStream returns when a compare-and-set write loses a race. */
 
@@ -56,26 +56,43 @@ export async function watchBucket(kv: KV, onEntry: (entry: KvWatchEntry) => void
   };
 }
 
+/** What listing needs of a bucket from Kvm: its stream, the subject prefix of its keys, and its manager. */
+type ListableBucket = KV & Pick<Bucket, 'jsm' | 'stream' | 'prefix' | 'prefixLen' | 'decodeKey'>;
+
+function listable(kv: KV): kv is ListableBucket {
+  // Checked by shape rather than `instanceof Bucket`, which two copies of the library would defeat.
+  const bucket = kv as Partial<ListableBucket>;
+  return (
+    typeof bucket.stream === 'string' &&
+    typeof bucket.prefix === 'string' &&
+    typeof bucket.decodeKey === 'function' &&
+    bucket.jsm !== undefined
+  );
+}
+
 /**
- * The current entry of every key in a bucket that holds a value (deleted and purged keys left out).
+ * The current entry of every key in a bucket that holds a value (deleted and purged keys left out), of
+ * the keys `only` accepts when it is given (the others are not read at all).
  *
  * The keys are read from the stream's subject list, one request (paged by the server for big buckets),
  * not with `kv.keys()`: on nats-server 2.9 that listing waits forever once a key has been deleted while
  * another keeps being written, because it ends on a pending count that then never reaches zero and on an
  * idle heartbeat that the writes keep away. A key written or deleted meanwhile is read as it is then.
  */
-export async function bucketEntries(kv: KV): Promise<KvEntry[]> {
-  if (!(kv instanceof Bucket)) throw new TypeError('bucketEntries needs a bucket opened with Kvm');
+export async function bucketEntries(kv: KV, only?: (key: string) => boolean): Promise<KvEntry[]> {
+  if (!listable(kv)) throw new TypeError('bucketEntries needs a bucket opened with Kvm');
   const info = await kv.jsm.streams.info(kv.stream, { subjects_filter: `${kv.prefix}.>` });
   const entries: KvEntry[] = [];
   for (const subject of Object.keys(info.state.subjects ?? {})) {
-    const entry = await kv.get(kv.decodeKey(subject.substring(kv.prefixLen)));
+    const key = kv.decodeKey(subject.substring(kv.prefixLen));
+    if (only && !only(key)) continue;
+    const entry = await kv.get(key);
     if (entry?.operation === 'PUT') entries.push(entry);
   }
   return entries;
 }
 
-/** The keys of a bucket that hold a value; see bucketEntries. */
-export async function bucketKeys(kv: KV): Promise<string[]> {
-  return (await bucketEntries(kv)).map((entry) => entry.key);
+/** The keys of a bucket that hold a value, of those `only` accepts; see bucketEntries. */
+export async function bucketKeys(kv: KV, only?: (key: string) => boolean): Promise<string[]> {
+  return (await bucketEntries(kv, only)).map((entry) => entry.key);
 }

@@ -56,6 +56,15 @@ describe('bucketKeys', () => {
     await other.delete('k2');
     const entries = await bucketEntries(other);
     expect(entries.map((e) => [e.key, e.string()])).toEqual([['k1', 'uno']]);
+    await other.put('k3', 'three');
+    // `only` sees every key; only the keys it accepts are read (k1 is not).
+    const asked: string[] = [];
+    const only = (key: string) => {
+      asked.push(key);
+      return key !== 'k1';
+    };
+    expect((await bucketEntries(other, only)).map((e) => e.key)).toEqual(['k3']);
+    expect(asked.sort()).toEqual(['k1', 'k2', 'k3']);
   });
 
   it('says the bucket is not found when its stream is missing', async () => {
