@@ -29,8 +29,9 @@ export async function processUsage(pid: number): Promise<ProcessUsage | undefine
 
 /**
  * The machine's CPU time counters in ticks over all cores since boot: busy and total, and the busy time
- * by kind — user space, kernel on behalf of processes, and interrupts (on the emulated network, mostly
- * the softirqs that move packets through veths, bridges and qdiscs).
+ * by kind — user space, kernel on behalf of processes, interrupts (on the emulated network, mostly the
+ * softirqs that move packets through veths, bridges and qdiscs) and steal (time a virtual machine's
+ * host gave to someone else).
  */
 export interface MachineTicks {
   busy: number;
@@ -38,6 +39,7 @@ export interface MachineTicks {
   user: number;
   system: number;
   interrupts: number;
+  steal: number;
 }
 
 export async function machineTicks(): Promise<MachineTicks> {
@@ -47,20 +49,21 @@ export async function machineTicks(): Promise<MachineTicks> {
     .slice(1)
     .map(Number);
   const busy = user + nice + system + irq + softirq + steal;
-  return { busy, total: busy + idle + iowait, user: user + nice, system, interrupts: irq + softirq };
+  return { busy, total: busy + idle + iowait, user: user + nice, system, interrupts: irq + softirq, steal };
 }
 
 /** Where the machine's CPU went between two readings, in CPU seconds. */
 export function machineSeconds(
   before: MachineTicks,
   after: MachineTicks,
-): { busy: number; user: number; system: number; interrupts: number } {
+): { busy: number; user: number; system: number; interrupts: number; steal: number } {
   const seconds = (key: keyof MachineTicks) => (after[key] - before[key]) / TICKS;
   return {
     busy: seconds('busy'),
     user: seconds('user'),
     system: seconds('system'),
     interrupts: seconds('interrupts'),
+    steal: seconds('steal'),
   };
 }
 
