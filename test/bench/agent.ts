@@ -19,7 +19,7 @@
  *                          [--hash-workers <cores>] [--out results/agent]
  */
 import { createHash, randomFillSync } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { availableParallelism, cpus } from 'node:os';
 import { join } from 'node:path';
 import { createHashPool } from '@shoal/agent';
@@ -44,6 +44,7 @@ import {
   waitForNodes,
 } from '../support/shoal.js';
 import { table } from './report.js';
+import { machineTicks, processUsage } from './usage.js';
 
 const MiB = 1024 * 1024;
 /** Throughput is reported in decimal megabytes per second, as network rates are. */
@@ -157,25 +158,11 @@ async function digestOf(url: string): Promise<string> {
 }
 
 // ---------------------------------------------------------------------------------------------------
-// CPU accounting from /proc, so a figure comes with what it cost.
-
 /** CPU seconds (user + system, every thread) of a process. */
 async function cpuSeconds(pid: number): Promise<number> {
-  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-  // The command name is in parentheses and may hold spaces; utime and stime are fields 14 and 15.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
-/** Busy and total ticks of the whole machine since boot. */
-async function machineTicks(): Promise<{ busy: number; total: number }> {
-  const line = (await readFile('/proc/stat', 'utf8')).split('\n')[0] ?? '';
-  const [user = 0, nice = 0, system = 0, idle = 0, iowait = 0, irq = 0, softirq = 0, steal = 0] = line
-    .split(/\s+/)
-    .slice(1)
-    .map(Number);
-  const busy = user + nice + system + irq + softirq + steal;
-  return { busy, total: busy + idle + iowait };
+  const usage = await processUsage(pid);
+  if (!usage) throw new Error(`process ${pid} is gone`);
+  return usage.cpuSeconds;
 }
 
 interface Measured {

@@ -56,7 +56,7 @@ import {
   machineTicks,
   processUsage,
   type ProcessUsage,
-} from './usage.js';
+} from '../usage.js';
 
 const MiB = 1024 * 1024;
 

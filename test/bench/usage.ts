@@ -1,8 +1,16 @@
-/** What processes and the machine spent, read from /proc: CPU seconds, peak RSS, busy fraction. */
+/** What processes and the machine spent, read from /proc: CPU seconds, peak RSS, busy time by kind. */
 import { readFile } from 'node:fs/promises';
 
 /** Clock ticks per second of /proc's CPU times (USER_HZ), 100 on every Linux this runs on. */
 const TICKS = 100;
+
+/**
+ * Field `n` (1-based, as proc(5) numbers them) of a /proc/PID/stat line. The command name, field 2, is
+ * in parentheses and may hold spaces, so fields are counted from after it.
+ */
+function statField(stat: string, n: number): number {
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[n - 3]);
+}
 
 export interface ProcessUsage {
   cpuSeconds: number;
@@ -16,10 +24,7 @@ export async function processUsage(pid: number): Promise<ProcessUsage | undefine
       readFile(`/proc/${pid}/stat`, 'utf8'),
       readFile(`/proc/${pid}/status`, 'utf8'),
     ]);
-    // Fields after the command name, which is in parentheses and may hold spaces: state is field 3,
-    // utime 14 and stime 15.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const ticks = Number(fields[11]) + Number(fields[12]);
+    const ticks = statField(stat, 14) + statField(stat, 15);
     const hwm = /^VmHWM:\s+(\d+) kB/m.exec(status);
     return { cpuSeconds: ticks / TICKS, peakRssBytes: Number(hwm?.[1] ?? 0) * 1024 };
   } catch {
@@ -73,7 +78,6 @@ export function machineSeconds(
  */
 export async function endedChildrenCpuSeconds(): Promise<number> {
   const stat = await readFile('/proc/self/stat', 'utf8');
-  // cutime and cstime are fields 16 and 17.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(fields[13]) + Number(fields[14])) / TICKS;
+  // cutime and cstime.
+  return (statField(stat, 16) + statField(stat, 17)) / TICKS;
 }

@@ -1,6 +1,6 @@
 /** The swarm benchmark's CPU accounting, read from /proc. */
 import { describe, expect, it } from 'vitest';
-import { runCommand } from '../../kit/index.js';
+import { runCommand } from '../kit/index.js';
 import { endedChildrenCpuSeconds, machineSeconds, machineTicks } from './usage.js';
 
 describe('swarm benchmark CPU accounting', () => {
