@@ -121,12 +121,11 @@ const COUNTERS = [
   'shoal_agent_peer_upload_bytes_total',
 ];
 
-export interface ControlServices {
-  discovery: ShoalService;
-  announcer: ShoalService;
-  /** Scheduler replicas; the first is `scheduler`. */
-  schedulers: ShoalService[];
-}
+export type ControlKind = 'discovery' | 'announcer' | 'scheduler';
+const CONTROL_KINDS: readonly ControlKind[] = ['discovery', 'announcer', 'scheduler'];
+
+/** The replicas of each control service; the first of each is the one the harness started. */
+export type ControlServices = Record<ControlKind, ShoalService[]>;
 
 export interface Harness {
   readonly dir: string;
@@ -151,14 +150,15 @@ export interface Harness {
   cachedBytes(node: ChaosNode, image: BuiltImage): Promise<number>;
   /** Starts the node's agent again on the same port with the same cache dir. */
   restartAgent(node: ChaosNode): Promise<ShoalService>;
-  startScheduler(instance: string): Promise<ShoalService>;
-  /** Kills (SIGKILL) every control service: discovery, announcer and all scheduler replicas. */
+  /** Starts one more replica of a control service, named `instance`. */
+  startReplica(kind: ControlKind, instance: string): Promise<ShoalService>;
+  /** Kills (SIGKILL) every replica of every control service. */
   killControl(): Promise<void>;
-  /** Starts again whichever of discovery, announcer and the first scheduler is not running. */
+  /** Starts again the first replica of each control service where it is not running; forgets dead others. */
   restartControl(): Promise<void>;
   /**
-   * Puts everything back as it was after start: no registry fault, NATS up, every agent and the three
-   * control services (one scheduler) running, every node registered and connected.
+   * Puts everything back as it was after start: no registry fault, NATS up, every agent and one replica
+   * of each control service running, every node registered and connected.
    */
   heal(): Promise<void>;
   stop(): Promise<void>;
@@ -206,7 +206,7 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
     const baseFault = { bytesPerSecond: options.registryBytesPerSecond, ...BLOB_GETS };
     registry.setFault(baseFault);
 
-    const startControl = async (kind: 'discovery' | 'announcer' | 'scheduler', instance?: string) =>
+    const startControl = async (kind: ControlKind, instance?: string) =>
       await startControlService(kind, {
         natsUrl: nats.url,
         dir,
@@ -218,7 +218,11 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
       track(startControl('announcer')),
       track(startControl('scheduler')),
     ])) as [ShoalService, ShoalService, ShoalService];
-    const control: ControlServices = { discovery, announcer, schedulers: [scheduler] };
+    const control: ControlServices = {
+      discovery: [discovery],
+      announcer: [announcer],
+      scheduler: [scheduler],
+    };
 
     const placements = Array.from({ length: options.nodes }, (_, i) => {
       // The first half in zone-a, the rest in zone-b; in each zone, nodes alternate between two vSwitches.
@@ -264,7 +268,7 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
     control: ControlServices,
     nodes: ChaosNode[],
     launchAgent: (p: { id: string; zone: string; vswitch: string }, port?: number) => Promise<ShoalService>,
-    startControl: (kind: 'discovery' | 'announcer' | 'scheduler', instance?: string) => Promise<ShoalService>,
+    startControl: (kind: ControlKind, instance?: string) => Promise<ShoalService>,
     baseFault: Harness['baseFault'],
   ): Harness {
     const imageDigests = (image: BuiltImage) => [image.config.digest, ...image.layers.map((l) => l.digest)];
@@ -400,40 +404,35 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
         return node.agent;
       },
 
-      async startScheduler(instance) {
-        const replica = await startControl('scheduler', instance);
-        control.schedulers.push(replica);
+      async startReplica(kind, instance) {
+        const replica = await startControl(kind, instance);
+        control[kind].push(replica);
         return replica;
       },
 
       async killControl() {
         await Promise.all(
-          [control.discovery, control.announcer, ...control.schedulers].map(
-            async (s) => await s.stop('SIGKILL'),
-          ),
+          CONTROL_KINDS.flatMap((kind) => control[kind]).map(async (s) => await s.stop('SIGKILL')),
         );
       },
 
       async restartControl() {
-        const running = control.schedulers.filter((s) => s.process.running());
-        await Promise.all([
-          (async () => {
-            if (!control.discovery.process.running()) control.discovery = await startControl('discovery');
-          })(),
-          (async () => {
-            if (!control.announcer.process.running()) control.announcer = await startControl('announcer');
-          })(),
-          (async () => {
-            if (!control.schedulers[0]?.process.running()) running.unshift(await startControl('scheduler'));
-          })(),
-        ]);
-        control.schedulers = running;
+        await Promise.all(
+          CONTROL_KINDS.map(async (kind) => {
+            const [first, ...others] = control[kind];
+            const running = others.filter((s) => s.process.running());
+            control[kind] = [
+              first?.process.running() === true ? first : await startControl(kind),
+              ...running,
+            ];
+          }),
+        );
       },
 
       async heal() {
         registry.setFault(baseFault);
         if (!nats.process().running()) await nats.restart();
-        const extra = control.schedulers.splice(1);
+        const extra = CONTROL_KINDS.flatMap((kind) => control[kind].splice(1));
         await Promise.all(extra.map(async (s) => await s.stop()));
         await Promise.all([
           harness.restartControl(),
@@ -461,7 +460,7 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
       async stop() {
         await Promise.allSettled(nodes.map(async (n) => await n.agent.stop()));
         await Promise.allSettled(
-          [control.discovery, control.announcer, ...control.schedulers].map(async (s) => await s.stop()),
+          CONTROL_KINDS.flatMap((kind) => control[kind]).map(async (s) => await s.stop()),
         );
         await Promise.allSettled([
           ...nodes.map(async (n) => await n.containerd.stop()),

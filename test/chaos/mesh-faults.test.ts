@@ -1,6 +1,6 @@
 /**
  * Faults of the mesh itself during a rollout: agents killed, the control services killed and restarted,
- * one of two scheduler replicas killed, NATS stopped and restarted, and NATS never reachable. Every
+ * one of two replicas of each control service killed, NATS stopped and restarted, and NATS never reachable. Every
  * node the fault leaves standing must complete its pull.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
@@ -141,33 +141,53 @@ describe('chaos: faults of the mesh during a rollout', () => {
     expect(verify.corruptBytes).toBe(0);
   });
 
-  it('one of two scheduler replicas killed: pulls complete and still go through the mesh', async () => {
-    await h.startScheduler('scheduler-2');
+  it('one of two replicas of each control service killed: the others carry on, pulls go through the mesh', async () => {
+    const kinds = ['discovery', 'announcer', 'scheduler'] as const;
+    const counters: Record<(typeof kinds)[number], string> = {
+      discovery: 'shoal_discovery_heartbeats_total',
+      announcer: 'shoal_announcer_announcements_applied_total',
+      scheduler: 'shoal_scheduler_requests_total',
+    };
+    const survivors = await Promise.all(kinds.map(async (kind) => await h.startReplica(kind, `${kind}-2`)));
     const image = await h.pushImage('replica-killed');
+    const atKill: number[] = [];
     const result = await h.rollout(image, {
       fault: {
         atFraction: 1 / 3,
         inject: async () => {
-          await h.control.schedulers[0]!.stop('SIGKILL');
+          await Promise.all(kinds.map(async (kind) => await h.control[kind][0]!.stop('SIGKILL')));
+          for (const [i, kind] of kinds.entries())
+            atKill.push(metricSum(await survivors[i]!.metrics(), counters[kind]));
         },
       },
     });
     const verify = await h.verifyAgents(image);
+    // What each survivor did after the kill: heartbeats taken, announcements applied, plans made.
+    const afterKill = Object.fromEntries(
+      await Promise.all(
+        kinds.map(async (kind, i) => [
+          kind,
+          metricSum(await survivors[i]!.metrics(), counters[kind]) - atKill[i]!,
+        ]),
+      ),
+    ) as Record<(typeof kinds)[number], number>;
     const r = report(
-      'scheduler-replica-killed',
-      'One of two scheduler replicas killed (SIGKILL) once a third of the bytes had moved; not restarted.',
+      'control-replica-killed',
+      'Two replicas each of discovery, announcer and scheduler; the first of each killed (SIGKILL) once a third of the bytes had moved, not restarted.',
       result,
       baseline,
       verify,
+      { extra: { survivorsAfterKill: afterKill } },
     );
     await writeReport(r);
     expect(result.injectedAtMs).toBeDefined();
     for (const pull of result.pulls) expect(pull, pull.error).toMatchObject({ ok: true });
     expect(verify.corruptBytes).toBe(0);
-    // The surviving replica keeps planning, so the mesh still carries most of the rollout: requests that
-    // were in flight to the killed replica time out (scheduler.timeout) and their downloads take chunks
-    // from the registry for the 3 s mesh back-off, which costs up to about one image more, far from one
-    // per node.
+    for (const kind of kinds) expect(afterKill[kind], `${kind}-2 after the kill`).toBeGreaterThan(0);
+    // The surviving replicas keep the mesh working, so it still carries most of the rollout: requests
+    // that were in flight to the killed scheduler time out (scheduler.timeout) and their downloads take
+    // chunks from the registry for the 3 s mesh back-off, which costs up to about one image more, far
+    // from one per node.
     expect(r.registryEgressImages).toBeLessThan(r.nodes / 2);
   });
 
