@@ -5,12 +5,19 @@
  */
 import { createHash } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
-import { connect as tcpConnect } from 'node:net';
+import { connect as tcpConnect, createServer as createNetServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { createServer, type Server } from 'node:http';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { Kvm } from '@nats-io/kv';
-import { Bitmap, chunkKeys, subjects, type HolderRecord, type NodeRecord } from '@shoal/mesh';
+import {
+  Bitmap,
+  chunkKeys,
+  subjects,
+  type HolderRecord,
+  type NodeRecord,
+  type ScheduleRequest,
+} from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   buildAndPushImage,
@@ -69,12 +76,13 @@ async function listenOnLoopback(server: Server): Promise<string> {
  */
 async function scriptedScheduler(
   natsUrl: string,
-  answer: (need: number[]) => unknown[],
+  answer: (need: number[], request: ScheduleRequest) => unknown[],
 ): Promise<NatsConnection> {
   const nc = await connect({ servers: natsUrl });
   nc.subscribe(subjects.schedule, {
     callback: (_err, msg) => {
-      const assignments = answer(msg.json<{ need: number[] }>().need);
+      const request = msg.json<ScheduleRequest>();
+      const assignments = answer(request.need, request);
       msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
     },
   });
@@ -454,7 +462,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
   async function pullScripted(
     id: string,
     extraArgs: string[],
-    answer: (need: number[]) => unknown[],
+    answer: (need: number[], request: ScheduleRequest) => unknown[],
   ): Promise<{ metrics: Map<string, number>; ms: number; registryBytes: number }> {
     const layer = image.layers[0]!;
     const before = bytesServed(registry, layer.digest);
@@ -622,6 +630,50 @@ describe('a node told to wait while its chunks are still arriving', () => {
     expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBeGreaterThan(
       0,
     );
+  });
+
+  it('tells the scheduler which parents it could not even connect to, apart from those that failed otherwise', async () => {
+    const layer = image.layers[0]!;
+    const { hashes: hashesOf } = chunked(await layerBytes());
+    const hashes = hashesOf();
+    // 'down': nothing listens on its port. 'rude': accepts the connection and hangs up without an answer.
+    const closed = createServer();
+    const downUrl = await listenOnLoopback(closed);
+    await new Promise((resolve) => closed.close(resolve));
+    const rude = createNetServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => rude.listen(0, '127.0.0.1', resolve));
+    const rudeUrl = `http://127.0.0.1:${(rude.address() as AddressInfo).port}`;
+    const seen: { avoid: string[]; unreachable: string[] }[] = [];
+    const peer = (index: number, node: string, url: string) => ({
+      index,
+      sha256: hashes[index]!,
+      source: { kind: 'peer', node, url },
+      alternates: [],
+    });
+    const origin = (index: number) => ({
+      index,
+      sha256: hashes[index]!,
+      source: { kind: 'origin', leaseMs: 10_000 },
+      alternates: [],
+    });
+    try {
+      const { registryBytes } = await pullScripted('u', ['--chunk-size=1MiB'], (need, request) => {
+        if (need.length > 0) seen.push({ avoid: request.avoid, unreachable: request.unreachable ?? [] });
+        // The first request that needs chunks gets chunk 0 from 'down' and chunk 1 from 'rude'.
+        if (seen.length === 1)
+          return need.map((i) =>
+            i === 0 ? peer(0, 'down', downUrl) : i === 1 ? peer(1, 'rude', rudeUrl) : origin(i),
+          );
+        return need.map(origin);
+      });
+      expect(registryBytes).toBe(layer.size);
+    } finally {
+      await new Promise((resolve) => rude.close(resolve));
+    }
+    const last = seen.at(-1)!;
+    expect(seen.length).toBeGreaterThan(1);
+    expect(last.avoid.sort()).toEqual(['down', 'rude']);
+    expect(last.unreachable).toEqual(['down']);
   });
 
   it('goes to the registry once told to wait with nothing in flight for longer than origin.waitTimeout', async () => {

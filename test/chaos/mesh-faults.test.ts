@@ -63,6 +63,11 @@ describe('chaos: faults of the mesh during a rollout', () => {
       },
     });
     const killed = victims.map((n) => n.id);
+    // Nodes the scheduler stopped counting on because the others could not connect to them.
+    const suspicions = metricSum(
+      await h.control.scheduler[0]!.metrics(),
+      'shoal_scheduler_node_suspicions_total',
+    );
     const survivors = h.nodes.filter((n) => !killed.includes(n.id));
     const verify = await h.verifyAgents(result.image, targetsOf(survivors));
 
@@ -88,6 +93,7 @@ describe('chaos: faults of the mesh during a rollout', () => {
         killed,
         extra: {
           killed,
+          suspicions,
           restarted: back.id,
           restartedCachedBytes: cachedAtStart,
           restartedFetchedBytes: refetched,

@@ -18,7 +18,12 @@ export type PeerHttpFailure =
   /** The peer answered with a body that is not the expected length. */
   | 'length'
   /** The connection failed, timed out or broke the protocol, or the request was aborted. */
-  | 'transport';
+  | 'transport'
+  /**
+   * No connection could be opened: refused, no route, or no answer to connect in time. The peer's
+   * process or host is down, or cannot be reached from here.
+   */
+  | 'connect';
 
 export class PeerHttpError extends Error {
   constructor(
@@ -59,6 +64,8 @@ class Connection {
   served = 0;
   /** Whether any byte of the answer to the latest request has arrived. */
   answered = false;
+  /** Whether the connection was ever opened; a failure before that is a `connect` failure. */
+  private connected = false;
   onIdle: (() => void) | undefined;
   onGone: (() => void) | undefined;
 
@@ -73,15 +80,27 @@ class Connection {
       },
     });
     this.socket.setTimeout(connectTimeoutMs);
+    this.socket.once('connect', () => {
+      this.connected = true;
+    });
     this.socket.on('timeout', () =>
-      this.fail(new PeerHttpError('no answer in time', 'transport', { cause: { timeout: true } })),
+      this.fail(
+        new PeerHttpError(this.connected ? 'no answer in time' : 'no connection in time', this.failure, {
+          cause: { timeout: true },
+        }),
+      ),
     );
-    this.socket.on('error', (err) => this.fail(new PeerHttpError(err.message, 'transport', { cause: err })));
+    this.socket.on('error', (err) => this.fail(new PeerHttpError(err.message, this.failure, { cause: err })));
     this.socket.on('end', () => this.fail(new PeerHttpError('the peer closed the connection', 'transport')));
     this.socket.on('close', () => {
       this.fail(new PeerHttpError('the connection closed', 'transport'));
       this.onGone?.();
     });
+  }
+
+  /** What a failure of the socket itself is now: `connect` until the connection has opened. */
+  private get failure(): PeerHttpFailure {
+    return this.connected ? 'transport' : 'connect';
   }
 
   get busy(): boolean {

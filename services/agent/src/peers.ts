@@ -130,6 +130,11 @@ export class PeerClient {
           )
         : new ShoalError('SHOAL_ERR_CHUNK_UNAVAILABLE', `peer ${url.origin}: ${(cause as Error).message}`, {
             cause,
+            // Not even a connection: the scheduler is told, so that it stops counting on the peer for
+            // every node (and frees the registry leases it holds), not only for this one.
+            ...(cause instanceof PeerHttpError && cause.failure === 'connect'
+              ? { details: { unreachable: true } }
+              : {}),
           });
     let status: number;
     try {

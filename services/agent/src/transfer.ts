@@ -98,6 +98,8 @@ export class Download {
   private readonly waiters = new Map<number, Waiter[]>();
   private failure: Error | undefined;
   private readonly avoid = new Set<string>();
+  /** Of `avoid`, the peers no connection could even be opened to (down, or cut off from this node). */
+  private readonly unreachable = new Set<string>();
   /** How fast this download's parents have been, to drop one far slower than the others. */
   private readonly speeds: PeerSpeeds;
   /** Credentials of the clients attached to this download, most recent first (kept in memory only). */
@@ -295,6 +297,7 @@ export class Download {
           chunkSize: this.chunkSize,
           need: ready,
           avoid: [...this.avoid],
+          ...(this.unreachable.size > 0 ? { unreachable: [...this.unreachable] } : {}),
           max: free,
           fetching: [...inflight.keys()],
         });
@@ -480,6 +483,7 @@ export class Download {
               : 'failed';
           // A peer that fails (or is far slower than the others) once is not asked again for this blob;
           // the scheduler is told via `avoid`, and the chunk goes to the next parent.
+          if (isShoalError(err) && err.details?.unreachable === true) this.unreachable.add(peer.node);
           if (!this.avoid.has(peer.node)) {
             this.avoid.add(peer.node);
             this.deps.events.publish({

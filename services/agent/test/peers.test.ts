@@ -1,5 +1,5 @@
 import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
+import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { isShoalError } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PeerClient } from '../src/peers.js';
@@ -63,6 +63,40 @@ describe('PeerClient', () => {
 });
 
 describe('PeerClient and a busy peer', () => {
+  it('marks a peer nothing listens for, or that answers no connect, as unreachable, and one that fails later not', async () => {
+    // A port that was just free: the connection is refused.
+    const closed = createServer();
+    await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));
+    const closedPort = (closed.address() as AddressInfo).port;
+    await new Promise((resolve) => closed.close(resolve));
+    // One that accepts and then hangs up without an answer: reached, so only unavailable.
+    const rude = createNetServer((socket) => socket.destroy());
+    await new Promise<void>((resolve) => rude.listen(0, '127.0.0.1', resolve));
+    const rudePort = (rude.address() as AddressInfo).port;
+    const client = new PeerClient(300, undefined, 64 * KiB);
+    try {
+      const fetch = (port: number) =>
+        client
+          .fetchChunk(`http://127.0.0.1:${port}`, 'a'.repeat(64), 0, Buffer.alloc(CHUNK))
+          .catch((e: unknown) => e);
+      const refused = await fetch(closedPort);
+      expect(isShoalError(refused, 'SHOAL_ERR_CHUNK_UNAVAILABLE') && refused.details).toEqual({
+        unreachable: true,
+      });
+      const hungUp = await fetch(rudePort);
+      expect(isShoalError(hungUp, 'SHOAL_ERR_CHUNK_UNAVAILABLE')).toBe(true);
+      expect(isShoalError(hungUp) && hungUp.details?.unreachable).toBeUndefined();
+      // A slow body is not unreachable either.
+      const slow = await new PeerClient(300, undefined, 512 * KiB)
+        .fetchChunk(url, 'a'.repeat(64), 0, Buffer.alloc(CHUNK))
+        .catch((e: unknown) => e);
+      expect(isShoalError(slow) && slow.details?.unreachable).toBeFalsy();
+    } finally {
+      await client.close();
+      await new Promise((resolve) => rude.close(resolve));
+    }
+  });
+
   it('marks a 429 as busy (try the next holder), and other refusals not', async () => {
     let status = 429;
     const busy = createServer((_req, res) => {

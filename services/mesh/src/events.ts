@@ -151,6 +151,16 @@ export type ShoalEvent = Base &
     | { type: 'node_joined'; node: string; zone: string; vswitch: string; url: string }
     | { type: 'node_left'; node: string; reason: string }
     | {
+        /**
+         * A scheduler replica stopped counting on a node that `reporters` could not connect to (before
+         * discovery removed it): it is offered to nobody as a parent and its leases are free to take.
+         */
+        type: 'node_suspected';
+        scheduler: string;
+        node: string;
+        reporters: string[];
+      }
+    | {
         /** A Kubernetes node's topology or agent state changed (discovery in Kubernetes mode). */
         type: 'node_topology';
         node: string;

@@ -104,6 +104,11 @@ export const scheduleRequest = z.object({
   /** Peers this node has found failing or slow for this blob. */
   avoid: z.array(nodeId).max(10_000).default([]),
   /**
+   * Of `avoid`, the peers this node could not even connect to (refused, no route, no answer to connect).
+   * The scheduler suspects a peer that enough nodes report, for every node, until it is heard from again.
+   */
+  unreachable: z.array(nodeId).max(10_000).optional(),
+  /**
    * How many chunks the node can start now. When set, `need` lists every chunk it could use and the
    * scheduler chooses which `max` of them to assign (rarest first, where parents have upload to spare);
    * the rest of `need` is left out of the reply. Unset, every needed chunk gets an assignment.

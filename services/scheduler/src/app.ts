@@ -28,6 +28,7 @@ import type { Msg, Subscription } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import type { SchedulerSettings } from './config.js';
 import { kvGrantStore, LeaseView, readLease, type Grant, type GrantStore } from './grants.js';
+import { Suspects } from './suspects.js';
 import {
   applyIndexEvent,
   chunkChangeToEvent,
@@ -90,8 +91,22 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const { mesh, log, config, instance } = deps;
   const now = deps.now ?? Date.now;
   const state: IndexState = createIndexState();
-  const metrics = createSchedulerMetrics(deps.registry, () => indexSizes(state));
   const events = deps.events ?? natsEventPublisher(mesh, instance, countDroppedEvents(deps.registry));
+  const suspects = new Suspects({
+    quorum: config.suspectQuorum,
+    forgetMs: Math.max(config.nodeTtl, config.originLease),
+    record: (node) => state.nodes.get(node),
+    onSuspected: (node, reporters) => {
+      metrics.suspected.inc();
+      log.warn({ node, reporters }, 'node unreachable for other nodes: offered to nobody, its leases free');
+      events.publish({ type: 'node_suspected', scheduler: instance, node, reporters });
+    },
+  });
+  const metrics = createSchedulerMetrics(
+    deps.registry,
+    () => indexSizes(state),
+    () => suspects.count(),
+  );
   // A parent's load is the transfers assigned to it that its children have not yet announced.
   const load = inflightLoad(config.parentExpire);
   const budget =
@@ -106,6 +121,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const planOptions: PlanOptions = {
     ...(budget ? { originBudget: () => budget.limit } : {}),
     nodeTtlMs: config.nodeTtl,
+    suspected: (node) => suspects.suspected(node),
     retryMs: config.waitRetry,
     maxAlternates: config.alternates,
     originMaxPerRequest: config.originMaxPerRequest,
@@ -143,6 +159,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       );
     }
     applyIndexEvent(state, translation.event);
+    if (translation.event.type === 'node_deleted') suspects.nodeDeleted(translation.event.node, now());
     if (translation.event.type === 'holder_put') {
       releaseAnnounced(translation.event);
       releaseParents(translation.event);
@@ -376,6 +393,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const request = decode(scheduleRequest, msg.data, 'schedule request');
       if (!grants) throw new Error('grant store is not ready');
       if (request.fetching) releaseFinished(blobHexOf(request.blob), request.node, request.fetching);
+      if (request.unreachable?.length) suspects.report(request.node, request.unreachable, now());
       const plan = await planRequest(state, request, grants, load, planOptions, now());
       if (budget) metrics.originLeases.set(grants.liveOrigin(now()) ?? 0);
       remember(plan.grants);
@@ -454,7 +472,12 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         const leaseView = new LeaseView(config.originLease, now);
         grants = kvGrantStore(
           buckets.grants,
-          { perChunk: config.originPerChunk, perZone: config.originPerZone, leaseMs: config.originLease },
+          {
+            perChunk: config.originPerChunk,
+            perZone: config.originPerZone,
+            leaseMs: config.originLease,
+            gone: (node) => suspects.gone(node),
+          },
           leaseView,
         );
         await watchLeases(leaseView);

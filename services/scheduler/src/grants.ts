@@ -57,6 +57,24 @@ export interface GrantStoreOptions {
   leaseMs: number;
   /** Slots of each (blob, chunk, zone) lease; 1 when not given. */
   perZone?: number;
+  /**
+   * Whether a node can no longer be counted on (see Suspects): its leases are free to take before they
+   * expire, and do not count against the origin budget.
+   */
+  gone?: (node: string) => boolean;
+}
+
+/**
+ * Whether `lease` keeps `node` (or, undefined, anyone) from its slot: held by another node, not expired,
+ * and that node not gone.
+ */
+function heldAgainst(
+  lease: GrantRecord | undefined,
+  node: string | undefined,
+  now: number,
+  gone: ((node: string) => boolean) | undefined,
+): boolean {
+  return lease !== undefined && lease.expiresAt > now && lease.node !== node && gone?.(lease.node) !== true;
 }
 
 /**
@@ -120,18 +138,15 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
     },
     mayTake(blobHex, index, node, now, zone) {
       const scope = scopeOf(options, blobHex, index, zone);
-      for (let slot = 0; slot < scope.slots; slot++) {
-        const current = leases.get(scope.key(slot));
-        if (!current || current.expiresAt <= now || current.node === node) return true;
-      }
+      for (let slot = 0; slot < scope.slots; slot++)
+        if (!heldAgainst(leases.get(scope.key(slot)), node, now, options.gone)) return true;
       return false;
     },
     take(blobHex, index, node, now, zone) {
       const scope = scopeOf(options, blobHex, index, zone);
       for (let slot = 0; slot < scope.slots; slot++) {
         const key = scope.key(slot);
-        const current = leases.get(key);
-        if (current && current.expiresAt > now && current.node !== node) continue;
+        if (heldAgainst(leases.get(key), node, now, options.gone)) continue;
         const expiresAt = now + options.leaseMs;
         leases.set(key, { node, expiresAt, revision: ++revision });
         return Promise.resolve(grantFor(key, blobHex, index, slot, node, expiresAt, revision, scope.zone));
@@ -144,7 +159,8 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
     },
     liveOrigin(now) {
       let live = 0;
-      for (const [key, lease] of leases) if (lease.expiresAt > now && isOriginKey(key)) live++;
+      for (const [key, lease] of leases)
+        if (isOriginKey(key) && heldAgainst(lease, undefined, now, options.gone)) live++;
       return live;
     },
   };
@@ -208,12 +224,15 @@ export class LeaseView {
     return this.loaded ? 'absent' : undefined;
   }
 
-  /** Origin leases in the view that have not expired; undefined until the view is loaded. */
-  liveOrigin(now: number): number | undefined {
+  /**
+   * Origin leases in the view that have not expired, leaving out those of nodes that are `gone`; undefined
+   * until the view is loaded.
+   */
+  liveOrigin(now: number, gone?: (node: string) => boolean): number | undefined {
     if (!this.loaded) return undefined;
     let live = 0;
     for (const [key, entry] of this.entries)
-      if (entry.lease && entry.lease.expiresAt > now && isOriginKey(key)) live++;
+      if (isOriginKey(key) && heldAgainst(entry.lease, undefined, now, gone)) live++;
     return live;
   }
 
@@ -266,7 +285,7 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
         revision = entry?.revision ?? 0;
         current = entry?.operation === 'PUT' ? readLease(key, entry.value) : undefined;
       }
-      if (current && current.expiresAt > now && current.node !== node) return null;
+      if (heldAgainst(current, node, now, options.gone)) return null;
       try {
         // previousSeq makes this exact: the write fails if anything was written since that revision
         // (0: if the key exists at all).
@@ -288,7 +307,7 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
       for (let slot = 0; slot < scope.slots; slot++) {
         const seen = view?.lookup(scope.key(slot));
         if (!seen || seen === 'absent') return true;
-        if (!seen.lease || seen.lease.expiresAt <= now || seen.lease.node === node) return true;
+        if (!heldAgainst(seen.lease, node, now, options.gone)) return true;
       }
       return false;
     },
@@ -315,7 +334,7 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
       }
     },
     liveOrigin(now) {
-      const seen = view?.liveOrigin(now);
+      const seen = view?.liveOrigin(now, options.gone);
       return seen === undefined ? undefined : seen + asking;
     },
   };

@@ -13,9 +13,14 @@ export interface SchedulerMetrics {
   crossZone: Counter;
   originBudget: Gauge;
   originLeases: Gauge;
+  suspected: Counter;
 }
 
-export function createSchedulerMetrics(registry: Registry, sizes: () => IndexSizes): SchedulerMetrics {
+export function createSchedulerMetrics(
+  registry: Registry,
+  sizes: () => IndexSizes,
+  suspectedNow: () => number = () => 0,
+): SchedulerMetrics {
   const gauge = (name: string, help: string, pick: (s: IndexSizes) => number) =>
     new Gauge({
       name,
@@ -36,6 +41,14 @@ export function createSchedulerMetrics(registry: Registry, sizes: () => IndexSiz
     (s) => s.holders,
   );
   gauge('shoal_scheduler_index_nodes', 'Node records in this replica’s index.', (s) => s.nodes);
+  new Gauge({
+    name: 'shoal_scheduler_nodes_suspected',
+    help: 'Nodes other nodes could not connect to and not heard from since: offered to nobody, their leases free.',
+    registers: [registry],
+    collect() {
+      this.set(suspectedNow());
+    },
+  });
   return {
     requests: new Counter({
       name: 'shoal_scheduler_requests_total',
@@ -68,6 +81,11 @@ export function createSchedulerMetrics(registry: Registry, sizes: () => IndexSiz
     originBudget: new Gauge({
       name: 'shoal_scheduler_origin_budget',
       help: 'Origin leases the mesh may hold at once, as this replica judges from how fast origin chunks arrive.',
+      registers: [registry],
+    }),
+    suspected: new Counter({
+      name: 'shoal_scheduler_node_suspicions_total',
+      help: 'Times a node became suspected: node.suspectQuorum nodes could not connect to it since its last heartbeat.',
       registers: [registry],
     }),
     originLeases: new Gauge({

@@ -38,6 +38,8 @@ import type { IndexState } from './index-state.js';
 export interface PlanOptions {
   /** A node whose record is older than this is not a parent. */
   nodeTtlMs: number;
+  /** Nodes that are not parents for anyone, whatever their record says (see Suspects). */
+  suspected?: (node: string) => boolean;
   retryMs: number;
   /** How many further peers to offer per chunk. */
   maxAlternates: number;
@@ -348,7 +350,7 @@ export async function planRequest(
   };
 
   const parentRecord = (id: string): NodeRecord | undefined => {
-    if (id === request.node || avoid.has(id)) return undefined;
+    if (id === request.node || avoid.has(id) || options.suspected?.(id) === true) return undefined;
     const node = state.nodes.get(id);
     return node && now - node.seenAt <= options.nodeTtlMs ? node : undefined;
   };

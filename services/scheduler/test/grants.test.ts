@@ -145,6 +145,30 @@ function conformance(
       expect(store.mayTake(blob, 1, 'n3', NOW + 10)).toBe(true);
     });
 
+    it('lets another node take the lease of a node that is gone, origin and zone alike, before it expires', async () => {
+      const gone = new Set<string>();
+      const t = Date.now();
+      const store = await make({ perChunk: 1, perZone: 1, leaseMs: 5_000, gone: (node) => gone.has(node) });
+      const blob = nextBlob();
+      await settle();
+      const before = store.liveOrigin(t);
+      await store.take(blob, 0, 'gone-1', t);
+      await store.take(blob, 0, 'gone-1', t, 'z1');
+      await settle();
+      expect(await store.take(blob, 0, 'n2', t + 10)).toBeNull();
+      expect(await store.take(blob, 0, 'n2', t + 10, 'z1')).toBeNull();
+      gone.add('gone-1');
+      expect(store.mayTake(blob, 0, 'n2', t + 20)).toBe(true);
+      // A gone node's lease does not count against the origin budget either.
+      if (seesLeases) expect(store.liveOrigin(t + 20)).toBe(before);
+      const taken = await store.take(blob, 0, 'n2', t + 20);
+      expect(taken).toMatchObject({ node: 'n2', expiresAt: t + 5_020 });
+      expect(await store.take(blob, 0, 'n2', t + 20, 'z1')).toMatchObject({ node: 'n2', zone: 'z1' });
+      // Taken over exactly once: the next node is refused by the new holder's lease.
+      await settle();
+      expect(await store.take(blob, 0, 'n3', t + 30)).toBeNull();
+    });
+
     it('counts the origin leases held now, by any node, and not the zone leases', async () => {
       // On the real clock: a lease view forgets leases that expired long ago.
       const t = Date.now();

@@ -175,6 +175,33 @@ describe('planRequest', () => {
     expect(sourceOf(all.assignments[0])).toEqual({ kind: 'origin', leaseMs: 30_000 });
   });
 
+  it('offers a suspected node to nobody, and sends a chunk only it holds to the registry', async () => {
+    const state = topology();
+    const suspected = new Set(['same-vsw']);
+    const withSuspects: PlanOptions = { ...options, suspected: (id) => suspected.has(id) };
+    const plan = await planRequest(
+      state,
+      request('r', [0]),
+      grants(),
+      decayingLoad(5_000),
+      withSuspects,
+      NOW,
+    );
+    expect(peerOf(plan.assignments[0])).toBe('same-zone');
+    expect(plan.assignments[0]?.alternates.map((a) => a.node)).toEqual(['other']);
+
+    suspected.add('same-zone').add('other');
+    const none = await planRequest(
+      state,
+      request('r', [0]),
+      grants(),
+      decayingLoad(5_000),
+      withSuspects,
+      NOW,
+    );
+    expect(sourceOf(none.assignments[0])).toEqual({ kind: 'origin', leaseMs: 30_000 });
+  });
+
   it('does not serve a chunk from a peer while its hash is unknown', async () => {
     const state = stateWith((s) => {
       addNode(s, 'r', 'z1', 'v1');
