@@ -673,7 +673,9 @@ describe('a node told to wait while its chunks are still arriving', () => {
     const last = seen.at(-1)!;
     expect(seen.length).toBeGreaterThan(1);
     expect(last.avoid.sort()).toEqual(['down', 'rude']);
-    expect(last.unreachable).toEqual(['down']);
+    // Reported in the requests after the failure (for a few seconds, not for ever), the other never.
+    expect(seen.some((r) => r.unreachable.includes('down'))).toBe(true);
+    expect(seen.every((r) => !r.unreachable.includes('rude'))).toBe(true);
   });
 
   it('goes to the registry once told to wait with nothing in flight for longer than origin.waitTimeout', async () => {

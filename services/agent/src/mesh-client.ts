@@ -256,7 +256,12 @@ export class MeshClient {
     const now = Date.now();
     nc.publish(
       subjects.heartbeat(this.options.nodeId),
-      encode({ ...this.options.self(), sentAt: now, seenAt: now }),
+      encode({
+        ...this.options.self(),
+        sentAt: now,
+        seenAt: now,
+        heartbeatMs: this.options.heartbeatIntervalMs,
+      }),
     );
   }
 

@@ -11,6 +11,13 @@
  */
 import { connect, type Socket } from 'node:net';
 
+/**
+ * Errors opening a connection that say the peer is not there: nothing listens, no route to it, or no
+ * answer to connect. This node's own troubles (out of file descriptors or ports, no name resolution)
+ * are not among them.
+ */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN', 'ETIMEDOUT']);
+
 /** Response headers larger than this are refused. */
 const HEADER_LIMIT = 16 * 1024;
 
@@ -64,7 +71,7 @@ class Connection {
   served = 0;
   /** Whether any byte of the answer to the latest request has arrived. */
   answered = false;
-  /** Whether the connection was ever opened; a failure before that is a `connect` failure. */
+  /** Whether the connection was ever opened; a peer found absent before that is a `connect` failure. */
   private connected = false;
   onIdle: (() => void) | undefined;
   onGone: (() => void) | undefined;
@@ -85,22 +92,27 @@ class Connection {
     });
     this.socket.on('timeout', () =>
       this.fail(
-        new PeerHttpError(this.connected ? 'no answer in time' : 'no connection in time', this.failure, {
-          cause: { timeout: true },
-        }),
+        new PeerHttpError(
+          this.connected ? 'no answer in time' : 'no connection in time',
+          this.connected ? 'transport' : 'connect',
+          { cause: { timeout: true } },
+        ),
       ),
     );
-    this.socket.on('error', (err) => this.fail(new PeerHttpError(err.message, this.failure, { cause: err })));
+    this.socket.on('error', (err: NodeJS.ErrnoException) =>
+      this.fail(
+        new PeerHttpError(
+          err.message,
+          !this.connected && UNREACHABLE.has(err.code ?? '') ? 'connect' : 'transport',
+          { cause: err },
+        ),
+      ),
+    );
     this.socket.on('end', () => this.fail(new PeerHttpError('the peer closed the connection', 'transport')));
     this.socket.on('close', () => {
       this.fail(new PeerHttpError('the connection closed', 'transport'));
       this.onGone?.();
     });
-  }
-
-  /** What a failure of the socket itself is now: `connect` until the connection has opened. */
-  private get failure(): PeerHttpFailure {
-    return this.connected ? 'transport' : 'connect';
   }
 
   get busy(): boolean {

@@ -78,6 +78,11 @@ const MESH_BACKOFF_MS = 3_000;
 const SLOW_CHECK_MS = 100;
 /** How often an otherwise idle download loop looks again. */
 const IDLE_POLL_MS = 250;
+/**
+ * How long a peer found unreachable is reported in this download's schedule requests: long enough to
+ * reach each scheduler replica a few times, short enough that a peer back on its feet is not held dead.
+ */
+const UNREACHABLE_REPORT_MS = 3_000;
 /** How many times origin.waitTimeout a download waits while told its chunks are queued for the origin. */
 const QUEUED_WAIT_FACTOR = 4;
 /**
@@ -98,8 +103,12 @@ export class Download {
   private readonly waiters = new Map<number, Waiter[]>();
   private failure: Error | undefined;
   private readonly avoid = new Set<string>();
-  /** Of `avoid`, the peers no connection could even be opened to (down, or cut off from this node). */
-  private readonly unreachable = new Set<string>();
+  /**
+   * Of `avoid`, the peers no connection could even be opened to (down, or cut off from this node), with
+   * when that was found: each is reported to the scheduler for UNREACHABLE_REPORT_MS, not for ever, so a
+   * peer that comes back is not held dead by an old report.
+   */
+  private readonly unreachable = new Map<string, number>();
   /** How fast this download's parents have been, to drop one far slower than the others. */
   private readonly speeds: PeerSpeeds;
   /** Credentials of the clients attached to this download, most recent first (kept in memory only). */
@@ -297,7 +306,7 @@ export class Download {
           chunkSize: this.chunkSize,
           need: ready,
           avoid: [...this.avoid],
-          ...(this.unreachable.size > 0 ? { unreachable: [...this.unreachable] } : {}),
+          ...this.unreachableNow(),
           max: free,
           fetching: [...inflight.keys()],
         });
@@ -410,6 +419,14 @@ export class Download {
     await this.verifyWhole();
   }
 
+  /** The peers to report as unreachable in the next schedule request, if any. */
+  private unreachableNow(): { unreachable?: string[] } {
+    if (this.unreachable.size === 0) return {};
+    const since = Date.now() - UNREACHABLE_REPORT_MS;
+    const recent = [...this.unreachable].filter(([, at]) => at >= since).map(([node]) => node);
+    return recent.length > 0 ? { unreachable: recent } : {};
+  }
+
   /** How long a chunk may wait for a peer: a little longer than an origin lease, spread so waiters do not all give up at once. */
   private get originWaitMs(): number {
     return this.options.originWaitMs * (0.85 + Math.random() * 0.3);
@@ -483,7 +500,8 @@ export class Download {
               : 'failed';
           // A peer that fails (or is far slower than the others) once is not asked again for this blob;
           // the scheduler is told via `avoid`, and the chunk goes to the next parent.
-          if (isShoalError(err) && err.details?.unreachable === true) this.unreachable.add(peer.node);
+          if (isShoalError(err) && err.details?.unreachable === true && !this.unreachable.has(peer.node))
+            this.unreachable.set(peer.node, Date.now());
           if (!this.avoid.has(peer.node)) {
             this.avoid.add(peer.node);
             this.deps.events.publish({

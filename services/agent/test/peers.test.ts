@@ -63,7 +63,7 @@ describe('PeerClient', () => {
 });
 
 describe('PeerClient and a busy peer', () => {
-  it('marks a peer nothing listens for, or that answers no connect, as unreachable, and one that fails later not', async () => {
+  it('marks a peer nothing listens for as unreachable, and one that fails after connecting not', async () => {
     // A port that was just free: the connection is refused.
     const closed = createServer();
     await new Promise<void>((resolve) => closed.listen(0, '127.0.0.1', resolve));

@@ -152,8 +152,9 @@ export type ShoalEvent = Base &
     | { type: 'node_left'; node: string; reason: string }
     | {
         /**
-         * A scheduler replica stopped counting on a node that `reporters` could not connect to (before
-         * discovery removed it): it is offered to nobody as a parent and its leases are free to take.
+         * A scheduler replica took a node for dead before discovery removed it: `reporters` could not
+         * connect to it, and it missed its heartbeats. It is offered to nobody as a parent and its leases
+         * are free to take.
          */
         type: 'node_suspected';
         scheduler: string;

@@ -88,6 +88,8 @@ export const nodeRecord = z.object({
   sentAt: z.number().optional(),
   /** Bytes in the agent's chunk cache. */
   cacheBytes: z.number().int().min(0).optional(),
+  /** How often the agent heartbeats, ms: how long a silence means it missed some. */
+  heartbeatMs: z.number().int().min(1).max(3_600_000).optional(),
   /** Blob downloads the agent has under way. */
   downloads: z.number().int().min(0).optional(),
 });
@@ -104,8 +106,9 @@ export const scheduleRequest = z.object({
   /** Peers this node has found failing or slow for this blob. */
   avoid: z.array(nodeId).max(10_000).default([]),
   /**
-   * Of `avoid`, the peers this node could not even connect to (refused, no route, no answer to connect).
-   * The scheduler suspects a peer that enough nodes report, for every node, until it is heard from again.
+   * Of `avoid`, the peers this node could not even connect to (refused, no route, no answer to connect),
+   * sent for a short while after the failure. A reported peer that has also missed its heartbeats is
+   * taken for dead by the scheduler (its leases free, a parent for nobody) until it is heard from again.
    */
   unreachable: z.array(nodeId).max(10_000).optional(),
   /**

@@ -93,19 +93,21 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const state: IndexState = createIndexState();
   const events = deps.events ?? natsEventPublisher(mesh, instance, countDroppedEvents(deps.registry));
   const suspects = new Suspects({
-    quorum: config.suspectQuorum,
     forgetMs: Math.max(config.nodeTtl, config.originLease),
     record: (node) => state.nodes.get(node),
-    onSuspected: (node, reporters) => {
+    onDead: (node, reporters) => {
       metrics.suspected.inc();
-      log.warn({ node, reporters }, 'node unreachable for other nodes: offered to nobody, its leases free');
+      log.warn(
+        { node, reporters },
+        'node unreachable for other nodes and missing its heartbeats: offered to nobody, its leases free',
+      );
       events.publish({ type: 'node_suspected', scheduler: instance, node, reporters });
     },
   });
   const metrics = createSchedulerMetrics(
     deps.registry,
     () => indexSizes(state),
-    () => suspects.count(),
+    () => suspects.count(now()),
   );
   // A parent's load is the transfers assigned to it that its children have not yet announced.
   const load = inflightLoad(config.parentExpire);
@@ -121,7 +123,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
   const planOptions: PlanOptions = {
     ...(budget ? { originBudget: () => budget.limit } : {}),
     nodeTtlMs: config.nodeTtl,
-    suspected: (node) => suspects.suspected(node),
+    suspected: (node) => suspects.gone(node, now()),
     retryMs: config.waitRetry,
     maxAlternates: config.alternates,
     originMaxPerRequest: config.originMaxPerRequest,
@@ -393,7 +395,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const request = decode(scheduleRequest, msg.data, 'schedule request');
       if (!grants) throw new Error('grant store is not ready');
       if (request.fetching) releaseFinished(blobHexOf(request.blob), request.node, request.fetching);
-      if (request.unreachable?.length) suspects.report(request.node, request.unreachable, now());
+      if (request.unreachable?.length)
+        suspects.report(request.node, request.unreachable, request.avoid, now());
       const plan = await planRequest(state, request, grants, load, planOptions, now());
       if (budget) metrics.originLeases.set(grants.liveOrigin(now()) ?? 0);
       remember(plan.grants);
@@ -476,7 +479,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
             perChunk: config.originPerChunk,
             perZone: config.originPerZone,
             leaseMs: config.originLease,
-            gone: (node) => suspects.gone(node),
+            gone: (node) => suspects.gone(node, now()),
           },
           leaseView,
         );

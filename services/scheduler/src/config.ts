@@ -21,12 +21,6 @@ export const schedulerSpec = {
     'A node whose last heartbeat is older than this is never offered as a parent.',
     { minMs: 100 },
   ),
-  suspectQuorum: opt.int(
-    'node.suspectQuorum',
-    2,
-    'A node this many other nodes could not connect to, and not heard from since, is offered to nobody as a parent before discovery removes it (node.ttl). One such report already frees its registry leases.',
-    { min: 1, max: 16 },
-  ),
   originPerChunk: opt.int(
     'origin.perChunk',
     1,
@@ -112,7 +106,6 @@ export type SchedulerConfig = ConfigOf<typeof schedulerSpec>;
 export type SchedulerSettings = Pick<
   SchedulerConfig,
   | 'nodeTtl'
-  | 'suspectQuorum'
   | 'originPerChunk'
   | 'originPerZone'
   | 'originLease'

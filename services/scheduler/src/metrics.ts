@@ -43,7 +43,7 @@ export function createSchedulerMetrics(
   gauge('shoal_scheduler_index_nodes', 'Node records in this replica’s index.', (s) => s.nodes);
   new Gauge({
     name: 'shoal_scheduler_nodes_suspected',
-    help: 'Nodes other nodes could not connect to and not heard from since: offered to nobody, their leases free.',
+    help: 'Nodes taken for dead now (unreachable for another node, heartbeats missed): offered to nobody, their leases free.',
     registers: [registry],
     collect() {
       this.set(suspectedNow());
@@ -85,7 +85,7 @@ export function createSchedulerMetrics(
     }),
     suspected: new Counter({
       name: 'shoal_scheduler_node_suspicions_total',
-      help: 'Times a node became suspected: node.suspectQuorum nodes could not connect to it since its last heartbeat.',
+      help: 'Times a node was taken for dead: another node could not connect to it, and it missed its heartbeats.',
       registers: [registry],
     }),
     originLeases: new Gauge({

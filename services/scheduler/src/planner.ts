@@ -38,7 +38,7 @@ import type { IndexState } from './index-state.js';
 export interface PlanOptions {
   /** A node whose record is older than this is not a parent. */
   nodeTtlMs: number;
-  /** Nodes that are not parents for anyone, whatever their record says (see Suspects). */
+  /** Nodes taken for dead: parents for nobody, whatever their record says (see Suspects). */
   suspected?: (node: string) => boolean;
   retryMs: number;
   /** How many further peers to offer per chunk. */

@@ -2,38 +2,43 @@
  * Nodes the mesh has lost before discovery has: a node whose agent was killed or whose host went down
  * sends no more heartbeats, but discovery removes it only after `node.ttl` (15 s), and its registry leases
  * hold for `origin.lease` (10 s). Agents that could not even open a connection to a peer say so in their
- * schedule requests (`unreachable`). From the first such report, and until the node is heard from again,
- * its leases are free for others to take: the worst a wrong report costs is a second registry fetch of
- * the chunks it was fetching. Once `quorum` different nodes have reported it, the node is also
- * **suspected**: offered to nobody as a parent, so that each node does not have to find out for itself
- * (a dead host can take a connect timeout to find). A heartbeat clears both; reports start over from
- * there.
+ * schedule requests (`unreachable`, for a few seconds after the failure). A node so reported that has
+ * also missed its heartbeats (none for SILENCE × its heartbeat interval) is taken for **dead**: its leases
+ * are free for others to take, and it is offered to nobody as a parent. Both signals are needed, so one
+ * agent with broken networking cannot have live nodes taken for dead, nor can a node that is merely slow
+ * to heartbeat. A heartbeat ends it; reports start over from there.
  *
  * A node whose record was deleted (it left, or discovery timed it out) is gone too, until it comes back.
  */
 import type { NodeRecord } from '@shoal/mesh';
 
 export interface SuspectsOptions {
-  /** Distinct reporters needed to suspect a node. */
-  quorum: number;
-  /** How long reports are kept without reaching the quorum, and how long a deletion is remembered. */
+  /** How long reports are kept, and how long a deletion is remembered. */
   forgetMs: number;
   /** The node's current record, as the scheduler's index has it. */
   record: (node: string) => NodeRecord | undefined;
-  /** Called once when a node becomes suspected. */
-  onSuspected?: (node: string, reporters: string[]) => void;
+  /** Called once when a node is first taken for dead, with the nodes that reported it. */
+  onDead?: (node: string, reporters: string[]) => void;
 }
 
 interface Reports {
   /** The node's last heartbeat (discovery's receipt time) when the first report came: none since. */
-  seenAt: number | undefined;
+  seenAt: number;
   reporters: Set<string>;
   firstAt: number;
+  /** Whether onDead was called for this round of reports. */
+  told: boolean;
 }
 
-/** Bound on the nodes tracked at once, against a flood of made-up reports. */
+/** Heartbeat intervals without a heartbeat that count as missed heartbeats. */
+export const SILENCE = 1.5;
+/** The agents' default heartbeat interval, for records that do not say theirs. */
+const DEFAULT_HEARTBEAT_MS = 3_000;
+/** Entries of one request that are looked at. */
+const MAX_PER_REPORT = 8;
+/** Bound on the nodes tracked at once. */
 const MAX_TRACKED = 10_000;
-/** Bound on the reporters kept per node: the quorum is small. */
+/** Bound on the reporters kept per node. */
 const MAX_REPORTERS = 16;
 
 export class Suspects {
@@ -45,11 +50,16 @@ export class Suspects {
 
   constructor(private readonly options: SuspectsOptions) {}
 
-  /** `reporter` could not connect to any of `nodes`. */
-  report(reporter: string, nodes: readonly string[], now: number): void {
-    for (const node of nodes) {
-      if (node === reporter) continue;
+  /**
+   * `reporter` could not connect to any of `nodes`. Only nodes it also asked to avoid count, and only
+   * nodes and reporters the node registry knows.
+   */
+  report(reporter: string, nodes: readonly string[], avoid: readonly string[], now: number): void {
+    if (this.options.record(reporter) === undefined) return;
+    for (const node of nodes.slice(0, MAX_PER_REPORT)) {
+      if (node === reporter || !avoid.includes(node)) continue;
       const seenAt = this.options.record(node)?.seenAt;
+      if (seenAt === undefined) continue;
       let entry = this.reports.get(node);
       if (entry && (entry.seenAt !== seenAt || now - entry.firstAt > this.options.forgetMs)) {
         // Heard from since the reports began, or they are old: start over.
@@ -59,46 +69,41 @@ export class Suspects {
       if (!entry) {
         if (this.reports.size >= MAX_TRACKED) this.prune(now);
         if (this.reports.size >= MAX_TRACKED) continue;
-        entry = { seenAt, reporters: new Set(), firstAt: now };
+        entry = { seenAt, reporters: new Set(), firstAt: now, told: false };
         this.reports.set(node, entry);
       }
-      if (entry.reporters.has(reporter) || entry.reporters.size >= MAX_REPORTERS) continue;
-      entry.reporters.add(reporter);
-      if (entry.reporters.size === this.options.quorum)
-        this.options.onSuspected?.(node, [...entry.reporters]);
+      if (entry.reporters.size < MAX_REPORTERS) entry.reporters.add(reporter);
     }
   }
 
-  /** Whether `node` is suspected now: reported by the quorum and not heard from since. */
-  suspected(node: string): boolean {
-    const entry = this.reports.get(node);
-    return (
-      entry !== undefined &&
-      entry.reporters.size >= this.options.quorum &&
-      entry.seenAt === this.options.record(node)?.seenAt
-    );
-  }
-
   /**
-   * Whether the leases `node` holds can no longer be counted on: some node could not connect to it since
-   * its last heartbeat, or its record was deleted and has not come back.
+   * Whether `node` is taken for dead now: reported unreachable since its last heartbeat, and silent for
+   * SILENCE heartbeat intervals; or its record was deleted and has not come back.
    */
-  gone(node: string): boolean {
+  gone(node: string, now: number): boolean {
+    const record = this.options.record(node);
+    if (record === undefined) return this.deleted.has(node);
     const entry = this.reports.get(node);
-    if (entry !== undefined && entry.seenAt === this.options.record(node)?.seenAt) return true;
-    return this.deleted.has(node) && this.options.record(node) === undefined;
+    if (entry === undefined || entry.seenAt !== record.seenAt) return false;
+    if (now - record.seenAt <= SILENCE * (record.heartbeatMs ?? DEFAULT_HEARTBEAT_MS)) return false;
+    if (!entry.told) {
+      entry.told = true;
+      this.options.onDead?.(node, [...entry.reporters]);
+    }
+    return true;
   }
 
   /** The node's record was deleted from the node registry. */
   nodeDeleted(node: string, now: number): void {
+    this.reports.delete(node);
     if (this.deleted.size >= MAX_TRACKED) this.prune(now);
     if (this.deleted.size < MAX_TRACKED) this.deleted.set(node, now);
   }
 
-  /** Nodes suspected now. */
-  count(): number {
+  /** Nodes with a record that are taken for dead now. */
+  count(now: number): number {
     let n = 0;
-    for (const node of this.reports.keys()) if (this.suspected(node)) n++;
+    for (const node of this.reports.keys()) if (this.gone(node, now)) n++;
     return n;
   }
 
@@ -106,7 +111,7 @@ export class Suspects {
     if (now - this.prunedAt < 1_000) return;
     this.prunedAt = now;
     for (const [node, entry] of this.reports)
-      if (now - entry.firstAt > this.options.forgetMs && !this.suspected(node)) this.reports.delete(node);
+      if (now - entry.firstAt > this.options.forgetMs) this.reports.delete(node);
     for (const [node, at] of this.deleted)
       if (now - at > this.options.forgetMs || this.options.record(node) !== undefined)
         this.deleted.delete(node);

@@ -29,7 +29,6 @@ import { startNatsServer, type NatsServer } from '@shoal/mesh/testing';
 
 const settings: SchedulerSettings = {
   nodeTtl: 15_000,
-  suspectQuorum: 2,
   originPerChunk: 1,
   originPerZone: 1,
   originLease: 30_000,
@@ -415,13 +414,16 @@ describe('scheduler', () => {
     });
   });
 
-  it('frees the leases of a node another could not connect to, and offers it to nobody once two could not', async () => {
+  it('takes a node others cannot connect to and that missed its heartbeats for dead: leases free, no parent', async () => {
     // One replica, so that every report reaches the replica that decides.
     for (const replica of [...replicas]) await stopReplica(replica);
     const replica = await startReplica('sched-suspects');
     const now = Date.now();
-    for (const id of ['dead', 'r1', 'r2', 'r3'])
-      await buckets.nodes.put(id, encode(node(id, 'z1', 'v1', now)));
+    // 'dead' heartbeats every second and was last heard 5 s ago (within node.ttl, so still listed);
+    // 'alive' was heard just now.
+    await buckets.nodes.put('dead', encode({ ...node('dead', 'z1', 'v1', now - 5_000), heartbeatMs: 1_000 }));
+    for (const id of ['alive', 'r1', 'r2', 'r3'])
+      await buckets.nodes.put(id, encode({ ...node(id, 'z1', 'v1', now), heartbeatMs: 1_000 }));
     const blob = digestOf('f');
     const size = 2 * MiB;
     // A second blob that only 'dead' holds.
@@ -430,41 +432,35 @@ describe('scheduler', () => {
     await buckets.chunks.put(chunkKeys.holder(hex('7'), 'dead'), encode(holder('dead', held, 2, 'all')));
     await eventually(
       async () => replica.scheduler.sizes(),
-      (sizes) => sizes.nodes >= 4 && sizes.holders >= 1,
+      (sizes) => sizes.nodes >= 5 && sizes.holders >= 1,
     );
     const fromHolder = async (index: number) =>
       sourceKind(ok(await ask({ node: 'r3', blob: held, size, chunkSize: MiB, need: [index] })));
     const events = nc.subscribe(subjects.eventsOfType('node_suspected'));
     await nc.flush();
-    expect(sourceKind(ok(await ask({ node: 'dead', blob, size, chunkSize: MiB, need: [0] })))).toEqual([
-      'origin',
-    ]);
-    // 'dead' holds chunk 0's leases for 30 s.
-    expect(sourceKind(await ask({ node: 'r1', blob, size, chunkSize: MiB, need: [0] }))).toEqual(['wait']);
-    // r1 could not connect to it: its leases are free, but it is still a parent for others.
-    const report = { avoid: ['dead'], unreachable: ['dead'] };
-    expect(sourceKind(await ask({ node: 'r1', blob, size, chunkSize: MiB, need: [0], ...report }))).toEqual([
-      'origin',
-    ]);
+    const origin = (node: string, index: number, extra = {}) =>
+      ask({ node, blob, size, chunkSize: MiB, need: [index], ...extra });
+    expect(sourceKind(ok(await origin('dead', 0)))).toEqual(['origin']);
+    expect(sourceKind(ok(await origin('alive', 1)))).toEqual(['origin']);
+    // Both hold their chunk's leases for 30 s; a report about the live one changes nothing.
+    expect(sourceKind(await origin('r1', 1, { avoid: ['alive'], unreachable: ['alive'] }))).toEqual(['wait']);
+    expect(sourceKind(await origin('r1', 0))).toEqual(['wait']);
     expect(await fromHolder(0)).toEqual(['dead']);
-    expect(await replica.registry.metrics()).toMatch(/shoal_scheduler_nodes_suspected 0\n/);
-    // A second node could not either: suspected, a parent for nobody.
-    expect(sourceKind(await ask({ node: 'r2', blob, size, chunkSize: MiB, need: [1], ...report }))).toEqual([
-      'origin',
-    ]);
+    // Reported, and silent: taken for dead. Its lease is free, and it is no parent for anyone.
+    expect(sourceKind(await origin('r2', 0, { avoid: ['dead'], unreachable: ['dead'] }))).toEqual(['origin']);
     let event: (ShoalEvent & { type: 'node_suspected' }) | undefined;
     for await (const msg of events) {
       event = msg.json();
       break;
     }
-    expect(event).toMatchObject({ type: 'node_suspected', node: 'dead', reporters: ['r1', 'r2'] });
+    expect(event).toMatchObject({ type: 'node_suspected', node: 'dead', reporters: ['r2'] });
     const metrics = await replica.registry.metrics();
     expect(metrics).toMatch(/shoal_scheduler_node_suspicions_total 1\n/);
     expect(metrics).toMatch(/shoal_scheduler_nodes_suspected 1\n/);
     expect(await fromHolder(1)).toEqual(['origin']);
 
     // Heard from again: counted on again.
-    await buckets.nodes.put('dead', encode(node('dead', 'z1', 'v1', Date.now())));
+    await buckets.nodes.put('dead', encode({ ...node('dead', 'z1', 'v1', Date.now()), heartbeatMs: 1_000 }));
     const text = await eventually(
       async () => await replica.registry.metrics(),
       (m) => /shoal_scheduler_nodes_suspected 0\n/.test(m),

@@ -2,7 +2,7 @@ import type { NodeRecord } from '@shoal/mesh';
 import { describe, expect, it } from 'vitest';
 import { Suspects } from '../src/suspects.js';
 
-const record = (id: string, seenAt: number): NodeRecord => ({
+const record = (id: string, seenAt: number, heartbeatMs?: number): NodeRecord => ({
   id,
   url: `http://${id}:65001`,
   zone: 'z',
@@ -10,89 +10,92 @@ const record = (id: string, seenAt: number): NodeRecord => ({
   pool: '',
   startedAt: 0,
   seenAt,
+  ...(heartbeatMs === undefined ? {} : { heartbeatMs }),
 });
 
-function setup(quorum = 2) {
-  const nodes = new Map<string, NodeRecord>([
-    ['dead', record('dead', 1_000)],
-    ['a', record('a', 1_000)],
-  ]);
-  const suspected: { node: string; reporters: string[] }[] = [];
+/** 'dead' last heartbeated at 1 s, every 1 s; the reporters heartbeat all the time. */
+function setup() {
+  const nodes = new Map<string, NodeRecord>([['dead', record('dead', 1_000, 1_000)]]);
+  for (const id of ['n1', 'n2', 'n3']) nodes.set(id, record(id, 1_000_000));
+  const told: { node: string; reporters: string[] }[] = [];
   const suspects = new Suspects({
-    quorum,
     forgetMs: 15_000,
     record: (node) => nodes.get(node),
-    onSuspected: (node, reporters) => suspected.push({ node, reporters }),
+    onDead: (node, reporters) => told.push({ node, reporters }),
   });
-  return { nodes, suspects, suspected };
+  return { nodes, suspects, told };
 }
 
 describe('suspects', () => {
-  it('frees the leases of a node one node could not connect to, and suspects it once a quorum did', () => {
-    const { suspects, suspected } = setup();
-    expect(suspects.gone('dead')).toBe(false);
-    suspects.report('n1', ['dead'], 2_000);
-    suspects.report('n1', ['dead'], 2_100);
-    expect(suspects.suspected('dead')).toBe(false);
-    // One report frees its leases, a duplicate registry fetch at worst.
-    expect(suspects.gone('dead')).toBe(true);
-    suspects.report('n2', ['dead'], 2_200);
-    expect(suspects.suspected('dead')).toBe(true);
-    expect(suspects.gone('dead')).toBe(true);
-    suspects.report('n3', ['dead'], 2_300);
-    expect(suspected).toEqual([{ node: 'dead', reporters: ['n1', 'n2'] }]);
-    expect(suspects.count()).toBe(1);
-    expect(suspects.suspected('a')).toBe(false);
+  it('takes a node for dead once another could not connect to it and it missed its heartbeats', () => {
+    const { suspects, told } = setup();
+    expect(suspects.gone('dead', 5_000)).toBe(false);
+    suspects.report('n1', ['dead'], ['dead'], 2_000);
+    // Reported, but heard from 1.5 s ago: 1.5 heartbeat intervals are allowed.
+    expect(suspects.gone('dead', 2_500)).toBe(false);
+    expect(suspects.gone('dead', 2_501)).toBe(true);
+    suspects.report('n2', ['dead'], ['dead'], 2_600);
+    expect(suspects.gone('dead', 2_700)).toBe(true);
+    expect(told).toEqual([{ node: 'dead', reporters: ['n1'] }]);
+    expect(suspects.count(2_700)).toBe(1);
   });
 
-  it('clears the suspicion when the node is heard from, and counts reports afresh from there', () => {
+  it('takes no node for dead on its silence alone, nor a node that keeps heartbeating on reports alone', () => {
     const { nodes, suspects } = setup();
-    suspects.report('n1', ['dead'], 2_000);
-    suspects.report('n2', ['dead'], 2_000);
-    expect(suspects.suspected('dead')).toBe(true);
-    nodes.set('dead', record('dead', 3_000));
-    expect(suspects.suspected('dead')).toBe(false);
-    expect(suspects.gone('dead')).toBe(false);
-    expect(suspects.count()).toBe(0);
-    suspects.report('n1', ['dead'], 3_500);
-    expect(suspects.suspected('dead')).toBe(false);
-    suspects.report('n2', ['dead'], 3_600);
-    expect(suspects.suspected('dead')).toBe(true);
+    expect(suspects.gone('dead', 60_000)).toBe(false);
+    nodes.set('alive', record('alive', 10_000, 1_000));
+    suspects.report('n1', ['alive'], ['alive'], 10_100);
+    suspects.report('n2', ['alive'], ['alive'], 10_200);
+    expect(suspects.gone('alive', 10_900)).toBe(false);
+    nodes.set('alive', record('alive', 11_000, 1_000));
+    expect(suspects.gone('alive', 12_000)).toBe(false);
   });
 
-  it('starts over from reports older than forgetMs that never reached the quorum', () => {
+  it('clears when the node is heard from, and counts reports afresh from there', () => {
+    const { nodes, suspects } = setup();
+    suspects.report('n1', ['dead'], ['dead'], 2_000);
+    expect(suspects.gone('dead', 3_000)).toBe(true);
+    nodes.set('dead', record('dead', 3_100, 1_000));
+    expect(suspects.gone('dead', 5_000)).toBe(false);
+    expect(suspects.count(5_000)).toBe(0);
+    suspects.report('n1', ['dead'], ['dead'], 5_000);
+    expect(suspects.gone('dead', 5_000)).toBe(true);
+  });
+
+  it('counts only reports of nodes the reporter avoids, by known reporters, about known nodes, not itself', () => {
     const { suspects } = setup();
-    suspects.report('n1', ['dead'], 2_000);
-    suspects.report('n2', ['dead'], 2_000 + 15_001);
-    expect(suspects.suspected('dead')).toBe(false);
-    suspects.report('n3', ['dead'], 2_000 + 15_002);
-    expect(suspects.suspected('dead')).toBe(true);
+    suspects.report('n1', ['dead'], [], 2_000);
+    suspects.report('stranger', ['dead'], ['dead'], 2_000);
+    suspects.report('dead', ['dead'], ['dead'], 2_000);
+    expect(suspects.gone('dead', 3_000)).toBe(false);
+    suspects.report('n1', ['made-up'], ['made-up'], 2_000);
+    expect(suspects.gone('made-up', 3_000)).toBe(false);
   });
 
-  it('takes no report of a node about itself', () => {
-    const { suspects } = setup(1);
-    suspects.report('dead', ['dead'], 2_000);
-    expect(suspects.suspected('dead')).toBe(false);
-    suspects.report('a', ['dead'], 2_000);
-    expect(suspects.suspected('dead')).toBe(true);
+  it('reads the agents default heartbeat interval for records that do not say theirs', () => {
+    const { nodes, suspects } = setup();
+    nodes.set('old', record('old', 1_000));
+    suspects.report('n1', ['old'], ['old'], 2_000);
+    expect(suspects.gone('old', 5_500)).toBe(false);
+    expect(suspects.gone('old', 5_501)).toBe(true);
   });
 
-  it('counts a node whose record was deleted as gone until it is back, without suspecting it', () => {
+  it('counts a node whose record was deleted as gone until it is back', () => {
     const { nodes, suspects } = setup();
     nodes.delete('dead');
     suspects.nodeDeleted('dead', 2_000);
-    expect(suspects.gone('dead')).toBe(true);
-    expect(suspects.suspected('dead')).toBe(false);
+    expect(suspects.gone('dead', 2_000)).toBe(true);
     nodes.set('dead', record('dead', 5_000));
-    expect(suspects.gone('dead')).toBe(false);
+    expect(suspects.gone('dead', 5_000)).toBe(false);
     // A node never seen at all is not gone: it may not have been registered yet.
-    expect(suspects.gone('new')).toBe(false);
+    expect(suspects.gone('new', 5_000)).toBe(false);
   });
 
-  it('keeps what it tracks bounded under a flood of made-up names', () => {
-    const { suspects } = setup();
-    for (let i = 0; i < 20_000; i++) suspects.report('n1', [`made-up-${i}`], 2_000);
-    for (let i = 0; i < 20_000; i++) suspects.report('n2', [`made-up-${i}`], 2_000);
-    expect(suspects.count()).toBeLessThanOrEqual(10_000);
+  it('looks at the first entries of a report only', () => {
+    const { nodes, suspects } = setup();
+    const many = Array.from({ length: 20 }, (_, i) => `x${i}`);
+    for (const id of many) nodes.set(id, record(id, 1_000, 1_000));
+    suspects.report('n1', many, many, 2_000);
+    expect(suspects.count(3_000)).toBe(8);
   });
 });
