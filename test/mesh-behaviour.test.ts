@@ -678,6 +678,29 @@ describe('a node told to wait while its chunks are still arriving', () => {
     expect(seen.every((r) => !r.unreachable.includes('rude'))).toBe(true);
   });
 
+  it('asks again less and less often while told to wait with nothing in flight', async () => {
+    const layer = image.layers[0]!;
+    // Wait, every chunk, every time, at the scheduler's 100 ms; after origin.waitTimeout (3 s ± 15%) the
+    // agent fetches from the registry itself.
+    const asked: number[] = [];
+    const { registryBytes } = await pullScripted(
+      'w',
+      ['--origin-wait-timeout=3s', '--chunk-size=1MiB'],
+      (need) => {
+        if (need.length > 0) asked.push(Date.now());
+        return need.map((index) => toWait(index, null));
+      },
+    );
+    expect(registryBytes).toBe(layer.size);
+    const gaps = asked.slice(1).map((t, i) => t - asked[i]!);
+    // 100, 200, 400, 800 ms (±10%), then 800 ms at most: about 7 requests in 3 s instead of 30.
+    for (const [i, want] of [100, 200, 400, 800].entries())
+      expect(gaps[i]).toBeGreaterThanOrEqual(want * 0.85);
+    for (const gap of gaps.slice(0, 6)) expect(gap).toBeLessThan(800 * 1.1 + 300);
+    const before = asked.filter((t) => t - asked[0]! < 2_500);
+    expect(before.length).toBeLessThanOrEqual(8);
+  });
+
   it('goes to the registry once told to wait with nothing in flight for longer than origin.waitTimeout', async () => {
     const layer = image.layers[0]!;
     // A scheduler that has nothing for anyone: every chunk, every time, "wait".

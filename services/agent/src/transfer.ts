@@ -79,6 +79,13 @@ const SLOW_CHECK_MS = 100;
 /** How often an otherwise idle download loop looks again. */
 const IDLE_POLL_MS = 250;
 /**
+ * Told to wait again and again with nothing in flight, a download asks again after the scheduler's retry
+ * time doubled each time, up to this many times it: at the start of a rollout every node waits for the
+ * first copies from the registry, and asking ten times a second each would load the control plane most
+ * when it matters most. A chunk that arrives, or an assignment, starts over from the scheduler's time.
+ */
+const IDLE_WAIT_BACKOFF_MAX = 8;
+/**
  * How long a peer found unreachable is reported in this download's schedule requests: long enough to
  * reach each scheduler replica a few times, short enough that a peer back on its feet is not held dead.
  */
@@ -267,6 +274,8 @@ export class Download {
      * gets work.
      */
     let waitingSince: number | undefined;
+    /** Replies in a row that told this download, with nothing in flight, to wait. */
+    let idleWaits = 0;
     let meshDownUntil = 0;
 
     const start = (assignment: Assignment) => {
@@ -281,6 +290,7 @@ export class Download {
           missing.delete(index);
           // A chunk arrived: the mesh is serving this node, however long it has been told to wait.
           waitingSince = undefined;
+          idleWaits = 0;
         })
         .finally(() => inflight.delete(index));
       inflight.set(index, task);
@@ -379,6 +389,7 @@ export class Download {
           }
           if (started > 0) {
             waitingSince = undefined;
+            idleWaits = 0;
           } else if (inflight.size > 0) {
             // Chunks are still arriving: the mesh is serving this node, and its link is busy with them;
             // fetching the rest from the registry as well would only load it. The clock starts once
@@ -399,7 +410,9 @@ export class Download {
               for (const index of ready.slice(0, free)) start(originAssignment(index));
               waitingSince = undefined;
             } else {
-              const until = Date.now() + Math.max(retryMs, 1);
+              const backoff = Math.min(2 ** idleWaits, IDLE_WAIT_BACKOFF_MAX);
+              idleWaits++;
+              const until = Date.now() + Math.max(retryMs, 1) * backoff * (0.9 + Math.random() * 0.2);
               for (const index of ready) waitUntil.set(index, until);
             }
           }

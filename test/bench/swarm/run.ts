@@ -170,6 +170,8 @@ export interface ScenarioResult {
     decisionP99: number;
     /** Chunks the scheduler sent outside their node's zone (zone leases granted). */
     crossZoneAssignments: number;
+    /** Chunk assignments by kind: to a peer, to the origin, or told to wait. */
+    assignments: { peer: number; origin: number; wait: number };
   };
   /** Shoal only: failed chunk fetches, summed over the agents, by source and reason. */
   chunkFailures?: Record<string, number>;
@@ -492,6 +494,11 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
       decisionP99:
         histogramQuantile(schedulerMetrics, 'shoal_scheduler_decision_duration_seconds', 0.99) * 1000,
       crossZoneAssignments: schedulerMetrics.get('shoal_scheduler_cross_zone_assignments_total') ?? 0,
+      assignments: {
+        peer: schedulerMetrics.get('shoal_scheduler_assignments_total{kind="peer"}') ?? 0,
+        origin: schedulerMetrics.get('shoal_scheduler_assignments_total{kind="origin"}') ?? 0,
+        wait: schedulerMetrics.get('shoal_scheduler_assignments_total{kind="wait"}') ?? 0,
+      },
     };
     // CPU seconds spent during the pulls (not starting up); peak RSS over the process's life.
     const after = await Promise.all(everyone.map((p) => processUsage(p.pid)));
@@ -567,7 +574,9 @@ function describeCosts(r: ScenarioResult, tMin: number, imageBytes: number): str
     lines.push(
       `  schedule: ${r.schedule.requests} requests, ${r.schedule.timeouts} timed out; round trip p50 ` +
         `${r.schedule.roundTripP50.toFixed(1)} ms, p99 ${r.schedule.roundTripP99.toFixed(0)} ms; decision p99 ` +
-        `${r.schedule.decisionP99.toFixed(1)} ms; ${r.schedule.crossZoneAssignments} chunks sent out of their zone`,
+        `${r.schedule.decisionP99.toFixed(1)} ms; ${r.schedule.crossZoneAssignments} chunks sent out of their zone; ` +
+        `chunks assigned to a peer ${r.schedule.assignments.peer}, to the registry ${r.schedule.assignments.origin}, ` +
+        `told to wait ${r.schedule.assignments.wait}`,
     );
   if (r.chunkFailures && Object.keys(r.chunkFailures).length > 0)
     lines.push(`  failed chunk fetches: ${JSON.stringify(r.chunkFailures)}`);
