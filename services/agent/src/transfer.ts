@@ -412,7 +412,11 @@ export class Download {
             } else {
               const backoff = Math.min(2 ** idleWaits, IDLE_WAIT_BACKOFF_MAX);
               idleWaits++;
-              const until = Date.now() + Math.max(retryMs, 1) * backoff * (0.9 + Math.random() * 0.2);
+              // Never past the moment this download stops waiting for the mesh.
+              const until = Math.min(
+                Date.now() + Math.max(retryMs, 1) * backoff * (0.9 + Math.random() * 0.2),
+                waitingSince + limit,
+              );
               for (const index of ready) waitUntil.set(index, until);
             }
           }

@@ -162,6 +162,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     }
     applyIndexEvent(state, translation.event);
     if (translation.event.type === 'node_deleted') suspects.nodeDeleted(translation.event.node, now());
+    if (translation.event.type === 'node_put') suspects.heardFrom(translation.event.node.id, now());
     if (translation.event.type === 'holder_put') {
       releaseAnnounced(translation.event);
       releaseParents(translation.event);
@@ -395,6 +396,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       const request = decode(scheduleRequest, msg.data, 'schedule request');
       if (!grants) throw new Error('grant store is not ready');
       if (request.fetching) releaseFinished(blobHexOf(request.blob), request.node, request.fetching);
+      suspects.heardFrom(request.node, now());
       if (request.unreachable?.length)
         suspects.report(request.node, request.unreachable, request.avoid, now());
       const plan = await planRequest(state, request, grants, load, planOptions, now());

@@ -66,7 +66,7 @@ export const schedulerSpec = {
   waitRetry: opt.duration(
     'wait.retry',
     '100ms',
-    'How long a node is told to wait before asking again for a chunk no one can serve yet.',
+    'How long a node is told to wait before asking again for a chunk no one can serve yet; a download told to wait again with nothing in flight doubles it each time, up to 8 times it.',
     {
       minMs: 1,
     },

@@ -3,10 +3,11 @@
  * sends no more heartbeats, but discovery removes it only after `node.ttl` (15 s), and its registry leases
  * hold for `origin.lease` (10 s). Agents that could not even open a connection to a peer say so in their
  * schedule requests (`unreachable`, for a few seconds after the failure). A node so reported that has
- * also missed its heartbeats (none for SILENCE × its heartbeat interval) is taken for **dead**: its leases
- * are free for others to take, and it is offered to nobody as a parent. Both signals are needed, so one
- * agent with broken networking cannot have live nodes taken for dead, nor can a node that is merely slow
- * to heartbeat. A heartbeat ends it; reports start over from there.
+ * also gone quiet (this replica has received neither a heartbeat nor a schedule request from it for
+ * SILENCE × its heartbeat interval, on this replica's own clock) is taken for **dead**: its leases are
+ * free for others to take, and it is offered to nobody as a parent. Both signals are needed, so one agent
+ * with broken networking cannot have live nodes taken for dead, nor can a node that is merely slow to
+ * heartbeat. Hearing from the node ends it; reports start over from there.
  *
  * A node whose record was deleted (it left, or discovery timed it out) is gone too, until it comes back.
  */
@@ -22,8 +23,8 @@ export interface SuspectsOptions {
 }
 
 interface Reports {
-  /** The node's last heartbeat (discovery's receipt time) when the first report came: none since. */
-  seenAt: number;
+  /** When this replica had last heard from the node when the first report came. */
+  heardAt: number;
   reporters: Set<string>;
   firstAt: number;
   /** Whether onDead was called for this round of reports. */
@@ -43,7 +44,9 @@ const MAX_REPORTERS = 16;
 
 export class Suspects {
   private readonly reports = new Map<string, Reports>();
-  /** Nodes whose record was deleted, and when. */
+  /** When this replica last heard from each registered node: a heartbeat's record, or a request. */
+  private readonly heard = new Map<string, number>();
+  /** Nodes whose record was deleted, and when: remembered until they come back (or the map is pruned). */
   private readonly deleted = new Map<string, number>();
   /** When the maps were last pruned: at most once a second, so a flood costs no scan per report. */
   private prunedAt = Number.NEGATIVE_INFINITY;
@@ -58,10 +61,10 @@ export class Suspects {
     if (this.options.record(reporter) === undefined) return;
     for (const node of nodes.slice(0, MAX_PER_REPORT)) {
       if (node === reporter || !avoid.includes(node)) continue;
-      const seenAt = this.options.record(node)?.seenAt;
-      if (seenAt === undefined) continue;
+      const heardAt = this.heard.get(node);
+      if (heardAt === undefined || this.options.record(node) === undefined) continue;
       let entry = this.reports.get(node);
-      if (entry && (entry.seenAt !== seenAt || now - entry.firstAt > this.options.forgetMs)) {
+      if (entry && (entry.heardAt !== heardAt || now - entry.firstAt > this.options.forgetMs)) {
         // Heard from since the reports began, or they are old: start over.
         this.reports.delete(node);
         entry = undefined;
@@ -69,7 +72,7 @@ export class Suspects {
       if (!entry) {
         if (this.reports.size >= MAX_TRACKED) this.prune(now);
         if (this.reports.size >= MAX_TRACKED) continue;
-        entry = { seenAt, reporters: new Set(), firstAt: now, told: false };
+        entry = { heardAt, reporters: new Set(), firstAt: now, told: false };
         this.reports.set(node, entry);
       }
       if (entry.reporters.size < MAX_REPORTERS) entry.reporters.add(reporter);
@@ -77,15 +80,25 @@ export class Suspects {
   }
 
   /**
-   * Whether `node` is taken for dead now: reported unreachable since its last heartbeat, and silent for
-   * SILENCE heartbeat intervals; or its record was deleted and has not come back.
+   * This replica heard from `node`: a heartbeat's record arrived, or a request from it. Ends a suspicion.
+   * Only registered nodes are tracked.
+   */
+  heardFrom(node: string, now: number): void {
+    if (this.options.record(node) === undefined) return;
+    this.heard.set(node, now);
+  }
+
+  /**
+   * Whether `node` is taken for dead now: reported unreachable since this replica last heard from it, and
+   * not heard from for SILENCE heartbeat intervals; or its record was deleted and has not come back.
    */
   gone(node: string, now: number): boolean {
     const record = this.options.record(node);
     if (record === undefined) return this.deleted.has(node);
     const entry = this.reports.get(node);
-    if (entry === undefined || entry.seenAt !== record.seenAt) return false;
-    if (now - record.seenAt <= SILENCE * (record.heartbeatMs ?? DEFAULT_HEARTBEAT_MS)) return false;
+    const heardAt = this.heard.get(node);
+    if (entry === undefined || heardAt === undefined || entry.heardAt !== heardAt) return false;
+    if (now - heardAt <= SILENCE * (record.heartbeatMs ?? DEFAULT_HEARTBEAT_MS)) return false;
     if (!entry.told) {
       entry.told = true;
       this.options.onDead?.(node, [...entry.reporters]);
@@ -96,6 +109,7 @@ export class Suspects {
   /** The node's record was deleted from the node registry. */
   nodeDeleted(node: string, now: number): void {
     this.reports.delete(node);
+    this.heard.delete(node);
     if (this.deleted.size >= MAX_TRACKED) this.prune(now);
     if (this.deleted.size < MAX_TRACKED) this.deleted.set(node, now);
   }

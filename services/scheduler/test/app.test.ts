@@ -419,11 +419,11 @@ describe('scheduler', () => {
     for (const replica of [...replicas]) await stopReplica(replica);
     const replica = await startReplica('sched-suspects');
     const now = Date.now();
-    // 'dead' heartbeats every second and was last heard 5 s ago (within node.ttl, so still listed);
-    // 'alive' was heard just now.
-    await buckets.nodes.put('dead', encode({ ...node('dead', 'z1', 'v1', now - 5_000), heartbeatMs: 1_000 }));
+    // 'dead' heartbeats every 100 ms, so it is quiet 150 ms after it was last heard from; the others
+    // every hour, so they never are during the test.
+    await buckets.nodes.put('dead', encode({ ...node('dead', 'z1', 'v1', now), heartbeatMs: 100 }));
     for (const id of ['alive', 'r1', 'r2', 'r3'])
-      await buckets.nodes.put(id, encode({ ...node(id, 'z1', 'v1', now), heartbeatMs: 1_000 }));
+      await buckets.nodes.put(id, encode({ ...node(id, 'z1', 'v1', now), heartbeatMs: 3_600_000 }));
     const blob = digestOf('f');
     const size = 2 * MiB;
     // A second blob that only 'dead' holds.
@@ -446,7 +446,9 @@ describe('scheduler', () => {
     expect(sourceKind(await origin('r1', 1, { avoid: ['alive'], unreachable: ['alive'] }))).toEqual(['wait']);
     expect(sourceKind(await origin('r1', 0))).toEqual(['wait']);
     expect(await fromHolder(0)).toEqual(['dead']);
-    // Reported, and silent: taken for dead. Its lease is free, and it is no parent for anyone.
+    // Reported, and quiet since its own request above: taken for dead. Its lease is free, and it is no
+    // parent for anyone.
+    await new Promise((resolve) => setTimeout(resolve, 300));
     expect(sourceKind(await origin('r2', 0, { avoid: ['dead'], unreachable: ['dead'] }))).toEqual(['origin']);
     let event: (ShoalEvent & { type: 'node_suspected' }) | undefined;
     for await (const msg of events) {
@@ -460,7 +462,10 @@ describe('scheduler', () => {
     expect(await fromHolder(1)).toEqual(['origin']);
 
     // Heard from again: counted on again.
-    await buckets.nodes.put('dead', encode({ ...node('dead', 'z1', 'v1', Date.now()), heartbeatMs: 1_000 }));
+    await buckets.nodes.put(
+      'dead',
+      encode({ ...node('dead', 'z1', 'v1', Date.now()), heartbeatMs: 3_600_000 }),
+    );
     const text = await eventually(
       async () => await replica.registry.metrics(),
       (m) => /shoal_scheduler_nodes_suspected 0\n/.test(m),
