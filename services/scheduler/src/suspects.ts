@@ -32,7 +32,7 @@ interface Reports {
 }
 
 /** Heartbeat intervals without a heartbeat that count as missed heartbeats. */
-export const SILENCE = 1.5;
+const SILENCE = 1.5;
 /** The agents' default heartbeat interval, for records that do not say theirs. */
 const DEFAULT_HEARTBEAT_MS = 3_000;
 /** Entries of one request that are looked at. */
