@@ -2,8 +2,20 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it, vi } from 'vitest';
 import { createHashPool } from '../src/hash-pool.js';
+import hash from '../src/hash-worker.js';
+
+/** Writes each part to a file of its own in `dir`, in order; returns their paths. */
+function writeParts(dir: string, parts: Buffer[]): Promise<string[]> {
+  return Promise.all(
+    parts.map(async (part, i) => {
+      const path = join(dir, String(i));
+      await writeFile(path, part);
+      return path;
+    }),
+  );
+}
 
 describe('hash pool', () => {
   const pool = createHashPool(2);
@@ -47,16 +59,33 @@ describe('hash pool', () => {
     const dir = await mkdtemp(join(tmpdir(), 'shoal-hash-'));
     try {
       const parts = [randomBytes(1000), randomBytes(2_000_000), randomBytes(5)];
-      const paths = await Promise.all(
-        parts.map(async (part, i) => {
-          const path = join(dir, String(i));
-          await writeFile(path, part);
-          return path;
-        }),
-      );
+      const paths = await writeParts(dir, parts);
       const expected = createHash('sha256').update(Buffer.concat(parts)).digest('hex');
       expect(await pool.hashFiles(paths)).toBe(expected);
     } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('reads the files through one buffer, whatever their size or number', async () => {
+    // A worker thread's garbage collector runs rarely; a buffer per read stayed in memory for long.
+    const dir = await mkdtemp(join(tmpdir(), 'shoal-hash-'));
+    const slow = vi.spyOn(Buffer, 'allocUnsafeSlow');
+    const unsafe = vi.spyOn(Buffer, 'allocUnsafe');
+    try {
+      const parts = [randomBytes(3 * 1024 * 1024 + 7), Buffer.alloc(0), randomBytes(2 * 1024 * 1024)];
+      const paths = await writeParts(dir, parts);
+      const expected = createHash('sha256').update(Buffer.concat(parts)).digest('hex');
+      slow.mockClear();
+      unsafe.mockClear();
+      for (let round = 0; round < 3; round++)
+        expect(await hash({ kind: 'files', paths })).toEqual({ kind: 'files', sha256: expected });
+      const bytes = [...slow.mock.calls, ...unsafe.mock.calls].reduce((sum, [size]) => sum + size, 0);
+      expect(bytes).toBeLessThanOrEqual(1024 * 1024);
+      await expect(hash({ kind: 'files', paths: [join(dir, 'absent')] })).rejects.toThrow(/ENOENT/);
+    } finally {
+      slow.mockRestore();
+      unsafe.mockRestore();
       await rm(dir, { recursive: true, force: true });
     }
   });
