@@ -276,6 +276,11 @@ export class Download {
     let waitingSince: number | undefined;
     /** Replies in a row that told this download, with nothing in flight, to wait. */
     let idleWaits = 0;
+    /**
+     * Chunks taken from the registry at the last fallback; 0 until this download waits out
+     * origin.waitTimeout, and again once the scheduler assigns it work.
+     */
+    let fallbackWidth = 0;
     let meshDownUntil = 0;
 
     const start = (assignment: Assignment) => {
@@ -390,6 +395,7 @@ export class Download {
           if (started > 0) {
             waitingSince = undefined;
             idleWaits = 0;
+            fallbackWidth = 0;
           } else if (inflight.size > 0) {
             // Chunks are still arriving: the mesh is serving this node, and its link is busy with them;
             // fetching the rest from the registry as well would only load it. The clock starts once
@@ -403,11 +409,17 @@ export class Download {
             // mesh keeps it: going to it anyway would only slow everyone's share. They get longer, but not
             // for ever, in case the turn never comes.
             const limit = queued ? this.originWaitMs * QUEUED_WAIT_FACTOR : this.originWaitMs;
-            if (Date.now() - waitingSince >= limit) {
-              // Nobody has served this node for too long: take the next chunks from the registry itself.
-              this.fallback('waited too long for a peer');
-              nothingInFlight();
-              for (const index of ready.slice(0, free)) start(originAssignment(index));
+            if (fallbackWidth > 0 || Date.now() - waitingSince >= limit) {
+              // Nobody has served this node for too long: take the next chunks from the registry itself,
+              // one at first and twice as many each time the scheduler still has nothing once they are in,
+              // so that a node kept waiting a little too long costs the registry a chunk, not a
+              // download's worth of them, and one the mesh cannot serve at all still gets its full width.
+              if (fallbackWidth === 0) {
+                this.fallback('waited too long for a peer');
+                nothingInFlight();
+              }
+              fallbackWidth = Math.min(fallbackWidth * 2 || 1, free);
+              for (const index of ready.slice(0, fallbackWidth)) start(originAssignment(index));
               waitingSince = undefined;
             } else {
               const backoff = Math.min(2 ** idleWaits, IDLE_WAIT_BACKOFF_MAX);
