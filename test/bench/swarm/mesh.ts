@@ -88,6 +88,8 @@ export interface MeshOptions {
   agentArgs: readonly string[];
   /** Extra flags for the agents' node runtime. */
   agentNodeArgs: readonly string[];
+  /** Extra flags for the node runtime of discovery, the announcer and the scheduler. */
+  controlNodeArgs: readonly string[];
 }
 
 /** Starts NATS, the control plane and an agent on every node; waits until discovery lists them all. */
@@ -124,6 +126,7 @@ export async function startMesh(network: Network, dir: string, options: MeshOpti
         kind,
         process.execPath,
         [
+          ...options.controlNodeArgs,
           serviceMain(kind),
           `--nats-servers=${natsUrl}`,
           `--metrics-port=${port}`,

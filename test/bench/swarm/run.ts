@@ -9,7 +9,7 @@
  *                          [--limit-download-mb 1] [--limit-registry-mb 2] [--limit-upload-mb 4]
  *                          [--limit-upload-clients 2]
  *                          [--out results/swarm] [--agent-args "--scheduler-timeout=5s"]
- *                          [--agent-node-args "--cpu-prof"]
+ *                          [--agent-node-args "--cpu-prof"] [--control-node-args "--cpu-prof"]
  *
  * Scenarios: **direct** — every node pulls the image from the registry itself; **shoal** — NATS and the
  * control plane on the registry host, an agent on every node host, every node pulling through its own
@@ -43,12 +43,12 @@ import {
   startRegistry,
   type ManagedProcess,
 } from '../../kit/index.js';
-import { type Metrics, metricSum } from '../../support/shoal.js';
+import { type Metrics, metricSum, shoalctlMain } from '../../support/shoal.js';
 import { cdfChart } from '../chart.js';
 import { histogramQuantile, quantile, rolloutColumns, table } from '../report.js';
 import { pullEverywhereBittorrent, startBittorrentSwarm } from './bittorrent.js';
 import { type LimitCheck, type LimitsOptions, runLimits } from './limits.js';
-import { AGENT_PORT, scrape, startMesh, waitServing } from './mesh.js';
+import { AGENT_PORT, NATS_PORT, scrape, startMesh, waitServing } from './mesh.js';
 import { buildNetwork, type Host, type Network, type NetworkShape } from './network.js';
 import {
   endedChildrenCpuSeconds,
@@ -98,6 +98,8 @@ if (client !== 'ctr' && client !== 'http') {
 const agentArgs = (flag('agent-args') ?? '').split(' ').filter((a) => a !== '');
 /** Extra flags for the agents' node runtime, e.g. --agent-node-args "--cpu-prof --cpu-prof-dir=/tmp/prof". */
 const agentNodeArgs = (flag('agent-node-args') ?? '').split(' ').filter((a) => a !== '');
+/** Extra flags for the node runtime of discovery, the announcer and the scheduler. */
+const controlNodeArgs = (flag('control-node-args') ?? '').split(' ').filter((a) => a !== '');
 for (const scenario of scenarios) {
   if (!['direct', 'shoal', 'bittorrent', 'limits'].includes(scenario)) {
     process.stderr.write(
@@ -371,6 +373,7 @@ async function runLimitsScenario(
     registryHost: `${network.registry.ip}:${REGISTRY_PORT}`,
     agentArgs,
     agentNodeArgs,
+    controlNodeArgs,
   });
   await mkdir(limitsOptions.samplesDir, { recursive: true });
   try {
@@ -452,11 +455,27 @@ async function pullImage(
  * The mesh on the emulated network: NATS and the control plane on the registry host, an agent on every
  * node host; every node pulls through its own agent. Stops everything it started.
  */
+/** The shoal scenario's event stream as JSON lines, written beside the results. */
+let meshEvents: string | undefined;
+
+/** Reads the mesh's whole event stream with shoalctl, from the registry host where NATS runs. */
+async function readMeshEvents(network: Network): Promise<string> {
+  const [cmd, args] = network.exec(network.registry, process.execPath, [
+    shoalctlMain,
+    'events',
+    '--output=json',
+    '--since=1h',
+    `--nats-servers=nats://${network.registry.ip}:${NATS_PORT}`,
+  ]);
+  return (await runCommand(cmd, args, { timeoutMs: 60_000 })).stdout;
+}
+
 async function runShoal(network: Network, image: BuiltImage, dir: string): Promise<ScenarioResult> {
   const mesh = await startMesh(network, dir, {
     registryHost: `${network.registry.ip}:${REGISTRY_PORT}`,
     agentArgs,
     agentNodeArgs,
+    controlNodeArgs,
   });
   try {
     const { agents, controlPlane } = mesh;
@@ -475,6 +494,10 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
       network.registry,
       `http://${network.registry.ip}:9102/metrics`,
     );
+    meshEvents = await readMeshEvents(network).catch((err: unknown) => {
+      process.stderr.write(`could not read the mesh's events: ${String(err)}\n`);
+      return undefined;
+    });
     const byLabel = (name: string) => {
       const out: Record<string, number> = {};
       for (const [key, value] of agentMetrics) {
@@ -687,6 +710,13 @@ async function main(): Promise<void> {
       ),
     );
     process.stdout.write(`\nwritten: ${file}\n         ${chart}\n`);
+    if (meshEvents !== undefined) {
+      const events = file.replace(/\.json$/, '.events.jsonl');
+      await writeFile(events, meshEvents);
+      process.stdout.write(
+        `         ${events} (the shoal scenario's events, as shoalctl events --output json prints them)\n`,
+      );
+    }
   } finally {
     await registry?.stop();
     await containerd?.stop();
