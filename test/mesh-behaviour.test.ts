@@ -361,7 +361,8 @@ describe('a pull that one parent serves slowly but steadily', () => {
       layers: 1,
       layerSize: 6 * MiB,
     });
-    // One upload slot per parent: the node gets one chunk at a time and is told to wait for the rest.
+    // One upload slot per parent (a second for a node with nothing in flight): the node gets a chunk or
+    // two at a time and is told to wait for the rest.
     services.push(
       await startControlService('scheduler', { natsUrl: nats.url, dir, extraArgs: ['--parent-slots=1'] }),
       await startControlService('announcer', { natsUrl: nats.url, dir }),
@@ -384,9 +385,9 @@ describe('a pull that one parent serves slowly but steadily', () => {
     );
     const before = bytesServed(registry, layer.digest);
     const { count, chunk, hashes } = chunked(bytes);
-    // The only holder: a parent that sends each chunk in about 0.6 s, so the blob takes about 4 s, more
-    // than twice the node's origin.waitTimeout, while a chunk arrives every 0.6 s.
-    parent = trickleParent(chunk, 128 * 1024, 75);
+    // The only holder: a parent that sends each chunk in about 1.2 s, so the blob takes about 3.6 s, more
+    // than twice the node's origin.waitTimeout, with a chunk always on its way.
+    parent = trickleParent(chunk, 128 * 1024, 150);
     const url = await listenOnLoopback(parent);
 
     const nc = await connect({ servers: nats.url });

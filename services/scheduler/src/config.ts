@@ -74,7 +74,7 @@ export const schedulerSpec = {
   parentSlots: opt.int(
     'parent.slots',
     8,
-    'Transfers a parent may be serving at once before it counts as busy and gets no more (its upload lanes).',
+    'Transfers a parent may be serving at once before it counts as busy and gets no more (its upload lanes); a node with nothing of the blob in flight may take one more.',
     { min: 1, max: 1024 },
   ),
   parentExpire: opt.duration(

@@ -521,7 +521,12 @@ export async function planRequest(
    * left out of the reply, and a node that gets nothing is told to wait.
    */
   async function chooseAndAssign(max: number): Promise<void> {
-    const parentSlots = options.parentSlots ?? 8;
+    // A node with nothing of this blob in flight may take a parent one lane past its slots. Nodes that
+    // are receiving ask again as their chunks land and take each lane as it frees; a node that has
+    // nothing, asking only every few hundred ms, could otherwise be told the parents are busy until
+    // origin.waitTimeout sends it to the registry. One lane more per parent, whoever takes it.
+    const idle = (request.fetching?.length ?? 0) === 0;
+    const parentSlots = (options.parentSlots ?? 8) + (idle ? 1 : 0);
     const inOrder = Math.max(0, options.inOrder ?? 2);
     // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
     // chunks actually considered, so a request listing a thousand chunks costs little more than eight.

@@ -316,8 +316,9 @@ describe('scheduler', () => {
     expect(sourceKind(first)).toEqual(['k2']);
     const index = first.assignments[0]!.index;
     const rest = [0, 1, 2, 3].filter((i) => i !== index);
-    // k2's one slot is taken: k3 waits, and so does k1 while it is still fetching the chunk.
-    expect(sourceKind(ok(await ask({ ...request, node: 'k3', need: [0, 1, 2, 3], fetching: [] })))).toEqual([
+    // k2's one slot is taken: k3, receiving chunk 3 from elsewhere, waits, and so does k1 while it is
+    // still fetching the chunk.
+    expect(sourceKind(ok(await ask({ ...request, node: 'k3', need: [0, 1, 2], fetching: [3] })))).toEqual([
       'wait',
     ]);
     expect(sourceKind(ok(await ask({ ...request, node: 'k1', need: rest, fetching: [index] })))).toEqual([
@@ -325,7 +326,7 @@ describe('scheduler', () => {
     ]);
     // k1 asks again without it: the transfer is over, so k2 is free again before any announcement.
     expect(sourceKind(ok(await ask({ ...request, node: 'k1', need: rest, fetching: [] })))).toEqual(['k2']);
-    expect(sourceKind(ok(await ask({ ...request, node: 'k3', need: [0, 1, 2, 3], fetching: [] })))).toEqual([
+    expect(sourceKind(ok(await ask({ ...request, node: 'k3', need: [0, 1, 2], fetching: [3] })))).toEqual([
       'wait',
     ]);
     await stopReplica(replica);

@@ -155,7 +155,7 @@ describe('chunks_assigned records', () => {
     );
     const load = inflightLoad(60_000);
     load.add('p1', NOW, 2);
-    const [record] = await records(state, request('r', [0], { max: 1 }), grants(), load, {
+    const [record] = await records(state, request('r', [0], { max: 1, fetching: [1] }), grants(), load, {
       ...options,
       parentSlots: 2,
     });
@@ -237,7 +237,10 @@ describe('chunks_assigned records', () => {
     load.add('p1', NOW, 2);
     const busy = mesh(nodes, { p1: 'all' });
     expect(
-      await records(busy, request('r', [0, 1], { max: 2 }), grants(), load, { ...options, parentSlots: 2 }),
+      await records(busy, request('r', [0, 1], { max: 2, fetching: [5] }), grants(), load, {
+        ...options,
+        parentSlots: 2,
+      }),
     ).toEqual([{ index: 0, source: 'wait', reason: 'parents_busy' }]);
   });
 

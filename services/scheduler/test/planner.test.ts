@@ -691,8 +691,9 @@ describe('planRequest zone gate', () => {
     const store = grants();
     const slots = { ...options, parentSlots: 1 };
     const load = decayingLoad(60_000);
+    // Each node is receiving another chunk of the blob (one with nothing in flight gets a lane more).
     const ask = (node: string, avoid: string[] = []) =>
-      planRequest(state, request(node, [0], { max: 1, avoid }), store, load, slots, NOW);
+      planRequest(state, request(node, [0], { max: 1, avoid, fetching: [1] }), store, load, slots, NOW);
     expect(peerOf((await ask('a2')).assignments[0])).toBe('a1');
     // a1, the zone's only copy, is busy: one node may bring a second copy in from zone B.
     const second = await ask('a3');
@@ -781,7 +782,7 @@ describe('planRequest choosing which chunks (max)', () => {
     load.add('p0', NOW, 2);
     const plan = await planRequest(
       state,
-      request('r', [4, 5], { max: 2 }),
+      request('r', [4, 5], { max: 2, fetching: [1] }),
       grants(),
       load,
       chooseOptions,
@@ -798,13 +799,28 @@ describe('planRequest choosing which chunks (max)', () => {
     load.release?.('p0', NOW);
     const again = await planRequest(
       state,
-      request('r', [4, 5], { max: 2 }),
+      request('r', [4, 5], { max: 2, fetching: [1] }),
       grants(),
       load,
       chooseOptions,
       NOW,
     );
     expect(again.assignments.map(peerOf)).toEqual(['p0']);
+  });
+
+  it('lets a node with nothing in flight take a busy parent one lane past its slots, and no more', async () => {
+    const load = inflightLoad(10_000);
+    const state = swarm();
+    load.add('p0', NOW, 2);
+    const ask = (fetching: number[]) =>
+      planRequest(state, request('r', [4, 5], { max: 2, fetching }), grants(), load, chooseOptions, NOW);
+    // Receiving other chunks, the node waits for a lane like everyone else.
+    expect((await ask([1])).assignments.map(peerOf)).toEqual(['wait']);
+    // With nothing in flight, it gets the extra lane: p0 now serves 3 with 2 slots.
+    expect((await ask([])).assignments.map(peerOf)).toEqual(['p0']);
+    expect(load.load('p0', NOW)).toBe(3);
+    // The extra lane is taken: the next node with nothing in flight waits too.
+    expect((await ask([])).assignments.map(peerOf)).toEqual(['wait']);
   });
 });
 
