@@ -409,7 +409,10 @@ export class Download {
             // mesh keeps it: going to it anyway would only slow everyone's share. They get longer, but not
             // for ever, in case the turn never comes.
             const limit = queued ? this.originWaitMs * QUEUED_WAIT_FACTOR : this.originWaitMs;
-            if (fallbackWidth > 0 || Date.now() - waitingSince >= limit) {
+            // Once it has gone to the registry itself, a download goes again at once while the scheduler
+            // still has nothing for it, unless the registry is at the mesh's budget: then it waits its
+            // turn again first.
+            if ((fallbackWidth > 0 && !queued) || Date.now() - waitingSince >= limit) {
               // Nobody has served this node for too long: take the next chunks from the registry itself,
               // one at first and twice as many each time the scheduler still has nothing once they are in,
               // so that a node kept waiting a little too long costs the registry a chunk, not a
@@ -418,8 +421,9 @@ export class Download {
                 this.fallback('waited too long for a peer');
                 nothingInFlight();
               }
-              fallbackWidth = Math.min(fallbackWidth * 2 || 1, free);
-              for (const index of ready.slice(0, fallbackWidth)) start(originAssignment(index));
+              fallbackWidth = Math.min(fallbackWidth * 2 || 1, capacity);
+              for (const index of ready.slice(0, Math.min(fallbackWidth, free)))
+                start(originAssignment(index));
               waitingSince = undefined;
             } else {
               const backoff = Math.min(2 ** idleWaits, IDLE_WAIT_BACKOFF_MAX);
