@@ -521,12 +521,18 @@ export async function planRequest(
    * left out of the reply, and a node that gets nothing is told to wait.
    */
   async function chooseAndAssign(max: number): Promise<void> {
-    // A node with nothing of this blob in flight may take a parent one lane past its slots. Nodes that
+    const parentSlots = options.parentSlots ?? 8;
+    // A node with nothing of this blob in flight may take one parent one lane past its slots. Nodes that
     // are receiving ask again as their chunks land and take each lane as it frees; a node that has
     // nothing, asking only every few hundred ms, could otherwise be told the parents are busy until
-    // origin.waitTimeout sends it to the registry. One lane more per parent, whoever takes it.
-    const idle = (request.fetching?.length ?? 0) === 0;
-    const parentSlots = (options.parentSlots ?? 8) + (idle ? 1 : 0);
+    // origin.waitTimeout sends it to the registry. One chunk to start on, not a full share.
+    let extraLanes = (request.fetching?.length ?? 0) === 0 ? 1 : 0;
+    /** Spends the extra lane if the parent just given to `wanted` was at its slots already. */
+    const countLane = (wanted: Pending, ranked: Ranked[]) => {
+      const source = assignments[wanted.position]?.source;
+      const parent = source?.kind === 'peer' ? ranked.find((r) => r.node.id === source.node) : undefined;
+      if (parent && parent.load >= parentSlots) extraLanes = 0;
+    };
     const inOrder = Math.max(0, options.inOrder ?? 2);
     // Rarity is read from the index's list lengths without sampling; parents are sampled only for the
     // chunks actually considered, so a request listing a thousand chunks costs little more than eight.
@@ -585,11 +591,14 @@ export async function planRequest(
       // would copy the chunk into the zone once more.
       const sampled = wanted.sha256 && wanted.holders > 0 ? sample(wanted.index) : [];
       const inZoneLive = zone === undefined ? 0 : sampled.filter((r) => r.tier < 2).length;
-      const ranked = sampled.filter((r) => r.load < parentSlots && (inZoneLive < ZONE_COPIES || r.tier < 2));
+      const ranked = sampled.filter(
+        (r) => r.load < parentSlots + extraLanes && (inZoneLive < ZONE_COPIES || r.tier < 2),
+      );
       const best = ranked[0];
       const busy = sampled.length - ranked.length;
       if (best && (zone === undefined || best.tier < 2)) {
         assignPeer(wanted, ranked, busy);
+        countLane(wanted, ranked);
         assigned++;
       } else if (best) {
         if (!mayLease(wanted.index, zone)) {
@@ -599,6 +608,7 @@ export async function planRequest(
         }
         // The parent is counted at once, so later chunks of this decision see its load.
         assignPeer(wanted, ranked, busy, true);
+        countLane(wanted, ranked);
         assigned++;
         pending.push(
           lease(wanted.index, zone).then((grant) => {

@@ -821,6 +821,19 @@ describe('planRequest choosing which chunks (max)', () => {
     expect(load.load('p0', NOW)).toBe(3);
     // The extra lane is taken: the next node with nothing in flight waits too.
     expect((await ask([])).assignments.map(peerOf)).toEqual(['wait']);
+    // One extra lane per decision, however many busy parents there are: one chunk to start on.
+    const busyAll = inflightLoad(10_000);
+    busyAll.add('p0', NOW, 2);
+    busyAll.add('p1', NOW, 2);
+    const one = await planRequest(
+      state,
+      request('r', [2, 3, 4, 5], { max: 2, fetching: [] }),
+      grants(),
+      busyAll,
+      chooseOptions,
+      NOW,
+    );
+    expect(one.assignments.map((a) => a.source.kind)).toEqual(['peer']);
   });
 });
 

@@ -38,6 +38,7 @@ import {
   writeHostsToml,
   makeTempDir,
   removeTempDir,
+  runChecked,
   runCommand,
   startProcess,
   startRegistry,
@@ -451,10 +452,6 @@ async function pullImage(
   );
 }
 
-/**
- * The mesh on the emulated network: NATS and the control plane on the registry host, an agent on every
- * node host; every node pulls through its own agent. Stops everything it started.
- */
 /** The shoal scenario's event stream as JSON lines, written beside the results. */
 let meshEvents: string | undefined;
 
@@ -467,9 +464,13 @@ async function readMeshEvents(network: Network): Promise<string> {
     '--since=1h',
     `--nats-servers=nats://${network.registry.ip}:${NATS_PORT}`,
   ]);
-  return (await runCommand(cmd, args, { timeoutMs: 60_000 })).stdout;
+  return (await runChecked(cmd, args, { timeoutMs: 60_000 })).stdout;
 }
 
+/**
+ * The mesh on the emulated network: NATS and the control plane on the registry host, an agent on every
+ * node host; every node pulls through its own agent. Stops everything it started.
+ */
 async function runShoal(network: Network, image: BuiltImage, dir: string): Promise<ScenarioResult> {
   const mesh = await startMesh(network, dir, {
     registryHost: `${network.registry.ip}:${REGISTRY_PORT}`,
