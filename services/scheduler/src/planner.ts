@@ -403,10 +403,11 @@ export async function planRequest(
   /**
    * Gives the chunk to the parent the ranking chooses among `ranked` (sorted by the same comparator, so
    * the others keep their order as alternates). `busy` counts sampled holders left out of `ranked`.
+   * Returns the parent, as ranked (its load before this chunk).
    */
-  const assignPeer = (wanted: Pending, ranked: Ranked[], busy = 0, zoneLease = false): void => {
+  const assignPeer = (wanted: Pending, ranked: Ranked[], busy = 0, zoneLease = false): Ranked | undefined => {
     const chosen = chooseParent(ranked);
-    if (!chosen) return;
+    if (!chosen) return undefined;
     const { parent } = chosen;
     load.add(parent.node.id, now);
     counts.peer++;
@@ -428,6 +429,7 @@ export async function planRequest(
       busy,
       zoneLease,
     };
+    return parent;
   };
 
   /** Chunks only another zone's holders have; each needs the zone lease first. */
@@ -527,10 +529,8 @@ export async function planRequest(
     // nothing, asking only every few hundred ms, could otherwise be told the parents are busy until
     // origin.waitTimeout sends it to the registry. One chunk to start on, not a full share.
     let extraLanes = (request.fetching?.length ?? 0) === 0 ? 1 : 0;
-    /** Spends the extra lane if the parent just given to `wanted` was at its slots already. */
-    const countLane = (wanted: Pending, ranked: Ranked[]) => {
-      const source = assignments[wanted.position]?.source;
-      const parent = source?.kind === 'peer' ? ranked.find((r) => r.node.id === source.node) : undefined;
+    /** Spends the extra lane if the parent just given a chunk was at its slots already. */
+    const countLane = (parent: Ranked | undefined) => {
       if (parent && parent.load >= parentSlots) extraLanes = 0;
     };
     const inOrder = Math.max(0, options.inOrder ?? 2);
@@ -597,8 +597,7 @@ export async function planRequest(
       const best = ranked[0];
       const busy = sampled.length - ranked.length;
       if (best && (zone === undefined || best.tier < 2)) {
-        assignPeer(wanted, ranked, busy);
-        countLane(wanted, ranked);
+        countLane(assignPeer(wanted, ranked, busy));
         assigned++;
       } else if (best) {
         if (!mayLease(wanted.index, zone)) {
@@ -607,8 +606,7 @@ export async function planRequest(
           continue;
         }
         // The parent is counted at once, so later chunks of this decision see its load.
-        assignPeer(wanted, ranked, busy, true);
-        countLane(wanted, ranked);
+        countLane(assignPeer(wanted, ranked, busy, true));
         assigned++;
         pending.push(
           lease(wanted.index, zone).then((grant) => {
