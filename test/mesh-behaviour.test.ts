@@ -71,18 +71,19 @@ async function listenOnLoopback(server: Server): Promise<string> {
 }
 
 /**
- * A stand-in scheduler on NATS that answers every schedule request with `answer(need)` as assignments;
- * close the returned connection to remove it.
+ * A stand-in scheduler on NATS that answers every schedule request with `answer(need)` as assignments,
+ * or not at all where it returns undefined; close the returned connection to remove it.
  */
 async function scriptedScheduler(
   natsUrl: string,
-  answer: (need: number[], request: ScheduleRequest) => unknown[],
+  answer: (need: number[], request: ScheduleRequest) => unknown[] | undefined,
 ): Promise<NatsConnection> {
   const nc = await connect({ servers: natsUrl });
   nc.subscribe(subjects.schedule, {
     callback: (_err, msg) => {
       const request = msg.json<ScheduleRequest>();
       const assignments = answer(request.need, request);
+      if (assignments === undefined) return;
       msg.respond(JSON.stringify({ ok: true, chunkSize: MiB, assignments, scheduler: 'scripted' }));
     },
   });
@@ -463,7 +464,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
   async function pullScripted(
     id: string,
     extraArgs: string[],
-    answer: (need: number[], request: ScheduleRequest) => unknown[],
+    answer: (need: number[], request: ScheduleRequest) => unknown[] | undefined,
   ): Promise<{ metrics: Map<string, number>; ms: number; registryBytes: number }> {
     const layer = image.layers[0]!;
     const before = bytesServed(registry, layer.digest);
@@ -745,6 +746,87 @@ describe('a node told to wait while its chunks are still arriving', () => {
     // Taken without an assignment: one chunk, not a download's worth (eight fetch slots).
     expect(chunks - granted.size).toBe(1);
     expect(registryBytes).toBe(layer.size);
+  });
+
+  const fromOrigin = (index: number) => ({
+    index,
+    sha256: null,
+    source: { kind: 'origin', leaseMs: 10_000 },
+    alternates: [],
+  });
+
+  it('takes a single chunk from the registry when the scheduler does not answer in time, not a download’s worth', async () => {
+    const layer = image.layers[0]!;
+    const chunks = Math.ceil(layer.size / MiB);
+    // A scheduler too busy to answer the first request within scheduler.timeout; every later request is
+    // granted (from the registry, the only holder here).
+    let requests = 0;
+    const granted = new Set<number>();
+    const { metrics, registryBytes } = await pullScripted(
+      'late-idle',
+      ['--scheduler-timeout=300ms', '--chunk-size=1MiB'],
+      (need) => {
+        if (need.length > 0 && requests++ === 0) return undefined;
+        for (const index of need) granted.add(index);
+        return need.map(fromOrigin);
+      },
+    );
+    expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'scheduler_timeout' })).toBe(1);
+    expect(fallbacks(metrics)).toHaveLength(1);
+    // Taken without an assignment: one chunk, not the eight fetch slots (and more for the mesh back-off).
+    expect(chunks - granted.size).toBe(1);
+    expect(registryBytes).toBe(layer.size);
+  });
+
+  it('takes nothing from the registry when the scheduler does not answer in time while a chunk is in flight', async () => {
+    const layer = image.layers[0]!;
+    const { chunk, hashes: hashesOf } = chunked(await layerBytes());
+    const hashes = hashesOf();
+    // Chunk 0 comes from a parent in 1.5 s; the request made while it is in flight goes unanswered, and
+    // every later one is granted from the registry.
+    const slowParent = createServer((req, res) => {
+      const body = chunk(chunkIndexOf(req.url));
+      setTimeout(() => {
+        res.writeHead(200, { 'content-length': body.length });
+        res.end(body);
+      }, 1_500);
+    });
+    const url = await listenOnLoopback(slowParent);
+    let requests = 0;
+    let unanswered = 0;
+    const granted = new Set<number>();
+    try {
+      const { metrics, registryBytes } = await pullScripted(
+        'late-in-flight',
+        ['--scheduler-timeout=300ms', '--peer-timeout=5s', '--peer-slow-factor=0', '--chunk-size=1MiB'],
+        (need, request) => {
+          if (need.length === 0) return [];
+          if (requests++ === 0)
+            return [
+              {
+                index: 0,
+                sha256: hashes[0]!,
+                source: { kind: 'peer', node: 'slow-parent', url },
+                alternates: [],
+              },
+            ];
+          if (unanswered === 0 && request.fetching?.includes(0)) {
+            unanswered++;
+            return undefined;
+          }
+          for (const index of need) granted.add(index);
+          return need.map(fromOrigin);
+        },
+      );
+      expect(unanswered).toBe(1);
+      expect(fallbacks(metrics)).toEqual([]);
+      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(MiB);
+      // Every chunk but the parent's was granted: none was taken from the registry unasked.
+      expect(granted.size).toBe(Math.ceil(layer.size / MiB) - 1);
+      expect(registryBytes).toBe(layer.size - MiB);
+    } finally {
+      slowParent.close();
+    }
   });
 });
 

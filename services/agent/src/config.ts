@@ -139,7 +139,7 @@ export const agentSpec = {
   schedulerTimeoutMs: opt.duration(
     'scheduler.timeout',
     '1s',
-    'How long to wait for a scheduler reply before fetching from the registry directly.',
+    'How long to wait for a scheduler reply. A late reply leaves chunks in flight to finish, or takes one chunk from the registry (twice as many each time in a row); three in a row and the download uses the registry for 3 s.',
     { minMs: 10 },
   ),
   originWaitMs: opt.duration(

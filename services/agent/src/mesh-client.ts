@@ -110,7 +110,10 @@ export class MeshClient {
     return this.mesh.connection() !== undefined;
   }
 
-  /** Asks the scheduler for sources of `need`; throws SHOAL_ERR_MESH_UNAVAILABLE when it cannot answer. */
+  /**
+   * Asks the scheduler for sources of `need`; throws SHOAL_ERR_MESH_UNAVAILABLE when it cannot answer
+   * (see isScheduleTimeout).
+   */
   async plan(request: Omit<ScheduleRequest, 'v' | 'node'>): Promise<Plan> {
     const nc = this.mesh.connection();
     if (!nc) throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', 'nats is not connected');
@@ -128,7 +131,7 @@ export class MeshClient {
           ? ['timeout', 'scheduler timeout']
           : ['error', text];
       timer({ outcome });
-      throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', reason, { cause });
+      throw new ShoalError('SHOAL_ERR_MESH_UNAVAILABLE', reason, { cause, details: { outcome } });
     }
     const reply = decode(scheduleReply, msg.data, 'schedule reply');
     timer({ outcome: reply.ok ? 'ok' : 'refused' });
@@ -278,4 +281,9 @@ export class MeshClient {
     await this.flush();
     await this.leave();
   }
+}
+
+/** Whether `plan` failed because no scheduler answered within scheduler.timeout (rather than none being there). */
+export function isScheduleTimeout(err: unknown): boolean {
+  return isShoalError(err) && err.details?.outcome === 'timeout';
 }

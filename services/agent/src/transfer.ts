@@ -21,7 +21,7 @@ import {
 import type { BufferPool } from './buffers.js';
 import type { HashPool } from './hash-pool.js';
 import type { MemoryTier } from './memory-tier.js';
-import type { MeshClient } from './mesh-client.js';
+import { isScheduleTimeout, type MeshClient } from './mesh-client.js';
 import type { AgentMetrics } from './metrics.js';
 import { PeerSpeeds } from './peer-speeds.js';
 import type { PeerClient } from './peers.js';
@@ -74,6 +74,11 @@ export type FetchedFrom = 'peer' | 'origin';
 
 /** How long to stop asking the control plane for this download after it failed to answer. */
 const MESH_BACKOFF_MS = 3_000;
+/**
+ * Schedule requests of one download in a row left unanswered for scheduler.timeout before the scheduler is
+ * taken for gone (MESH_BACKOFF_MS of the registry); fewer are a scheduler that is slow, not absent.
+ */
+const SCHEDULER_GONE_AFTER_TIMEOUTS = 3;
 /** How often a peer transfer in flight is compared with the download's other parents. */
 const SLOW_CHECK_MS = 100;
 /** How often an otherwise idle download loop looks again. */
@@ -282,6 +287,12 @@ export class Download {
      */
     let fallbackWidth = 0;
     let meshDownUntil = 0;
+    /** Schedule requests in a row that timed out. */
+    let timeouts = 0;
+    /** Whether the last schedule request timed out (its chunks are told to wait, see plan). */
+    let unanswered = false;
+    /** Whether the fallback ramp under way began because the scheduler did not answer. */
+    let rampedUnanswered = false;
 
     const start = (assignment: Assignment) => {
       const index = assignment.index;
@@ -314,6 +325,7 @@ export class Download {
         meshDownUntil = Math.max(meshDownUntil, now + MESH_BACKOFF_MS);
         return direct();
       }
+      unanswered = false;
       try {
         const reply = await this.deps.mesh.plan({
           blob: this.request.digest,
@@ -325,6 +337,12 @@ export class Download {
           max: free,
           fetching: [...inflight.keys()],
         });
+        timeouts = 0;
+        if (rampedUnanswered) {
+          // The scheduler answers again: its word counts, and the registry is only for what it cannot place.
+          rampedUnanswered = false;
+          fallbackWidth = 0;
+        }
         if (reply.chunkSize !== this.chunkSize) {
           // Chunks cut at other boundaries cannot be exchanged; this copy stays out of the mesh.
           meshDownUntil = Number.POSITIVE_INFINITY;
@@ -333,6 +351,14 @@ export class Download {
         }
         return reply.assignments;
       } catch (err) {
+        if (isScheduleTimeout(err) && ++timeouts < SCHEDULER_GONE_AFTER_TIMEOUTS) {
+          // A scheduler that answers late is busy, not gone: under load its round trips stretch past
+          // scheduler.timeout now and then, and filling every fetch slot from the registry for the mesh
+          // back-off each time cost a busy rollout several extra copies of the image. Its chunks wait
+          // instead; a download with nothing in flight takes one from the registry (see fetchMissing).
+          unanswered = true;
+          return ready.map((index) => waitAssignment(index, IDLE_POLL_MS));
+        }
         this.fallback(isShoalError(err) ? err.message : String(err));
         meshDownUntil = Date.now() + MESH_BACKOFF_MS;
         return direct();
@@ -412,15 +438,17 @@ export class Download {
             // Once it has gone to the registry itself, a download goes again at once while the scheduler
             // still has nothing for it, unless the registry is at the mesh's budget: then it waits its
             // turn again first.
-            if ((fallbackWidth > 0 && !queued) || Date.now() - waitingSince >= limit) {
-              // Nobody has served this node for too long: take the next chunks from the registry itself,
-              // one at first and twice as many each time the scheduler still has nothing once they are in,
-              // so that a node kept waiting a little too long costs the registry a chunk, not a
-              // download's worth of them, and one the mesh cannot serve at all still gets its full width.
+            if (unanswered || (fallbackWidth > 0 && !queued) || Date.now() - waitingSince >= limit) {
+              // Nobody has served this node for too long, or the scheduler did not answer at all: take the
+              // next chunks from the registry itself, one at first and twice as many each time the
+              // scheduler still has nothing once they are in, so that a node kept waiting a little too
+              // long costs the registry a chunk, not a download's worth of them, and one the mesh cannot
+              // serve at all still gets its full width.
               if (fallbackWidth === 0) {
-                this.fallback('waited too long for a peer');
+                this.fallback(unanswered ? 'scheduler timeout' : 'waited too long for a peer');
                 nothingInFlight();
               }
+              rampedUnanswered ||= unanswered;
               fallbackWidth = Math.min(fallbackWidth * 2 || 1, capacity);
               for (const index of ready.slice(0, Math.min(fallbackWidth, free)))
                 start(originAssignment(index));
@@ -802,6 +830,10 @@ export class Download {
 
 function originAssignment(index: number, sha256: string | null = null): Assignment {
   return { index, sha256, source: { kind: 'origin', leaseMs: 0 }, alternates: [] };
+}
+
+function waitAssignment(index: number, retryMs: number): Assignment {
+  return { index, sha256: null, source: { kind: 'wait', retryMs }, alternates: [] };
 }
 
 function reasonLabel(reason: string): string {
