@@ -393,8 +393,13 @@ describe.skipIf(cannotMount !== undefined)(
 
     it('(b) a disk filled by a ballast file mid-rollout: pulls complete, passed through', async () => {
       const size = 32 * MiB;
+      // Their downloads are held to 2 MB/s, so the image takes them about 6 s: the ballast then lands
+      // mid-download however busy the machine (unheld, the peers' chunks can all arrive between seeing
+      // the first one and filling the disk).
       const full = await Promise.all(
-        h.nodes.filter((n) => FULL_NODES.includes(n.id)).map(async (n) => await giveSmallDisk(n, size)),
+        h.nodes
+          .filter((n) => FULL_NODES.includes(n.id))
+          .map(async (n) => await giveSmallDisk(n, size, ['--download-rate=2MB', '--download-burst=64KiB'])),
       );
       const image = await h.pushImage('disk-filled');
       const before = await snapshotDisks(full);
@@ -415,12 +420,12 @@ describe.skipIf(cannotMount !== undefined)(
                   intervalMs: 10,
                   what: `${disk.node.id} to fetch its first chunk`,
                 });
-                const atFetchedBytes = await fetchedNow();
                 const free = await freeBytes(disk.mount);
                 // Something else on the node fills the disk: the cache's own writes then fail. Chunk writes
                 // under way may take some of the room first; the ballast then gets what is left.
                 const path = join(disk.mount, 'ballast');
                 await writeFile(path, Buffer.alloc(free)).catch(() => undefined);
+                const atFetchedBytes = await fetchedNow();
                 ballast[disk.node.id] = {
                   bytes: (await stat(path)).size,
                   atFetchedBytes,
@@ -433,7 +438,7 @@ describe.skipIf(cannotMount !== undefined)(
       });
       await judgeFullDisks(
         'disk-filled',
-        `${FULL_NODES.length} agents with a ${size / MiB} MiB tmpfs as cache dir, each filled by a ballast file once its agent had its first chunk of the image.`,
+        `${FULL_NODES.length} agents with a ${size / MiB} MiB tmpfs as cache dir, their downloads held to 2 MB/s, each filled by a ballast file once its agent had its first chunk of the image.`,
         image,
         result,
         full,

@@ -18,10 +18,13 @@ import type { Host, Network } from './network.js';
 export const NATS_PORT = 4222;
 export const AGENT_PORT = 65001;
 
-/** Waits until a node host can GET `url` (any status below 500 but 503 counts), or fails with the log. */
+/**
+ * Waits until a node host can GET `url` (any status below 500 but 503 counts), or fails with the log.
+ * Two dozen agents starting at once on two cores with a cold page cache take well over 20 s.
+ */
 export async function waitServing(network: Network, proc: ManagedProcess, url: string): Promise<void> {
   const probe = `fetch('${url}').then((r) => process.exit(r.status < 500 || r.status === 503 ? 0 : 1), () => process.exit(1))`;
-  const deadline = Date.now() + 20_000;
+  const deadline = Date.now() + 60_000;
   for (;;) {
     const [cmd, args] = network.exec(network.nodes[0]!, process.execPath, ['-e', probe]);
     if ((await runCommand(cmd, args, { timeoutMs: 5_000 })).ok) return;
