@@ -778,6 +778,57 @@ describe('a node told to wait while its chunks are still arriving', () => {
     expect(registryBytes).toBe(layer.size);
   });
 
+  it('goes back to waiting as told once the scheduler answers again after a late reply', async () => {
+    const layer = image.layers[0]!;
+    const chunks = Math.ceil(layer.size / MiB);
+    // The first request goes unanswered; the next ones are answered "wait" for 1.5 s (well inside
+    // origin.waitTimeout), then every chunk is granted.
+    let lateAt: number | undefined;
+    const granted = new Set<number>();
+    const { metrics, registryBytes } = await pullScripted(
+      'late-then-wait',
+      ['--scheduler-timeout=300ms', '--origin-wait-timeout=10s', '--chunk-size=1MiB'],
+      (need) => {
+        if (need.length === 0) return [];
+        if (lateAt === undefined) {
+          lateAt = Date.now();
+          return undefined;
+        }
+        if (Date.now() - lateAt < 1_500) return need.map((index) => toWait(index, null));
+        for (const index of need) granted.add(index);
+        return need.map(fromOrigin);
+      },
+    );
+    expect(fallbacks(metrics)).toEqual([['shoal_agent_fallbacks_total{reason="scheduler_timeout"}', 1]]);
+    // The late reply cost one chunk; the answers after it were heeded, not taken for more silence.
+    expect(chunks - granted.size).toBe(1);
+    expect(registryBytes).toBe(layer.size);
+  });
+
+  it('keeps widening its own registry fetches through a late reply after waiting out origin.waitTimeout', async () => {
+    const layer = image.layers[0]!;
+    const chunks = Math.ceil(layer.size / MiB);
+    // "Wait" for everything, always, except one request left unanswered once the agent has fetched a
+    // chunk itself and has nothing in flight.
+    let late = 0;
+    const { metrics, registryBytes } = await pullScripted(
+      'wait-then-late',
+      ['--scheduler-timeout=300ms', '--origin-wait-timeout=500ms', '--chunk-size=1MiB'],
+      (need, request) => {
+        if (need.length === 0) return [];
+        if (late === 0 && need.length < chunks && (request.fetching ?? []).length === 0) {
+          late++;
+          return undefined;
+        }
+        return need.map((index) => toWait(index, null));
+      },
+    );
+    expect(late).toBe(1);
+    // One spell of fetching from the registry, not a new one begun after the late reply.
+    expect(fallbacks(metrics)).toEqual([['shoal_agent_fallbacks_total{reason="peer_wait_timeout"}', 1]]);
+    expect(registryBytes).toBe(layer.size);
+  });
+
   it('takes nothing from the registry when the scheduler does not answer in time while a chunk is in flight', async () => {
     const layer = image.layers[0]!;
     const { chunk, hashes: hashesOf } = chunked(await layerBytes());
@@ -917,7 +968,8 @@ describe('fallback to the registry when the control plane is gone', () => {
         namespace: containerd.newNamespace('frozen'),
       });
       expect(result.ok, result.stderr).toBe(true);
-      // Each blob waits at most one scheduler timeout (1 s) before going to the registry.
+      // Each blob takes a chunk from the registry after one scheduler timeout (1 s), and goes to it at
+      // full width after the third in a row (or once NATS is found gone).
       expect(Date.now() - began).toBeLessThan(15_000);
     } finally {
       nats.process().resume();

@@ -139,7 +139,7 @@ export const agentSpec = {
   schedulerTimeoutMs: opt.duration(
     'scheduler.timeout',
     '1s',
-    'How long to wait for a scheduler reply. A late reply leaves chunks in flight to finish, or takes one chunk from the registry (twice as many each time in a row); three in a row and the download uses the registry for 3 s.',
+    'How long to wait for a scheduler reply. After a late reply a download asks again, taking one chunk from the registry meanwhile if it has nothing in flight (two at a second late reply in a row); the third late reply in a row counts as no scheduler, and the download uses the registry for 3 s.',
     { minMs: 10 },
   ),
   originWaitMs: opt.duration(

@@ -76,7 +76,8 @@ export type FetchedFrom = 'peer' | 'origin';
 const MESH_BACKOFF_MS = 3_000;
 /**
  * Schedule requests of one download in a row left unanswered for scheduler.timeout before the scheduler is
- * taken for gone (MESH_BACKOFF_MS of the registry); fewer are a scheduler that is slow, not absent.
+ * taken for gone (MESH_BACKOFF_MS of the registry); fewer are a scheduler that is slow, not absent. Only an
+ * answer starts the count again: once taken for gone, each further late reply is a back-off at once.
  */
 const SCHEDULER_GONE_AFTER_TIMEOUTS = 3;
 /** How often a peer transfer in flight is compared with the download's other parents. */
@@ -446,9 +447,11 @@ export class Download {
               // serve at all still gets its full width.
               if (fallbackWidth === 0) {
                 this.fallback(unanswered ? 'scheduler timeout' : 'waited too long for a peer');
-                nothingInFlight();
+                // Its parents are freed by the next request's `fetching` anyway; a scheduler that did not
+                // answer is not sent one more request for it.
+                if (!unanswered) nothingInFlight();
+                rampedUnanswered = unanswered;
               }
-              rampedUnanswered ||= unanswered;
               fallbackWidth = Math.min(fallbackWidth * 2 || 1, capacity);
               for (const index of ready.slice(0, Math.min(fallbackWidth, free)))
                 start(originAssignment(index));
