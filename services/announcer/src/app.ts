@@ -107,6 +107,12 @@ export function createAnnouncer(deps: AnnouncerDeps): Announcer {
   let loop: Promise<void> | undefined;
   let slotsFree = config.concurrency;
   const slotWaiters: (() => void)[] = [];
+  /**
+   * Announcements handed to this replica and not yet settled, each told "still working" every third of
+   * consumer.ackWait: the stream redelivers only what a replica that died held, and does so soon.
+   */
+  const held = new Set<JsMsg>();
+  let heartbeat: NodeJS.Timeout | undefined;
 
   async function acquireSlot(): Promise<void> {
     if (slotsFree > 0) {
@@ -193,6 +199,7 @@ export function createAnnouncer(deps: AnnouncerDeps): Announcer {
       });
     tails.set(key, run);
     void run.finally(() => {
+      held.delete(m);
       if (tails.get(key) === run) tails.delete(key);
     });
     return run;
@@ -215,8 +222,21 @@ export function createAnnouncer(deps: AnnouncerDeps): Announcer {
       const consumer = await jetstream(nc).consumers.get(streams.announce, consumers.announcer);
       const consumed = await consumer.consume({ max_messages: config.batch });
       messages = consumed;
+      heartbeat = setInterval(
+        () => {
+          for (const m of held) {
+            try {
+              m.working();
+            } catch {
+              // The connection is gone: the stream delivers the announcement again, here or elsewhere.
+            }
+          }
+        },
+        Math.max(100, config.ackWait / 3),
+      ).unref();
       loop = (async () => {
         for await (const m of consumed) {
+          held.add(m);
           await acquireSlot();
           const run = dispatch(m).finally(releaseSlot);
           inflight.add(run);
@@ -233,6 +253,8 @@ export function createAnnouncer(deps: AnnouncerDeps): Announcer {
       await messages?.close();
       await loop;
       await Promise.allSettled([...inflight]);
+      clearInterval(heartbeat);
+      heartbeat = undefined;
       messages = undefined;
     },
     health() {

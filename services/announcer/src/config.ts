@@ -25,8 +25,8 @@ export const announcerSpec = {
   }),
   ackWait: opt.duration(
     'consumer.ackWait',
-    '30s',
-    'How long an announcement may stay unacknowledged before the stream redelivers it, to this or another replica.',
+    '5s',
+    'How long an announcement handed to a replica that stopped answering for it stays with that replica before the stream delivers it again, to this or another one. A replica applying an announcement, or holding it behind others from the same node, says so every third of this time.',
     { minMs: 1_000 },
   ),
   retryDelay: opt.duration(

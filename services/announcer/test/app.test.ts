@@ -43,7 +43,11 @@ let js: JetStreamClient;
 let buckets: MeshBuckets;
 const running: { announcer: Announcer; mesh: MeshConnection; registry: Registry }[] = [];
 
-async function startAnnouncer(instance: string, wrap?: (b: MeshBuckets) => MeshBuckets) {
+async function startAnnouncer(
+  instance: string,
+  wrap?: (b: MeshBuckets) => MeshBuckets,
+  config: AnnouncerSettings = settings,
+) {
   const mesh = connectMesh({ servers: [server.url], name: instance, log: createLogger('test', 'silent') });
   const registry = new Registry();
   const own = await openBuckets(await mesh.ready());
@@ -51,7 +55,7 @@ async function startAnnouncer(instance: string, wrap?: (b: MeshBuckets) => MeshB
     mesh,
     log: createLogger(instance, 'silent'),
     registry,
-    config: settings,
+    config,
     instance,
     buckets: wrap ? wrap(own) : own,
     events: memoryEventPublisher(instance),
@@ -260,5 +264,37 @@ describe('announcer', () => {
     expect(blobOf(300)).toBe(decode(holderRecord, holder!.value, 'holder').blob);
     const text = await flaky.registry.metrics();
     expect(text).toMatch(/shoal_announcer_apply_duration_seconds_count\{type="chunks"\} [1-9]/);
+  });
+  it('keeps an announcement it is still applying from being delivered again, however short consumer.ackWait', async () => {
+    await stopAll();
+    // Every write to the chunks bucket takes 2.5 s, two and a half times consumer.ackWait.
+    const slow = await startAnnouncer(
+      'ann-slow',
+      (b) => ({
+        ...b,
+        chunks: new Proxy(b.chunks, {
+          get(target, prop, receiver) {
+            const value: unknown = Reflect.get(target, prop, receiver);
+            if (typeof value !== 'function') return value;
+            const fn = (value as (...args: unknown[]) => unknown).bind(target);
+            return prop === 'put' || prop === 'create' || prop === 'update'
+              ? async (...args: unknown[]) => {
+                  await new Promise((r) => setTimeout(r, 2_500));
+                  return await fn(...args);
+                }
+              : fn;
+          },
+        }),
+      }),
+      { ...settings, ackWait: 1_000 },
+    );
+    await publish(chunks('node-s', 400, 1, [0], { hashes: hashesFor(400, [0]) }));
+    await drained();
+    // Delivered once: applied once (without the heartbeat: six times, once a second while the first ran).
+    expect(
+      (await counter(slow.registry, 'shoal_announcer_announcements_applied_total')) +
+        (await counter(slow.registry, 'shoal_announcer_announcements_stale_total')),
+    ).toBe(1);
+    await stopAll();
   });
 });

@@ -62,7 +62,7 @@ describe('announcerCommand', () => {
       expect(info.config).toMatchObject({
         durable_name: consumers.announcer,
         ack_policy: 'explicit',
-        ack_wait: 30_000_000_000,
+        ack_wait: 5_000_000_000,
       });
       await nc.close();
     } finally {
