@@ -496,6 +496,14 @@ describe('a node told to wait while its chunks are still arriving', () => {
     alternates: [],
   });
 
+  /** A grant of chunk `index` from the registry, as a scheduler answers it. */
+  const fromOrigin = (index: number, sha256: string | null = null) => ({
+    index,
+    sha256,
+    source: { kind: 'origin', leaseMs: 10_000 },
+    alternates: [],
+  });
+
   it('does not give up on the mesh while chunks it was given keep arriving', async () => {
     const layer = image.layers[0]!;
     const { chunk, hashes: hashesOf } = chunked(await layerBytes());
@@ -609,11 +617,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
       'e',
       ['--origin-wait-timeout=1s', '--chunk-size=1MiB'],
       (need) =>
-        need.map((index) =>
-          Date.now() < turnAt
-            ? toWait(index, null, 'origin')
-            : { index, sha256: null, source: { kind: 'origin', leaseMs: 10_000 }, alternates: [] },
-        ),
+        need.map((index) => (Date.now() < turnAt ? toWait(index, null, 'origin') : fromOrigin(index))),
     );
     expect(Date.now()).toBeGreaterThanOrEqual(turnAt);
     expect(fallbacks(metrics)).toEqual([]);
@@ -651,12 +655,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
       source: { kind: 'peer', node, url },
       alternates: [],
     });
-    const origin = (index: number) => ({
-      index,
-      sha256: hashes[index]!,
-      source: { kind: 'origin', leaseMs: 10_000 },
-      alternates: [],
-    });
+    const origin = (index: number) => fromOrigin(index, hashes[index]);
     try {
       const { registryBytes } = await pullScripted('u', ['--chunk-size=1MiB'], (need, request) => {
         if (need.length > 0) seen.push({ avoid: request.avoid, unreachable: request.unreachable ?? [] });
@@ -734,25 +733,13 @@ describe('a node told to wait while its chunks are still arriving', () => {
       (need) => {
         if (need.length === chunks) return need.map((index) => toWait(index, null));
         for (const index of need) granted.add(index);
-        return need.map((index) => ({
-          index,
-          sha256: null,
-          source: { kind: 'origin', leaseMs: 10_000 },
-          alternates: [],
-        }));
+        return need.map((index) => fromOrigin(index));
       },
     );
     expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBe(1);
     // Taken without an assignment: one chunk, not a download's worth (eight fetch slots).
     expect(chunks - granted.size).toBe(1);
     expect(registryBytes).toBe(layer.size);
-  });
-
-  const fromOrigin = (index: number) => ({
-    index,
-    sha256: null,
-    source: { kind: 'origin', leaseMs: 10_000 },
-    alternates: [],
   });
 
   it('takes a single chunk from the registry when the scheduler does not answer in time, not a download’s worth', async () => {
@@ -768,7 +755,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
       (need) => {
         if (need.length > 0 && requests++ === 0) return undefined;
         for (const index of need) granted.add(index);
-        return need.map(fromOrigin);
+        return need.map((index) => fromOrigin(index));
       },
     );
     expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'scheduler_timeout' })).toBe(1);
@@ -796,7 +783,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
         }
         if (Date.now() - lateAt < 1_500) return need.map((index) => toWait(index, null));
         for (const index of need) granted.add(index);
-        return need.map(fromOrigin);
+        return need.map((index) => fromOrigin(index));
       },
     );
     expect(fallbacks(metrics)).toEqual([['shoal_agent_fallbacks_total{reason="scheduler_timeout"}', 1]]);
@@ -866,7 +853,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
             return undefined;
           }
           for (const index of need) granted.add(index);
-          return need.map(fromOrigin);
+          return need.map((index) => fromOrigin(index));
         },
       );
       expect(unanswered).toBe(1);

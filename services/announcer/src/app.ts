@@ -199,7 +199,6 @@ export function createAnnouncer(deps: AnnouncerDeps): Announcer {
       });
     tails.set(key, run);
     void run.finally(() => {
-      held.delete(m);
       if (tails.get(key) === run) tails.delete(key);
     });
     return run;
@@ -238,7 +237,10 @@ export function createAnnouncer(deps: AnnouncerDeps): Announcer {
         for await (const m of consumed) {
           held.add(m);
           await acquireSlot();
-          const run = dispatch(m).finally(releaseSlot);
+          const run = dispatch(m).finally(() => {
+            held.delete(m);
+            releaseSlot();
+          });
           inflight.add(run);
           void run.finally(() => inflight.delete(run));
         }
