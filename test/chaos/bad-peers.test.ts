@@ -59,7 +59,8 @@ describe('chaos: a bad peer during a rollout', () => {
   /**
    * Runs a rollout with a liar in the first node's vSwitch (the best tier for that node and its
    * neighbour) that claims every chunk of every layer. `announce` says when it does: once the real
-   * agents have put every chunk's hash in the mesh, or before the rollout begins.
+   * agents have put every chunk's hash in the mesh (the nodes of its vSwitch then join the rollout), or
+   * before the rollout begins.
    */
   async function withBadPeer(
     fault: string,
@@ -87,8 +88,10 @@ describe('chaos: a bad peer during a rollout', () => {
     });
     const droppedBefore = dropped.length;
     let result: RolloutResult;
+    let announcedAtMs: number | undefined;
     try {
       if (announce === 'before-rollout') await liar.announce();
+      const began = Date.now();
       result = await h.rollout(image, {
         ...(announce === 'once-hashes-known'
           ? {
@@ -97,8 +100,13 @@ describe('chaos: a bad peer during a rollout', () => {
                 inject: async () => {
                   await waitForManifests(h.nats.url, digests);
                   await liar.announce();
+                  announcedAtMs = Date.now() - began;
                 },
               },
+              // The liar's vSwitch neighbours join the rollout once it has announced, so it is their best
+              // holder of every chunk. Were they pulling from the start, on a slow machine they could have
+              // every chunk from others before the hashes were all known and the liar spoke up.
+              startAfterFault: h.nodes.filter((n) => n.vswitch === first.vswitch).map((n) => n.id),
             }
           : {}),
       });
@@ -135,6 +143,7 @@ describe('chaos: a bad peer during a rollout', () => {
     const r = report(fault, description, result, baseline, verify, {
       extra: {
         announced: announce,
+        announcedAtMs,
         liarRequests: liar.requests.length,
         liarRequestsServedInFull: liar.requests.filter((x) => x.served).length,
         liarPairs: pairs.size,

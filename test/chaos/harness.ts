@@ -90,7 +90,10 @@ export interface PullOutcome {
 }
 
 export interface FaultTrigger {
-  /** Inject once this share (0..1) of the rollout's bytes (every node's fetched chunks) has moved. */
+  /**
+   * Inject once this share (0..1) of the rollout's bytes (the fetched chunks of every node already pulling)
+   * has moved.
+   */
   atFraction: number;
   inject: () => Promise<void>;
 }
@@ -138,10 +141,14 @@ export interface Harness {
   readonly baseFault: { bytesPerSecond: number; match: RegExp; methods: readonly string[] };
   /** Builds and pushes an image of random content, so no node has any of it yet. */
   pushImage(tag: string, layers?: number, layerSize?: number): Promise<BuiltImage>;
-  /** Every node pulls `image` at once; `fault` is injected once its share of the bytes has moved. */
+  /**
+   * Every node pulls `image` at once; `fault` is injected once its share of the bytes has moved. Targets
+   * named in `startAfterFault` begin their pull only once the fault has been injected (at once without a
+   * fault); their times still count from the start of the rollout.
+   */
   rollout(
     image: BuiltImage,
-    options?: { targets?: PullTarget[]; fault?: FaultTrigger },
+    options?: { targets?: PullTarget[]; fault?: FaultTrigger; startAfterFault?: string[] },
   ): Promise<RolloutResult>;
   /** Reads every layer back through each target's mirror API: the bytes of layers that do not verify. */
   verifyAgents(image: BuiltImage, targets?: PullTarget[]): Promise<{ checked: number; corruptBytes: number }>;
@@ -300,7 +307,12 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
         const egressBefore = egress(image);
         const began = Date.now();
         let finished = 0;
+        let injected!: () => void;
+        const faultInjected = new Promise<void>((resolve) => (injected = resolve));
+        if (rolloutOptions.fault === undefined) injected();
+        const late = new Set(rolloutOptions.startAfterFault ?? []);
         const pulls = targets.map(async (t): Promise<PullOutcome> => {
+          if (late.has(t.id)) await faultInjected;
           const result = await t.containerd.pull({
             ref: image.ref,
             hostsDir: t.hostsDir,
@@ -318,7 +330,9 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
         let doneBeforeInjection = 0;
         const fault = rolloutOptions.fault;
         if (fault !== undefined) {
-          const goal = fault.atFraction * targets.length * imageBytes(image);
+          // Only targets already pulling can move the bytes that trigger the fault.
+          const pulling = targets.filter((t) => !late.has(t.id)).length;
+          const goal = fault.atFraction * pulling * imageBytes(image);
           let allDone = false;
           const settled = Promise.allSettled(pulls).then(() => (allDone = true));
           // Polls every agent's fetch counter; the rollout's bytes are what they fetched since it began.
@@ -337,7 +351,11 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
           if (!allDone) {
             injectedAtMs = Date.now() - began;
             doneBeforeInjection = finished;
-            await fault.inject();
+            try {
+              await fault.inject();
+            } finally {
+              injected();
+            }
           }
         }
         const outcomes = await Promise.all(pulls);
