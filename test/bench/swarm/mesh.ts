@@ -17,6 +17,9 @@ import type { Host, Network } from './network.js';
 
 export const NATS_PORT = 4222;
 export const AGENT_PORT = 65001;
+/** Metrics ports of discovery, the announcer and the scheduler on the registry host. */
+const CONTROL_METRICS_PORT = 9100;
+export const SCHEDULER_METRICS_PORT = CONTROL_METRICS_PORT + 2;
 
 /**
  * Waits until a node host can GET `url` (any status below 500 but 503 counts), or fails with the log.
@@ -33,6 +36,22 @@ export async function waitServing(network: Network, proc: ManagedProcess, url: s
       throw new Error(`${proc.name} did not come up at ${url}: ${proc.tail(20)}`);
     }
     await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+/** Waits until discovery lists `count` live nodes. */
+async function waitListed(network: Network, count: number): Promise<void> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    const metrics = await scrape(
+      network,
+      network.registry,
+      `http://${network.registry.ip}:${CONTROL_METRICS_PORT}/metrics`,
+    );
+    const listed = metrics.get('shoal_discovery_nodes') ?? 0;
+    if (listed >= count) return;
+    if (Date.now() > deadline) throw new Error(`discovery lists ${listed} of ${count} nodes after 30 s`);
+    await new Promise((r) => setTimeout(r, 250));
   }
 }
 
@@ -122,7 +141,7 @@ export async function startMesh(network: Network, dir: string, options: MeshOpti
     const controlPlane = [nats];
     await waitServing(network, nats, `http://${network.registry.ip}:8222/healthz`);
     for (const [i, kind] of (['discovery', 'announcer', 'scheduler'] as const).entries()) {
-      const port = 9100 + i;
+      const port = CONTROL_METRICS_PORT + i;
       const proc = await startIn(
         network,
         network.registry,
@@ -165,7 +184,6 @@ export async function startMesh(network: Network, dir: string, options: MeshOpti
             `--registries=http://${options.registryHost}`,
             `--node-zone=${node.zone}`,
             `--node-vswitch=${node.vswitch}`,
-            '--heartbeat-interval=500ms',
             ...options.agentArgs,
           ],
           dir,
@@ -177,8 +195,8 @@ export async function startMesh(network: Network, dir: string, options: MeshOpti
     );
     for (const [i, agent] of agents.entries())
       await waitServing(network, agent, `http://${network.nodes[i]!.ip}:${AGENT_PORT}/healthz`);
-    // Every agent heartbeats every 500 ms; two rounds and discovery lists them all.
-    await new Promise((r) => setTimeout(r, 1_500));
+    // Agents heartbeat at the chart's interval (3 s); an agent sends its first as it starts.
+    await waitListed(network, network.nodes.length);
     return { agents, controlPlane, secret, stop };
   } catch (err) {
     await stop();

@@ -49,7 +49,7 @@ import { cdfChart } from '../chart.js';
 import { histogramQuantile, quantile, rolloutColumns, table } from '../report.js';
 import { pullEverywhereBittorrent, startBittorrentSwarm } from './bittorrent.js';
 import { type LimitCheck, type LimitsOptions, runLimits } from './limits.js';
-import { AGENT_PORT, NATS_PORT, scrape, startMesh, waitServing } from './mesh.js';
+import { AGENT_PORT, NATS_PORT, SCHEDULER_METRICS_PORT, scrape, startMesh, waitServing } from './mesh.js';
 import { buildNetwork, type Host, type Network, type NetworkShape } from './network.js';
 import {
   endedChildrenCpuSeconds,
@@ -493,7 +493,7 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
     const schedulerMetrics = await scrape(
       network,
       network.registry,
-      `http://${network.registry.ip}:9102/metrics`,
+      `http://${network.registry.ip}:${SCHEDULER_METRICS_PORT}/metrics`,
     );
     meshEvents = await readMeshEvents(network).catch((err: unknown) => {
       process.stderr.write(`could not read the mesh's events: ${String(err)}\n`);
