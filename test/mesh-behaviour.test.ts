@@ -557,6 +557,33 @@ describe('a node told to wait while its chunks are still arriving', () => {
     expect(registryBytes).toBe(0);
   });
 
+  it('tells the scheduler what it is still fetching from a slow registry, so that its leases are kept', async () => {
+    const layer = image.layers[0]!;
+    // Eight chunks granted at once from a registry read at 3 MB/s: over two seconds before the first is
+    // in, during which the download has no free slot and nothing else to ask for.
+    const leaseMs = 600;
+    const renewals: { at: number; fetching: number[] }[] = [];
+    const { metrics, registryBytes } = await pullScripted(
+      'l',
+      ['--chunk-size=1MiB', '--registry-rate=3MB'],
+      (need, request) => {
+        if (need.length === 0) {
+          if (request.fetching?.length) renewals.push({ at: Date.now(), fetching: request.fetching });
+          return [];
+        }
+        return need.map((index) => ({ ...fromOrigin(index), source: { kind: 'origin', leaseMs } }));
+      },
+    );
+    expect(fallbacks(metrics)).toEqual([]);
+    expect(registryBytes).toBe(layer.size);
+    // About every quarter of the lease while the first eight were in flight.
+    expect(renewals.length).toBeGreaterThanOrEqual(4);
+    for (const [i, r] of renewals.entries()) {
+      expect(r.fetching.length).toBeGreaterThan(0);
+      if (i > 0) expect(r.at - renewals[i - 1]!.at).toBeGreaterThanOrEqual(leaseMs / 4 - 50);
+    }
+  });
+
   it('keeps waiting past origin.waitTimeout while a chunk is in flight, however slow', async () => {
     const layer = image.layers[0]!;
     const { chunk, hashes: hashesOf } = chunked(await layerBytes());

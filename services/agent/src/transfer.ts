@@ -294,10 +294,16 @@ export class Download {
     let unanswered = false;
     /** Whether the fallback ramp under way began because the scheduler did not answer. */
     let rampedUnanswered = false;
+    /** Chunks being fetched from the registry under a scheduler's origin lease, and the lease's length. */
+    const leased = new Map<number, number>();
+    /** When this download last sent the scheduler a request (any request renews the leases it lists). */
+    let askedAt = Date.now();
 
     const start = (assignment: Assignment) => {
       const index = assignment.index;
       waitUntil.delete(index);
+      if (assignment.source.kind === 'origin' && assignment.source.leaseMs > 0)
+        leased.set(index, assignment.source.leaseMs);
       const { start: from, end } = chunkRange(this.request.size, this.chunkSize, index);
       const release = this.deps.chunkMemory.reserve(end - from);
       const task = this.fetchChunk(assignment, originFailures)
@@ -309,8 +315,38 @@ export class Download {
           waitingSince = undefined;
           idleWaits = 0;
         })
-        .finally(() => inflight.delete(index));
+        .finally(() => {
+          inflight.delete(index);
+          leased.delete(index);
+        });
       inflight.set(index, task);
+    };
+
+    /**
+     * Keeps the origin leases of a slow registry fetch: a download whose slots are all busy asks nothing,
+     * so once a quarter of the shortest lease has passed since its last request it tells the scheduler
+     * which chunks it is still fetching (needing nothing), and the scheduler extends their leases rather
+     * than handing the chunks to another node as well.
+     */
+    const keepLeases = () => {
+      if (leased.size === 0 || !this.deps.mesh.usable) return;
+      if (Date.now() - askedAt < Math.min(...leased.values()) / 4) return;
+      askedAt = Date.now();
+      tellFetching([...this.avoid]);
+    };
+
+    /** Tells the scheduler which chunks are in flight, asking for nothing; the answer does not matter. */
+    const tellFetching = (avoid: string[]) => {
+      this.deps.mesh
+        .plan({
+          blob: this.request.digest,
+          size: this.request.size,
+          chunkSize: this.chunkSize,
+          need: [],
+          avoid,
+          fetching: [...inflight.keys()],
+        })
+        .catch(() => undefined);
     };
 
     /**
@@ -327,6 +363,7 @@ export class Download {
         return direct();
       }
       unanswered = false;
+      askedAt = now;
       try {
         const reply = await this.deps.mesh.plan({
           blob: this.request.digest,
@@ -377,16 +414,7 @@ export class Download {
     const nothingInFlight = () => {
       if (!peerAssigned || inflight.size > 0 || !this.deps.mesh.usable) return;
       peerAssigned = false;
-      this.deps.mesh
-        .plan({
-          blob: this.request.digest,
-          size: this.request.size,
-          chunkSize: this.chunkSize,
-          need: [],
-          avoid: [],
-          fetching: [],
-        })
-        .catch(() => undefined);
+      tellFetching([]);
     };
 
     const fetchMissing = async (): Promise<void> => {
@@ -468,6 +496,7 @@ export class Download {
             }
           }
         }
+        keepLeases();
         // Sleep until a fetch finishes or the waiting chunks may be asked for again, whichever comes first.
         const nextWake = waitUntil.size > 0 ? Math.min(...waitUntil.values()) - Date.now() : IDLE_POLL_MS;
         const pause = sleep(Math.min(Math.max(nextWake, 1), IDLE_POLL_MS));

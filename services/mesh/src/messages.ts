@@ -176,6 +176,8 @@ export type ScheduleReply = z.infer<typeof scheduleReply>;
 export const grantRecord = z.object({
   node: nodeId,
   expiresAt: z.number(),
+  /** When the node was first granted the slot; renewals keep it (absent in leases of older schedulers). */
+  grantedAt: z.number().optional(),
 });
 export type GrantRecord = z.infer<typeof grantRecord>;
 

@@ -235,8 +235,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (holder?.have.has(grant.index)) {
         const store = grants;
         if (budget && grant.zone === undefined) {
-          // From the grant (or its latest renewal) to the announcement: how long the registry took.
-          budget.arrived(at - (grant.expiresAt - store.leaseMs), at);
+          // From the first grant to the announcement, renewals included: how long the registry took.
+          budget.arrived(at - grant.grantedAt, at);
           metrics.originBudget.set(budget.limit);
         }
         track(
@@ -270,6 +270,36 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (live.length) issued.set(key, live);
         else issued.delete(key);
       }
+    }
+  }
+
+  /**
+   * Extends the leases (origin, and the node's zone lease) of chunks the node says it is still fetching,
+   * once less than half of a lease is left: a registry slower than origin.lease must not see the chunk
+   * granted to a second node while the first is still receiving it. A node that stops asking (dead, or
+   * done with the chunk) stops renewing, and its leases run out as before.
+   */
+  async function renewFetching(
+    store: GrantStore,
+    blobHex: string,
+    node: string,
+    fetching: readonly number[],
+  ): Promise<void> {
+    const zone = planOptions.zoneGate === false ? '' : (state.nodes.get(node)?.zone ?? '');
+    const at = now();
+    try {
+      const renewed = await Promise.all(
+        fetching.flatMap((index) => [
+          store.renew(blobHex, index, node, at),
+          ...(zone ? [store.renew(blobHex, index, node, at, zone)] : []),
+        ]),
+      );
+      const grantsRenewed = renewed.filter((g): g is Grant => g !== null);
+      if (grantsRenewed.length === 0) return;
+      metrics.leaseRenewals.inc(grantsRenewed.length);
+      remember(grantsRenewed);
+    } catch (err) {
+      log.debug({ err, node }, 'could not renew leases; they will expire');
     }
   }
 
@@ -395,7 +425,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     try {
       const request = decode(scheduleRequest, msg.data, 'schedule request');
       if (!grants) throw new Error('grant store is not ready');
-      if (request.fetching) releaseFinished(blobHexOf(request.blob), request.node, request.fetching);
+      if (request.fetching) {
+        releaseFinished(blobHexOf(request.blob), request.node, request.fetching);
+        if (request.fetching.length > 0)
+          track(renewFetching(grants, blobHexOf(request.blob), request.node, request.fetching));
+      }
       suspects.heardFrom(request.node, now());
       if (request.unreachable?.length)
         suspects.report(request.node, request.unreachable, request.avoid, now());

@@ -39,7 +39,7 @@ export const schedulerSpec = {
   originLease: opt.duration(
     'origin.lease',
     '10s',
-    'How long an origin or zone lease lasts; after that another node may take the chunk over.',
+    'How long an origin or zone lease lasts; after that another node may take the chunk over. A node still fetching the chunk has it extended while it keeps saying so (every quarter of the lease).',
     { minMs: 100 },
   ),
   originMaxPerRequest: opt.int(

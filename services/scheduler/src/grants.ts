@@ -21,6 +21,8 @@ export interface Grant {
   slot: number;
   node: string;
   expiresAt: number;
+  /** When the node was first granted the slot: a renewal keeps it. */
+  grantedAt: number;
   /** The revision the lease was written at, so that releasing it never removes a newer lease. */
   revision: number;
   /** Set on a zone lease: the zone whose outside pulls of this chunk it admits. */
@@ -36,7 +38,17 @@ export interface GrantStore {
    * admits its holder to fetch the chunk from outside the zone.
    */
   take(blobHex: string, index: number, node: string, now: number, zone?: string): Promise<Grant | null>;
-  /** Gives a lease back early, e.g. once its holder announced the chunk; a no-op if it was taken over. */
+  /**
+   * Extends a lease `node` holds on one chunk by another leaseMs, if less than half of it is left, so that a
+   * fetch still running (a registry slower than the lease is long) is not handed to another node. Resolves
+   * to the renewed lease, or null when the node holds none there (expired, released, taken over) or it
+   * has more than half its time left.
+   */
+  renew(blobHex: string, index: number, node: string, now: number, zone?: string): Promise<Grant | null>;
+  /**
+   * Gives a lease back early, e.g. once its holder announced the chunk; a no-op if it was taken over. A
+   * lease renewed since (by another replica) is still given back while the same node holds it.
+   */
   release(grant: Grant): Promise<void>;
   /**
    * Whether `take` may succeed, answered at once from what the store has seen: false only when every slot
@@ -100,6 +112,30 @@ const zoneTokens = new Map<string, string>();
  */
 const isOriginKey = (key: string) => !key.includes('.z.');
 
+/**
+ * Whether `node` holds `lease` with less than half of `leaseMs` left, so that it is due for renewal. A
+ * lease of a node taken for gone is not renewed: its leases are free for others to take.
+ */
+function dueForRenewal(
+  lease: GrantRecord | undefined,
+  node: string,
+  now: number,
+  options: GrantStoreOptions,
+): lease is GrantRecord {
+  return (
+    lease !== undefined &&
+    lease.node === node &&
+    lease.expiresAt > now &&
+    lease.expiresAt - now < options.leaseMs / 2 &&
+    options.gone?.(node) !== true
+  );
+}
+
+/** The first grant time of a lease `node` is taking over `current`: kept when it is the node's own. */
+function firstGranted(current: GrantRecord | undefined, node: string, now: number): number {
+  return current?.node === node && current.expiresAt > now ? (current.grantedAt ?? now) : now;
+}
+
 /** The key and slot count of a lease: a zone lease if a zone is named, otherwise an origin lease. */
 function scopeOf(
   options: GrantStoreOptions,
@@ -118,12 +154,11 @@ function grantFor(
   blobHex: string,
   index: number,
   slot: number,
-  node: string,
-  expiresAt: number,
+  record: { node: string; expiresAt: number; grantedAt: number },
   revision: number,
   zone: string | undefined,
 ): Grant {
-  const grant: Grant = { key, blobHex, index, slot, node, expiresAt, revision };
+  const grant: Grant = { key, blobHex, index, slot, ...record, revision };
   if (zone !== undefined) grant.zone = zone;
   return grant;
 }
@@ -146,15 +181,37 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
       const scope = scopeOf(options, blobHex, index, zone);
       for (let slot = 0; slot < scope.slots; slot++) {
         const key = scope.key(slot);
-        if (heldAgainst(leases.get(key), node, now, options.gone)) continue;
-        const expiresAt = now + options.leaseMs;
-        leases.set(key, { node, expiresAt, revision: ++revision });
-        return Promise.resolve(grantFor(key, blobHex, index, slot, node, expiresAt, revision, scope.zone));
+        const current = leases.get(key);
+        if (heldAgainst(current, node, now, options.gone)) continue;
+        const record = {
+          node,
+          expiresAt: now + options.leaseMs,
+          grantedAt: firstGranted(current, node, now),
+        };
+        leases.set(key, { ...record, revision: ++revision });
+        return Promise.resolve(grantFor(key, blobHex, index, slot, record, revision, scope.zone));
+      }
+      return Promise.resolve(null);
+    },
+    renew(blobHex, index, node, now, zone) {
+      const scope = scopeOf(options, blobHex, index, zone);
+      for (let slot = 0; slot < scope.slots; slot++) {
+        const key = scope.key(slot);
+        const current = leases.get(key);
+        if (!dueForRenewal(current, node, now, options)) continue;
+        const record = { node, expiresAt: now + options.leaseMs, grantedAt: current.grantedAt ?? now };
+        leases.set(key, { ...record, revision: ++revision });
+        return Promise.resolve(grantFor(key, blobHex, index, slot, record, revision, scope.zone));
       }
       return Promise.resolve(null);
     },
     release(grant) {
-      if (leases.get(grant.key)?.revision === grant.revision) leases.delete(grant.key);
+      const current = leases.get(grant.key);
+      if (
+        current?.revision === grant.revision ||
+        (current?.node === grant.node && current.revision > grant.revision)
+      )
+        leases.delete(grant.key);
       return Promise.resolve();
     },
     liveOrigin(now) {
@@ -268,36 +325,51 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
     now: number,
     zone: string | undefined,
   ): Promise<Grant | null> {
-    const expiresAt = now + options.leaseMs;
-    const value = encode({ node, expiresAt } satisfies GrantRecord);
     // Two rounds: the first from the view when it knows the key, the second (after a write lost to a newer
     // one, or a lease deleted or expired between read and write) from the bucket itself.
     for (let round = 0; round < 2; round++) {
-      const seen = round === 0 ? view?.lookup(key) : undefined;
-      let revision = 0;
-      let current: GrantRecord | undefined;
-      if (seen === 'absent') {
-        revision = 0;
-      } else if (seen) {
-        ({ revision, lease: current } = seen);
-      } else {
-        const entry = await kv.get(key);
-        revision = entry?.revision ?? 0;
-        current = entry?.operation === 'PUT' ? readLease(key, entry.value) : undefined;
-      }
+      const { revision, lease: current } = await read(key, round > 0);
       if (heldAgainst(current, node, now, options.gone)) return null;
-      try {
-        // previousSeq makes this exact: the write fails if anything was written since that revision
-        // (0: if the key exists at all).
-        const rev = await kv.put(key, value, { previousSeq: revision });
-        view?.saw(key, rev, { node, expiresAt });
-        return grantFor(key, blobHex, index, slot, node, expiresAt, rev, zone);
-      } catch (err) {
-        if (isCasConflict(err)) continue;
-        throw err;
-      }
+      const record = { node, expiresAt: now + options.leaseMs, grantedAt: firstGranted(current, node, now) };
+      const written = await write(key, record, revision);
+      if (written === undefined) continue;
+      return grantFor(key, blobHex, index, slot, record, written, zone);
     }
     return null;
+  }
+
+  /**
+   * Writes a lease if the key is still at `revision` (previousSeq makes this exact: 0 means only if the
+   * key does not exist); resolves to the new revision, or undefined when something was written since.
+   */
+  async function write(
+    key: string,
+    record: Required<GrantRecord>,
+    revision: number,
+  ): Promise<number | undefined> {
+    try {
+      const rev = await kv.put(key, encode(record satisfies GrantRecord), { previousSeq: revision });
+      view?.saw(key, rev, record);
+      return rev;
+    } catch (err) {
+      if (isCasConflict(err)) return undefined;
+      throw err;
+    }
+  }
+
+  /** What the view (unless `fromBucket`) or, where it does not know, the bucket holds at `key`. */
+  async function read(
+    key: string,
+    fromBucket = false,
+  ): Promise<{ revision: number; lease: GrantRecord | undefined }> {
+    const seen = fromBucket ? undefined : view?.lookup(key);
+    if (seen === 'absent') return { revision: 0, lease: undefined };
+    if (seen) return seen;
+    const entry = await kv.get(key);
+    return {
+      revision: entry?.revision ?? 0,
+      lease: entry?.operation === 'PUT' ? readLease(key, entry.value) : undefined,
+    };
   }
 
   return {
@@ -325,12 +397,36 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
         if (origin) asking--;
       }
     },
+    async renew(blobHex, index, node, now, zone) {
+      const scope = scopeOf(options, blobHex, index, zone);
+      for (let slot = 0; slot < scope.slots; slot++) {
+        const key = scope.key(slot);
+        const { revision, lease } = await read(key);
+        if (!dueForRenewal(lease, node, now, options)) continue;
+        const record = { node, expiresAt: now + options.leaseMs, grantedAt: lease.grantedAt ?? now };
+        // Lost to a newer write (another replica renewed it, or it was released): nothing to do.
+        const written = await write(key, record, revision);
+        return written === undefined
+          ? null
+          : grantFor(key, blobHex, index, slot, record, written, scope.zone);
+      }
+      return null;
+    },
     async release(grant) {
-      try {
-        await kv.delete(grant.key, { previousSeq: grant.revision });
-        view?.released(grant.key, grant.revision);
-      } catch (err) {
-        if (!isCasConflict(err)) throw err;
+      let revision = grant.revision;
+      // Twice at most: a lease another replica renewed for the same node has a newer revision.
+      for (let round = 0; round < 2; round++) {
+        try {
+          await kv.delete(grant.key, { previousSeq: revision });
+          view?.released(grant.key, revision);
+          return;
+        } catch (err) {
+          if (!isCasConflict(err)) throw err;
+        }
+        const seen = view?.lookup(grant.key);
+        if (!seen || seen === 'absent' || seen.lease?.node !== grant.node || seen.revision <= revision)
+          return;
+        revision = seen.revision;
       }
     },
     liveOrigin(now) {

@@ -13,6 +13,7 @@ export interface SchedulerMetrics {
   crossZone: Counter;
   originBudget: Gauge;
   originLeases: Gauge;
+  leaseRenewals: Counter;
   suspected: Counter;
 }
 
@@ -91,6 +92,11 @@ export function createSchedulerMetrics(
     originLeases: new Gauge({
       name: 'shoal_scheduler_origin_leases',
       help: 'Origin leases held over the whole mesh, as of this replica’s last decision.',
+      registers: [registry],
+    }),
+    leaseRenewals: new Counter({
+      name: 'shoal_scheduler_lease_renewals_total',
+      help: 'Origin and zone leases extended because their node was still fetching the chunk with less than half the lease left.',
       registers: [registry],
     }),
     crossZone: new Counter({

@@ -248,6 +248,7 @@ describe('chunks_assigned records', () => {
     const failing: GrantStore = {
       leaseMs: 1_000,
       take: () => Promise.reject(new Error('kv unavailable')),
+      renew: () => Promise.reject(new Error('kv unavailable')),
       release: () => Promise.resolve(),
       mayTake: () => true,
       liveOrigin: () => undefined,

@@ -370,6 +370,7 @@ describe('planRequest', () => {
           if (!zone) asking--;
         }
       },
+      renew: (blobHex, index, node, now, zone) => inner.renew(blobHex, index, node, now, zone),
       release: (grant) => inner.release(grant),
       mayTake: (...args) => inner.mayTake(...args),
       liveOrigin: (now) => inner.liveOrigin(now)! + asking,
@@ -395,6 +396,7 @@ describe('planRequest', () => {
     const failing: GrantStore = {
       leaseMs: 1_000,
       take: () => Promise.reject(new Error('kv unavailable')),
+      renew: () => Promise.reject(new Error('kv unavailable')),
       release: () => Promise.resolve(),
       mayTake: () => true,
       liveOrigin: () => undefined,
@@ -864,6 +866,7 @@ describe('planRequest when a holder appears while a lease is being taken', () =>
         if (!zone) putHolder(state, 'early', [0]);
         return grant;
       },
+      renew: (blobHex, index, node, now, zone) => inner.renew(blobHex, index, node, now, zone),
       async release(grant) {
         released++;
         await inner.release(grant);
