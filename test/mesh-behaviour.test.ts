@@ -568,7 +568,8 @@ describe('a node told to wait while its chunks are still arriving', () => {
       ['--chunk-size=1MiB', '--registry-rate=3MB'],
       (need, request) => {
         if (need.length === 0) {
-          if (request.fetching?.length) renewals.push({ at: Date.now(), fetching: request.fetching });
+          // (The first request, asking for nothing and saying nothing of fetching, only learns the chunk size.)
+          if (request.fetching) renewals.push({ at: Date.now(), fetching: request.fetching });
           return [];
         }
         return need.map((index) => ({ ...fromOrigin(index), source: { kind: 'origin', leaseMs } }));
@@ -579,6 +580,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
     // About every quarter of the lease while the first eight were in flight.
     expect(renewals.length).toBeGreaterThanOrEqual(4);
     for (const [i, r] of renewals.entries()) {
+      // Only while registry fetches are in flight, and no more often than every quarter of the lease.
       expect(r.fetching.length).toBeGreaterThan(0);
       if (i > 0) expect(r.at - renewals[i - 1]!.at).toBeGreaterThanOrEqual(leaseMs / 4 - 50);
     }

@@ -334,7 +334,9 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
           const pulling = targets.filter((t) => !late.has(t.id)).length;
           const goal = fault.atFraction * pulling * imageBytes(image);
           let allDone = false;
-          const settled = Promise.allSettled(pulls).then(() => (allDone = true));
+          const settled = Promise.allSettled(pulls.filter((_, i) => !late.has(targets[i]!.id))).then(
+            () => (allDone = true),
+          );
           // Polls every agent's fetch counter; the rollout's bytes are what they fetched since it began.
           while (!allDone) {
             const moved = (
@@ -353,10 +355,15 @@ export async function startHarness(input: HarnessOptions): Promise<Harness> {
             doneBeforeInjection = finished;
             try {
               await fault.inject();
-            } finally {
+            } catch (err) {
+              // The held-back pulls still run, and end, before the next rollout on the same nodes begins.
               injected();
+              await Promise.allSettled(pulls);
+              throw err;
             }
           }
+          // Started now also when the others were done before the fault could be injected.
+          injected();
         }
         const outcomes = await Promise.all(pulls);
         const ms = Date.now() - began;

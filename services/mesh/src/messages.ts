@@ -120,7 +120,8 @@ export const scheduleRequest = z.object({
   /**
    * The chunks of this blob the node is fetching right now. A peer assignment from an earlier reply that
    * is not among them has finished (or was given up), so its parent has upload to spare again: the
-   * scheduler learns that now rather than from the node's next announcement.
+   * scheduler learns that now rather than from the node's next announcement. The node's leases of the
+   * chunks listed are renewed when due (see origin.lease).
    */
   fetching: z.array(chunkIndex).max(100_000).optional(),
 });

@@ -82,6 +82,12 @@ export interface Scheduler {
 
 type BucketName = 'chunks' | 'nodes';
 
+/**
+ * Chunks of one request whose leases are looked at for renewal: a node fetches a few dozen at once (its
+ * download slots); a request listing more is not let turn into as many lease writes.
+ */
+const RENEW_PER_REQUEST = 64;
+
 const bucketTranslators: Record<BucketName, (change: KvChange) => Translation> = {
   chunks: chunkChangeToEvent,
   nodes: nodeChangeToEvent,
@@ -275,9 +281,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
 
   /**
    * Extends the leases (origin, and the node's zone lease) of chunks the node says it is still fetching,
-   * once less than half of a lease is left: a registry slower than origin.lease must not see the chunk
-   * granted to a second node while the first is still receiving it. A node that stops asking (dead, or
-   * done with the chunk) stops renewing, and its leases run out as before.
+   * once less than two thirds of a lease is left: a registry slower than origin.lease must not see the
+   * chunk granted to a second node while the first is still receiving it. A node that stops asking (dead,
+   * or done with the chunk) stops renewing, and its leases run out as before; so do leases kept for
+   * MAX_RENEWED_LEASES leases. Chunks the node already announced are not renewed (a request sent just
+   * before the announcement may arrive after it); at most RENEW_PER_REQUEST chunks are looked at.
    */
   async function renewFetching(
     store: GrantStore,
@@ -286,21 +294,26 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     fetching: readonly number[],
   ): Promise<void> {
     const zone = planOptions.zoneGate === false ? '' : (state.nodes.get(node)?.zone ?? '');
+    const have = state.holders.get(blobHex)?.get(node)?.have;
+    const indices = [...new Set(fetching)].filter((index) => have?.has(index) !== true);
     const at = now();
-    try {
-      const renewed = await Promise.all(
-        fetching.flatMap((index) => [
+    const renewals = await Promise.allSettled(
+      indices
+        .slice(0, RENEW_PER_REQUEST)
+        .flatMap((index) => [
           store.renew(blobHex, index, node, at),
           ...(zone ? [store.renew(blobHex, index, node, at, zone)] : []),
         ]),
-      );
-      const grantsRenewed = renewed.filter((g): g is Grant => g !== null);
-      if (grantsRenewed.length === 0) return;
-      metrics.leaseRenewals.inc(grantsRenewed.length);
-      remember(grantsRenewed);
-    } catch (err) {
-      log.debug({ err, node }, 'could not renew leases; they will expire');
+    );
+    const renewed: Grant[] = [];
+    for (const result of renewals) {
+      if (result.status === 'rejected')
+        log.debug({ err: result.reason as unknown, node }, 'could not renew a lease; it will expire');
+      else if (result.value) renewed.push(result.value);
     }
+    if (renewed.length === 0) return;
+    metrics.leaseRenewals.inc(renewed.length);
+    remember(renewed);
   }
 
   function track(promise: Promise<void>): void {

@@ -39,10 +39,11 @@ export interface GrantStore {
    */
   take(blobHex: string, index: number, node: string, now: number, zone?: string): Promise<Grant | null>;
   /**
-   * Extends a lease `node` holds on one chunk by another leaseMs, if less than half of it is left, so that a
-   * fetch still running (a registry slower than the lease is long) is not handed to another node. Resolves
-   * to the renewed lease, or null when the node holds none there (expired, released, taken over) or it
-   * has more than half its time left.
+   * Extends a lease `node` holds on one chunk by another leaseMs, if less than two thirds of it is left,
+   * so that a fetch still running (a registry slower than the lease is long) is not handed to another
+   * node; at most MAX_RENEWED_LEASES leases from the first grant. Resolves to the renewed lease, or null
+   * when the node holds none there (expired, released, taken over), it is not due, or the store's view
+   * of the bucket does not know the key.
    */
   renew(blobHex: string, index: number, node: string, now: number, zone?: string): Promise<Grant | null>;
   /**
@@ -113,8 +114,21 @@ const zoneTokens = new Map<string, string>();
 const isOriginKey = (key: string) => !key.includes('.z.');
 
 /**
- * Whether `node` holds `lease` with less than half of `leaseMs` left, so that it is due for renewal. A
- * lease of a node taken for gone is not renewed: its leases are free for others to take.
+ * How long, in leases, renewals may keep a chunk with one node from its first grant. A fetch that takes
+ * longer (a registry trickling bytes, a chunk queued behind the node's own rate limit) lets the chunk go
+ * to another node, as an unrenewed lease did after one lease.
+ */
+export const MAX_RENEWED_LEASES = 3;
+
+/** When a lease was first granted; leases written without it (older schedulers) count from their write. */
+function grantedAtOf(lease: GrantRecord, leaseMs: number): number {
+  return lease.grantedAt ?? lease.expiresAt - leaseMs;
+}
+
+/**
+ * Whether `node` holds `lease` with less than two thirds of `leaseMs` left, and first got it less than
+ * MAX_RENEWED_LEASES leases ago, so that it is due for renewal. A lease of a node taken for gone is not
+ * renewed: its leases are free for others to take.
  */
 function dueForRenewal(
   lease: GrantRecord | undefined,
@@ -126,14 +140,33 @@ function dueForRenewal(
     lease !== undefined &&
     lease.node === node &&
     lease.expiresAt > now &&
-    lease.expiresAt - now < options.leaseMs / 2 &&
+    lease.expiresAt - now < (options.leaseMs * 2) / 3 &&
+    now - grantedAtOf(lease, options.leaseMs) < MAX_RENEWED_LEASES * options.leaseMs &&
     options.gone?.(node) !== true
   );
 }
 
 /** The first grant time of a lease `node` is taking over `current`: kept when it is the node's own. */
-function firstGranted(current: GrantRecord | undefined, node: string, now: number): number {
-  return current?.node === node && current.expiresAt > now ? (current.grantedAt ?? now) : now;
+function firstGranted(current: GrantRecord | undefined, node: string, now: number, leaseMs: number): number {
+  return current?.node === node && current.expiresAt > now ? grantedAtOf(current, leaseMs) : now;
+}
+
+/**
+ * Whether `current` (at `revision`) is `grant` renewed since, by this replica or another: the same node's
+ * lease, written later, from the same first grant.
+ */
+function renewalOf(
+  grant: Grant,
+  current: GrantRecord | undefined,
+  revision: number,
+  leaseMs: number,
+): boolean {
+  return (
+    current !== undefined &&
+    current.node === grant.node &&
+    revision > grant.revision &&
+    grantedAtOf(current, leaseMs) === grant.grantedAt
+  );
 }
 
 /** The key and slot count of a lease: a zone lease if a zone is named, otherwise an origin lease. */
@@ -186,7 +219,7 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
         const record = {
           node,
           expiresAt: now + options.leaseMs,
-          grantedAt: firstGranted(current, node, now),
+          grantedAt: firstGranted(current, node, now, options.leaseMs),
         };
         leases.set(key, { ...record, revision: ++revision });
         return Promise.resolve(grantFor(key, blobHex, index, slot, record, revision, scope.zone));
@@ -199,7 +232,11 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
         const key = scope.key(slot);
         const current = leases.get(key);
         if (!dueForRenewal(current, node, now, options)) continue;
-        const record = { node, expiresAt: now + options.leaseMs, grantedAt: current.grantedAt ?? now };
+        const record = {
+          node,
+          expiresAt: now + options.leaseMs,
+          grantedAt: grantedAtOf(current, options.leaseMs),
+        };
         leases.set(key, { ...record, revision: ++revision });
         return Promise.resolve(grantFor(key, blobHex, index, slot, record, revision, scope.zone));
       }
@@ -209,7 +246,7 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
       const current = leases.get(grant.key);
       if (
         current?.revision === grant.revision ||
-        (current?.node === grant.node && current.revision > grant.revision)
+        (current && renewalOf(grant, current, current.revision, options.leaseMs))
       )
         leases.delete(grant.key);
       return Promise.resolve();
@@ -330,7 +367,11 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
     for (let round = 0; round < 2; round++) {
       const { revision, lease: current } = await read(key, round > 0);
       if (heldAgainst(current, node, now, options.gone)) return null;
-      const record = { node, expiresAt: now + options.leaseMs, grantedAt: firstGranted(current, node, now) };
+      const record = {
+        node,
+        expiresAt: now + options.leaseMs,
+        grantedAt: firstGranted(current, node, now, options.leaseMs),
+      };
       const written = await write(key, record, revision);
       if (written === undefined) continue;
       return grantFor(key, blobHex, index, slot, record, written, zone);
@@ -401,9 +442,17 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
       const scope = scopeOf(options, blobHex, index, zone);
       for (let slot = 0; slot < scope.slots; slot++) {
         const key = scope.key(slot);
-        const { revision, lease } = await read(key);
+        // From the view alone when there is one: until it is loaded (a watch restarting, NATS in trouble)
+        // leases are not renewed, and run out as they used to, rather than cost a read per chunk.
+        const known = view ? view.lookup(key) : await read(key, true);
+        if (known === undefined || known === 'absent') continue;
+        const { revision, lease } = known;
         if (!dueForRenewal(lease, node, now, options)) continue;
-        const record = { node, expiresAt: now + options.leaseMs, grantedAt: lease.grantedAt ?? now };
+        const record = {
+          node,
+          expiresAt: now + options.leaseMs,
+          grantedAt: grantedAtOf(lease, options.leaseMs),
+        };
         // Lost to a newer write (another replica renewed it, or it was released): nothing to do.
         const written = await write(key, record, revision);
         return written === undefined
@@ -424,7 +473,7 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
           if (!isCasConflict(err)) throw err;
         }
         const seen = view?.lookup(grant.key);
-        if (!seen || seen === 'absent' || seen.lease?.node !== grant.node || seen.revision <= revision)
+        if (!seen || seen === 'absent' || !renewalOf(grant, seen.lease, seen.revision, options.leaseMs))
           return;
         revision = seen.revision;
       }

@@ -362,19 +362,21 @@ describe('scheduler', () => {
     await startReplica('sched-after-budget');
   });
 
-  it('keeps the origin lease of a node still fetching the chunk past origin.lease, over both replicas', async () => {
+  it('keeps the origin lease of a node still fetching the chunk past origin.lease, on either replica', async () => {
     for (const replica of [...replicas]) await stopReplica(replica);
+    const leaseMs = 2_000;
     const pair = [
-      await startReplica('sched-renew-1', { originLease: 1_000 }),
-      await startReplica('sched-renew-2', { originLease: 1_000 }),
+      await startReplica('sched-renew-1', { originLease: leaseMs }),
+      await startReplica('sched-renew-2', { originLease: leaseMs }),
     ];
     const blob = digestOf('8');
     const request = { blob, size: MiB, chunkSize: MiB };
     expect(sourceKind(ok(await ask({ ...request, node: 'w1', need: [0] })))).toEqual(['origin']);
-    // w1 is still fetching chunk 0 (a slow registry) and says so every 150 ms, needing nothing else; the
-    // requests land on either replica. For three times the lease, no one else is sent to the registry.
+    // w1 is still fetching chunk 0 (a slow registry) and says so every 150 ms or so, needing nothing
+    // else; the requests land on either replica. For two and a half leases, no one else is sent to the
+    // registry.
     const began = Date.now();
-    while (Date.now() - began < 3_000) {
+    while (Date.now() - began < 2.5 * leaseMs) {
       await ask({ ...request, node: 'w1', need: [], fetching: [0] });
       expect(sourceKind(ok(await ask({ ...request, node: 'w2', need: [0] })))).toEqual(['wait']);
       await new Promise((r) => setTimeout(r, 150));
@@ -384,13 +386,13 @@ describe('scheduler', () => {
       renewals += Number(
         /shoal_scheduler_lease_renewals_total (\d+)/.exec(await registry.metrics())?.[1] ?? 0,
       );
-    // About one per half lease; the zone lease too where the node's zone is known.
-    expect(renewals).toBeGreaterThanOrEqual(4);
+    // Once less than two thirds of the lease is left: at least once per lease.
+    expect(renewals).toBeGreaterThanOrEqual(2);
     // Once w1 stops asking, the lease runs out and the chunk goes to another node.
     const next = await eventually(
       async () => sourceKind(ok(await ask({ ...request, node: 'w2', need: [0] }))),
       (kinds) => kinds[0] === 'origin',
-      3_000,
+      2 * leaseMs,
     );
     expect(next).toEqual(['origin']);
     for (const replica of pair) await stopReplica(replica);

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   kvGrantStore,
   LeaseView,
+  MAX_RENEWED_LEASES,
   memoryGrantStore,
   readLease,
   zoneGrantKey,
@@ -120,13 +121,13 @@ function conformance(
       expect(await store.take(blob, 3, 'n2', NOW + 600, 'z1')).toMatchObject({ node: 'n2' });
     });
 
-    it('renews a lease for its node once less than half is left, keeping when it was first granted', async () => {
+    it('renews a lease for its node once less than two thirds are left, keeping when it was first granted', async () => {
       const store = await make({ perChunk: 1, leaseMs: 1_000 });
       const blob = nextBlob();
       const first = await store.take(blob, 0, 'n1', NOW);
       expect(first).toMatchObject({ grantedAt: NOW });
-      // More than half left: nothing to do.
-      expect(await store.renew(blob, 0, 'n1', NOW + 400)).toBeNull();
+      // More than two thirds left: nothing to do.
+      expect(await store.renew(blob, 0, 'n1', NOW + 300)).toBeNull();
       const renewed = await store.renew(blob, 0, 'n1', NOW + 600);
       expect(renewed).toMatchObject({ node: 'n1', slot: 0, expiresAt: NOW + 1_600, grantedAt: NOW });
       expect(renewed!.revision).toBeGreaterThan(first!.revision);
@@ -144,6 +145,25 @@ function conformance(
         expiresAt: NOW + 1_700,
         grantedAt: NOW,
       });
+    });
+
+    it('renews a lease for at most MAX_RENEWED_LEASES leases from its first grant', async () => {
+      const store = await make({ perChunk: 1, leaseMs: 1_000 });
+      const blob = nextBlob();
+      await store.take(blob, 0, 'n1', NOW);
+      let at = NOW;
+      let expiresAt = NOW + 1_000;
+      for (;;) {
+        at = expiresAt - 400;
+        const renewed = await store.renew(blob, 0, 'n1', at);
+        await settle();
+        if (!renewed) break;
+        expiresAt = renewed.expiresAt;
+      }
+      expect(at - NOW).toBeGreaterThanOrEqual(MAX_RENEWED_LEASES * 1_000);
+      expect(at - NOW).toBeLessThan((MAX_RENEWED_LEASES + 1) * 1_000);
+      // The last renewal runs out, and the chunk goes to another node.
+      expect(await store.take(blob, 0, 'n2', expiresAt)).toMatchObject({ node: 'n2' });
     });
 
     it('releases a lease renewed since for the same node, but not one another node took', async () => {
