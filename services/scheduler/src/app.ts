@@ -48,6 +48,7 @@ import { OriginBudget } from './origin-budget.js';
 import {
   assignmentRecords,
   blobHexOf,
+  gatedZone,
   inflightLoad,
   planRequest,
   type Plan,
@@ -293,7 +294,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     node: string,
     fetching: readonly number[],
   ): Promise<void> {
-    const zone = planOptions.zoneGate === false ? '' : (state.nodes.get(node)?.zone ?? '');
+    const zone = gatedZone(planOptions, state.nodes.get(node));
     const have = state.holders.get(blobHex)?.get(node)?.have;
     const indices = [...new Set(fetching)].filter((index) => have?.has(index) !== true);
     const at = now();

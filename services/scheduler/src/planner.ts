@@ -161,6 +161,17 @@ export function decayingLoad(halfLifeMs: number): LoadTracker {
   };
 }
 
+/**
+ * The zone whose outside pulls a requester's chunks are gated on (its zone leases); undefined when the gate
+ * is off or the requester's zone is unknown.
+ */
+export function gatedZone(
+  options: Pick<PlanOptions, 'zoneGate'>,
+  requester: NodeRecord | undefined,
+): string | undefined {
+  return options.zoneGate !== false && requester && requester.zone !== '' ? requester.zone : undefined;
+}
+
 /** 0: same vSwitch, 1: same zone, 2: anywhere (also when the requester's topology is unknown). */
 export function topologyTier(requester: NodeRecord | undefined, parent: NodeRecord): 0 | 1 | 2 {
   if (!requester) return 2;
@@ -275,8 +286,7 @@ export async function planRequest(
   const sampleSize = Math.max(1, Math.floor(options.sampleSize ?? 8));
   /** Varies per requester and per moment, so that requesters walk the holders from different places. */
   const requestSalt = mix(fnv(request.node), now % 0x100000000);
-  // The zone whose outside pulls this request is gated on; undefined when the requester's zone is unknown.
-  const zone = options.zoneGate !== false && requester && requester.zone !== '' ? requester.zone : undefined;
+  const zone = gatedZone(options, requester);
   const holderIndex = state.holderIndex.get(blobHex);
   const tiers = holderIndex ? tieredGroups(holderIndex, requester) : undefined;
   const tierGroups = tiers ? [tiers.sameVswitch, tiers.sameZone, tiers.elsewhere] : [];
