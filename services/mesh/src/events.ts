@@ -15,7 +15,7 @@ export type ChunkSourceKind = (typeof ChunkSourceKinds)[keyof typeof ChunkSource
  * only candidate on the best topology tier (`tier`), the least loaded of its tier (`load`), first in walk
  * order among equally loaded ones (`tie`), or the only candidate at all (`only`). The origin was chosen
  * because no live holder with a known hash existed (`no_live_holder`). A chunk waits because the mesh's
- * origin budget is spent, its origin or zone lease is held by another node, no live holder with a known
+ * origin budget is spent, or the requester's share of it (`origin_share`), its origin or zone lease is held by another node, no live holder with a known
  * hash exists yet, every holder is busy, the per-request origin limit is reached, too many leases were
  * refused in this decision already, the lease store failed, or a holder appeared while its lease was
  * being taken (asking again gets that holder).
@@ -27,6 +27,7 @@ export const AssignmentReasons = {
   only: 'only',
   no_live_holder: 'no_live_holder',
   origin_budget: 'origin_budget',
+  origin_share: 'origin_share',
   origin_lease_held: 'origin_lease_held',
   zone_lease_held: 'zone_lease_held',
   no_holder_yet: 'no_holder_yet',

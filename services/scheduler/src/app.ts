@@ -44,7 +44,7 @@ import {
   type Translation,
 } from './index-state.js';
 import { createSchedulerMetrics, type RequestOutcome } from './metrics.js';
-import { OriginBudget } from './origin-budget.js';
+import { OriginBudget, OriginShares } from './origin-budget.js';
 import {
   assignmentRecords,
   blobHexOf,
@@ -127,8 +127,25 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         })
       : undefined;
   if (budget) metrics.originBudget.set(budget.limit);
+  const shares = budget
+    ? new OriginShares({
+        start: config.originPerNode,
+        budget: () => budget.limit,
+        targetMs: config.originTarget,
+        waitingMs: config.originTarget,
+      })
+    : undefined;
   const planOptions: PlanOptions = {
     ...(budget ? { originBudget: () => budget.limit } : {}),
+    ...(shares
+      ? {
+          originShare: (node: string, holders: ReadonlySet<string>, at: number) => {
+            const share = shares.share(node, holders, at);
+            metrics.originContenders.set(shares.contenders);
+            return share;
+          },
+        }
+      : {}),
     nodeTtlMs: config.nodeTtl,
     suspected: (node) => suspects.gone(node, now()),
     retryMs: config.waitRetry,
@@ -244,6 +261,7 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         if (budget && grant.zone === undefined) {
           // From the first grant to the announcement, renewals included: how long the registry took.
           budget.arrived(at - grant.grantedAt, at);
+          shares?.arrived(grant.node, at - grant.grantedAt, at);
           metrics.originBudget.set(budget.limit);
         }
         track(
@@ -448,7 +466,9 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
       if (request.unreachable?.length)
         suspects.report(request.node, request.unreachable, request.avoid, now());
       const plan = await planRequest(state, request, grants, load, planOptions, now());
-      if (budget) metrics.originLeases.set(grants.liveOrigin(now()) ?? 0);
+      if (budget) metrics.originLeases.set(grants.liveOrigin(now())?.total ?? 0);
+      if (shares && plan.assignments.some((a) => a.source.kind === 'wait' && a.source.queue === 'origin'))
+        shares.waited(request.node, now());
       remember(plan.grants);
       rememberServing(blobHexOf(request.blob), request.node, plan.assignments);
       if (plan.grantErrors.length) {

@@ -57,6 +57,12 @@ export const schedulerSpec = {
   originBudgetMin: opt.int('origin.budgetMin', 4, 'The origin budget never falls below this many leases.', {
     min: 1,
   }),
+  originPerNode: opt.int(
+    'origin.perNode',
+    4,
+    "Origin leases one node may hold at once to begin with (with origin.budgetMax above 0). Each of the node's origin chunks that arrives within origin.target raises it by one, up to the budget; but a node never holds more than its fair share of the budget, divided among the nodes fetching from or waiting for the origin, so that first copies come from many nodes rather than a few.",
+    { min: 1 },
+  ),
   originTarget: opt.duration(
     'origin.target',
     '5s',
@@ -112,6 +118,7 @@ export type SchedulerSettings = Pick<
   | 'originMaxPerRequest'
   | 'originBudgetMax'
   | 'originBudgetMin'
+  | 'originPerNode'
   | 'originTarget'
   | 'waitRetry'
   | 'parentSlots'

@@ -59,10 +59,39 @@ export interface GrantStore {
   mayTake(blobHex: string, index: number, node: string, now: number, zone?: string): boolean;
   /**
    * Origin leases held now, over the whole mesh as far as this store has seen, counting those this
-   * process has asked for and not yet heard back about (zone leases are not counted); undefined when the
-   * store keeps no view to count from.
+   * process has asked for and not yet heard back about (zone leases are not counted), with how many of
+   * them `node` holds; undefined when the store keeps no view to count from.
    */
-  liveOrigin(now: number): number | undefined;
+  liveOrigin(now: number, node?: string): OriginLeases | undefined;
+}
+
+/** The origin leases held at one moment. */
+export interface OriginLeases {
+  /** Over the whole mesh. */
+  total: number;
+  /** Those of the node asked about; 0 when none was named. */
+  held: number;
+  /** The nodes holding any. */
+  holders: Set<string>;
+}
+
+/** Counts the live origin leases among `entries` (keys, and values holding leases; zone leases are skipped). */
+function countOrigin<V>(
+  entries: Iterable<[string, V]>,
+  leaseOf: (value: V) => GrantRecord | undefined,
+  node: string | undefined,
+  now: number,
+  gone: ((node: string) => boolean) | undefined,
+): OriginLeases {
+  const counted: OriginLeases = { total: 0, held: 0, holders: new Set() };
+  for (const [key, value] of entries) {
+    const lease = leaseOf(value);
+    if (!lease || !isOriginKey(key) || !heldAgainst(lease, undefined, now, gone)) continue;
+    counted.total++;
+    counted.holders.add(lease.node);
+    if (lease.node === node) counted.held++;
+  }
+  return counted;
 }
 
 export interface GrantStoreOptions {
@@ -251,11 +280,8 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
         leases.delete(grant.key);
       return Promise.resolve();
     },
-    liveOrigin(now) {
-      let live = 0;
-      for (const [key, lease] of leases)
-        if (isOriginKey(key) && heldAgainst(lease, undefined, now, options.gone)) live++;
-      return live;
+    liveOrigin(now, node) {
+      return countOrigin(leases, (lease) => lease, node, now, options.gone);
     },
   };
 }
@@ -319,15 +345,11 @@ export class LeaseView {
   }
 
   /**
-   * Origin leases in the view that have not expired, leaving out those of nodes that are `gone`; undefined
-   * until the view is loaded.
+   * Origin leases in the view that have not expired, leaving out those of nodes that are `gone`, with how
+   * many `node` holds; undefined until the view is loaded.
    */
-  liveOrigin(now: number, gone?: (node: string) => boolean): number | undefined {
-    if (!this.loaded) return undefined;
-    let live = 0;
-    for (const [key, entry] of this.entries)
-      if (isOriginKey(key) && heldAgainst(entry.lease, undefined, now, gone)) live++;
-    return live;
+  liveOrigin(now: number, node?: string, gone?: (node: string) => boolean): OriginLeases | undefined {
+    return this.loaded ? countOrigin(this.entries, (entry) => entry.lease, node, now, gone) : undefined;
   }
 
   /** Drops leases that expired, and deletions seen, more than forgetAfterMs ago; runs at most that often. */
@@ -351,8 +373,11 @@ export function readLease(key: string, value: Uint8Array): GrantRecord | undefin
 
 /** Leases in the `grants` KV bucket, shared by every scheduler replica. */
 export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseView): GrantStore {
-  /** Origin leases asked for and not yet answered: counted as held, so a budget is never overrun. */
-  let asking = 0;
+  /**
+   * Origin leases asked for and not yet answered, by node: counted as held, so that neither the budget
+   * nor a node's share is overrun by decisions running at once.
+   */
+  const asking = new Map<string, number>();
   async function takeSlot(
     key: string,
     blobHex: string,
@@ -427,7 +452,7 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
     async take(blobHex, index, node, now, zone) {
       const scope = scopeOf(options, blobHex, index, zone);
       const origin = scope.zone === undefined;
-      if (origin) asking++;
+      if (origin) asking.set(node, (asking.get(node) ?? 0) + 1);
       try {
         for (let slot = 0; slot < scope.slots; slot++) {
           const grant = await takeSlot(scope.key(slot), blobHex, index, slot, node, now, scope.zone);
@@ -435,7 +460,11 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
         }
         return null;
       } finally {
-        if (origin) asking--;
+        if (origin) {
+          const left = (asking.get(node) ?? 1) - 1;
+          if (left > 0) asking.set(node, left);
+          else asking.delete(node);
+        }
       }
     },
     async renew(blobHex, index, node, now, zone) {
@@ -478,9 +507,15 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
         revision = seen.revision;
       }
     },
-    liveOrigin(now) {
-      const seen = view?.liveOrigin(now, options.gone);
-      return seen === undefined ? undefined : seen + asking;
+    liveOrigin(now, node) {
+      const seen = view?.liveOrigin(now, node, options.gone);
+      if (!seen) return undefined;
+      for (const [asker, count] of asking) {
+        seen.total += count;
+        seen.holders.add(asker);
+        if (asker === node) seen.held += count;
+      }
+      return seen;
     },
   };
 }

@@ -12,6 +12,7 @@ export interface SchedulerMetrics {
   indexErrors: Counter;
   crossZone: Counter;
   originBudget: Gauge;
+  originContenders: Gauge;
   originLeases: Gauge;
   leaseRenewals: Counter;
   suspected: Counter;
@@ -84,6 +85,11 @@ export function createSchedulerMetrics(
       help: 'Origin leases the mesh may hold at once, as this replica judges from how fast origin chunks arrive.',
       registers: [registry],
     }),
+    originContenders: new Gauge({
+      name: 'shoal_scheduler_origin_contenders',
+      help: 'Nodes among which the origin budget is shared: those holding origin leases and those this replica told to wait for one within origin.target, as of its last origin decision.',
+      registers: [registry],
+    }),
     suspected: new Counter({
       name: 'shoal_scheduler_node_suspicions_total',
       help: 'Times a node was taken for dead: another node could not connect to it, and it missed its heartbeats.',
@@ -96,7 +102,7 @@ export function createSchedulerMetrics(
     }),
     leaseRenewals: new Counter({
       name: 'shoal_scheduler_lease_renewals_total',
-      help: 'Origin and zone leases extended because their node was still fetching the chunk with less than half the lease left.',
+      help: 'Origin and zone leases extended because their node was still fetching the chunk with less than two thirds of the lease left.',
       registers: [registry],
     }),
     crossZone: new Counter({

@@ -51,6 +51,11 @@ export interface PlanOptions {
    * are limited only per chunk and per request.
    */
   originBudget?: () => number;
+  /**
+   * The most origin leases `node` may hold at once, given the nodes that hold any (see OriginShares).
+   * Checked with the budget; a node at its share waits for the origin as it does when the budget is spent.
+   */
+  originShare?: (node: string, holders: ReadonlySet<string>, now: number) => number;
   /** How many leases (origin or zone) are requested at once. */
   grantConcurrency?: number;
   /**
@@ -305,8 +310,16 @@ export async function planRequest(
     return false;
   };
 
-  /** Chunks no one holds that were left to wait because the mesh's origin budget is spent. */
-  const originQueued = new Set<number>();
+  /**
+   * Chunks no one holds that were left to wait because the mesh's origin budget, or the requester's share
+   * of it, is spent; and which of the two.
+   */
+  const originQueued = new Map<number, WaitReason>();
+  /** Queues a chunk for the origin behind those already queued, for the same reason. */
+  const queueBehind = (index: number) => {
+    const reason = originQueued.values().next().value;
+    if (reason) originQueued.set(index, reason);
+  };
   /** Why a chunk could not be assigned, by chunk index, for the chunks that end up waiting. */
   const heldBack = new Map<number, WaitReason>();
 
@@ -327,18 +340,30 @@ export async function planRequest(
     // (and keep its zone from the chunk) while it waits; and again in one step with asking for the origin
     // lease, so that decisions running at once cannot each spend the same room: the store counts a lease
     // from the moment it is asked for.
-    const budgetSpent = () =>
-      options.originBudget !== undefined && (grants.liveOrigin(now) ?? 0) >= options.originBudget();
-    if (budgetSpent()) {
-      originQueued.add(wanted.index);
+    const noRoom = (): WaitReason | undefined => {
+      if (options.originBudget === undefined && options.originShare === undefined) return undefined;
+      const live = grants.liveOrigin(now, request.node);
+      if (!live) return undefined;
+      if (options.originBudget !== undefined && live.total >= options.originBudget()) return 'origin_budget';
+      if (
+        options.originShare !== undefined &&
+        live.held >= options.originShare(request.node, live.holders, now)
+      )
+        return 'origin_share';
+      return undefined;
+    };
+    const queue = (reason: WaitReason) => {
+      originQueued.set(wanted.index, reason);
       return false;
-    }
+    };
+    const before = noRoom();
+    if (before) return queue(before);
     const zoneLease = zone !== undefined ? await lease(wanted.index, zone) : undefined;
     if (zoneLease === null) return false;
-    if (budgetSpent()) {
-      originQueued.add(wanted.index);
+    const after = noRoom();
+    if (after) {
       if (zoneLease) await giveBack(zoneLease);
-      return false;
+      return queue(after);
     }
     const originLease = await lease(wanted.index);
     if (!originLease) return false;
@@ -512,7 +537,7 @@ export async function planRequest(
     // Once the budget has no room, the rest of the chunks no one holds are in line for it too; otherwise
     // the per-request limit held them back.
     for (const wanted of toOrigin.slice(next)) {
-      if (originQueued.size > 0) originQueued.add(wanted.index);
+      if (originQueued.size > 0) queueBehind(wanted.index);
       else heldBack.set(wanted.index, 'origin_limit');
     }
   };
@@ -658,7 +683,7 @@ export async function planRequest(
         );
       } else if (originQueued.size > 0) {
         // No holder can serve it and the registry is as busy as the budget allows: it waits its turn.
-        originQueued.add(wanted.index);
+        queueBehind(wanted.index);
       } else {
         heldBack.set(wanted.index, 'origin_limit');
       }
@@ -676,7 +701,9 @@ export async function planRequest(
       const index = need[position] ?? 0;
       counts.wait++;
       // A chosen-only reply that gives nothing names one chunk for all: it is queued if any chunk was.
-      const queued = originQueued.has(index) || (chosenOnly && originQueued.size > 0);
+      const queuedFor =
+        originQueued.get(index) ?? (chosenOnly ? originQueued.values().next().value : undefined);
+      const queued = queuedFor !== undefined;
       assignments[position] = {
         index,
         sha256: manifest?.hashes[index] || null,
@@ -687,7 +714,7 @@ export async function planRequest(
       };
       // The one chunk named for all says why it was held back, or else the first reason any chunk was.
       const reason = heldBack.get(index) ?? heldBack.values().next().value ?? 'no_holder_yet';
-      explanations[position] = { source: 'wait', reason: queued ? 'origin_budget' : reason };
+      explanations[position] = { source: 'wait', reason: queuedFor ?? reason };
     }
 
     const planned: Assignment[] = [];

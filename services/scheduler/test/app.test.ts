@@ -36,6 +36,7 @@ const settings: SchedulerSettings = {
   originBudgetMax: 256,
   originBudgetMin: 4,
   originTarget: 5_000,
+  originPerNode: 256,
   waitRetry: 250,
   parentSlots: 16,
   parentExpire: 10_000,
@@ -360,6 +361,62 @@ describe('scheduler', () => {
     expect(text).toMatch(/shoal_scheduler_origin_leases 3/);
     await stopReplica(replica);
     await startReplica('sched-after-budget');
+  });
+
+  it("shares the origin budget among the nodes waiting for it, and widens a node's share as its chunks arrive in time", async () => {
+    for (const replica of [...replicas]) await stopReplica(replica);
+    for (const key of await bucketKeys(buckets.grants)) await buckets.grants.purge(key);
+    const targetMs = 1_000;
+    const replica = await startReplica('sched-shares', {
+      originBudgetMax: 6,
+      originBudgetMin: 1,
+      originPerNode: 2,
+      originTarget: targetMs,
+    });
+    const blob = digestOf('5');
+    const request = { blob, size: 12 * MiB, chunkSize: MiB };
+    const kinds = (reply: ScheduleReply) => sourceKind(ok(reply));
+    const announce = async (node: string, have: number[]) => {
+      await buckets.chunks.put(chunkKeys.holder(hex('5'), node), encode(holder(node, blob, 12, have)));
+      // Released once the replica has seen the announcement.
+      for (const index of have) {
+        const key = `${hex('5')}.${index}.0`;
+        await eventually(
+          async () => (await buckets.grants.get(key))?.operation ?? 'none',
+          (op) => op !== 'PUT',
+        );
+      }
+    };
+    // s1 may hold two origin leases to begin with, however large the budget; the rest of its chunks are
+    // queued for the origin.
+    const first = ok(await ask({ ...request, node: 's1', need: [0, 1, 2, 3, 4, 5] }));
+    expect(sourceKind(first)).toEqual(['origin', 'origin', 'wait', 'wait', 'wait', 'wait']);
+    expect(first.assignments[2]!.source).toMatchObject({ kind: 'wait', queue: 'origin' });
+    expect(kinds(await ask({ ...request, node: 's2', need: [6, 7] }))).toEqual(['origin', 'origin']);
+    // s1's two chunks arrive in time: its own limit is now four, but s1 (waiting) and s2 (holding) share
+    // the budget of six: three each.
+    await announce('s1', [0, 1]);
+    expect(kinds(await ask({ ...request, node: 's1', need: [2, 3, 4, 5] }))).toEqual([
+      'origin',
+      'origin',
+      'origin',
+      'wait',
+    ]);
+    expect(await replica.registry.metrics()).toMatch(/shoal_scheduler_origin_contenders 2/);
+    await announce('s2', [6, 7]);
+    await announce('s1', [0, 1, 2, 3, 4]);
+    // Once no one else has waited for the origin for origin.target, s1 alone may take the whole budget.
+    await new Promise((r) => setTimeout(r, targetMs + 100));
+    expect(kinds(await ask({ ...request, node: 's1', need: [5, 8, 9, 10, 11] }))).toEqual([
+      'origin',
+      'origin',
+      'origin',
+      'origin',
+      'origin',
+    ]);
+    expect(await replica.registry.metrics()).toMatch(/shoal_scheduler_origin_contenders 1/);
+    await stopReplica(replica);
+    await startReplica('sched-after-shares');
   });
 
   it('keeps the origin lease of a node still fetching the chunk past origin.lease, on either replica', async () => {

@@ -226,7 +226,7 @@ function conformance(
       gone.add('gone-1');
       expect(store.mayTake(blob, 0, 'n2', t + 20)).toBe(true);
       // A gone node's lease does not count against the origin budget either.
-      if (seesLeases) expect(store.liveOrigin(t + 20)).toBe(before);
+      if (seesLeases) expect(store.liveOrigin(t + 20)?.total).toBe(before?.total);
       const taken = await store.take(blob, 0, 'n2', t + 20);
       expect(taken).toMatchObject({ node: 'n2', expiresAt: t + 5_020 });
       expect(await store.take(blob, 0, 'n2', t + 20, 'z1')).toMatchObject({ node: 'n2', zone: 'z1' });
@@ -240,25 +240,35 @@ function conformance(
       const t = Date.now();
       const store = await make({ perChunk: 2, perZone: 1, leaseMs: 5_000 });
       const blob = nextBlob();
+      // Names of this run's own: the other stores' runs of this test share the bucket.
+      const [c1, c2, c3] = [
+        `count-${blob.slice(-6)}-1`,
+        `count-${blob.slice(-6)}-2`,
+        `count-${blob.slice(-6)}-3`,
+      ];
       await settle();
       const before = store.liveOrigin(t);
       const taken = [
-        await store.take(blob, 0, 'n1', t),
-        await store.take(blob, 0, 'n2', t),
-        await store.take(blob, 1, 'n1', t),
+        await store.take(blob, 0, c1, t),
+        await store.take(blob, 0, c2, t),
+        await store.take(blob, 1, c1, t),
       ];
-      await store.take(blob, 0, 'n3', t, 'z1');
+      await store.take(blob, 0, c3, t, 'z1');
       await settle();
       if (!seesLeases) {
         expect(store.liveOrigin(t)).toBeUndefined();
         return;
       }
-      expect(store.liveOrigin(t)! - before!).toBe(3);
+      expect(store.liveOrigin(t)!.total - before!.total).toBe(3);
+      // By node: c1 holds two, c2 one; c3's zone lease is not an origin lease.
+      expect(store.liveOrigin(t, c1)?.held).toBe(2);
+      expect(store.liveOrigin(t, c3)?.held).toBe(0);
+      expect(store.liveOrigin(t)?.holders).toEqual(new Set([...before!.holders, c1, c2]));
       await store.release(taken[0]!);
       await settle();
-      expect(store.liveOrigin(t)! - before!).toBe(2);
+      expect(store.liveOrigin(t)!.total - before!.total).toBe(2);
       // Expired leases are not held.
-      expect(store.liveOrigin(t + 60_000)).toBe(0);
+      expect(store.liveOrigin(t + 60_000)).toEqual({ total: 0, held: 0, holders: new Set() });
     });
   });
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { OriginBudget } from '../src/origin-budget.js';
+import { OriginBudget, OriginShares } from '../src/origin-budget.js';
 
 describe('OriginBudget', () => {
   it('grows by one per origin chunk that arrives in time, up to its maximum', () => {
@@ -27,5 +27,80 @@ describe('OriginBudget', () => {
   it('starts within its bounds', () => {
     expect(new OriginBudget({ min: 4, max: 16, targetMs: 1 }).limit).toBe(16);
     expect(new OriginBudget({ min: 40, max: 64, targetMs: 1, start: 8 }).limit).toBe(40);
+  });
+});
+
+describe('OriginShares', () => {
+  const shares = (budget = 32) =>
+    new OriginShares({ start: 4, budget: () => budget, targetMs: 5_000, waitingMs: 5_000 });
+  const none = new Set<string>();
+
+  it('lets a node hold `start` leases at first, however large the budget', () => {
+    expect(shares().share('n1', none, 0)).toBe(4);
+    expect(shares(2).share('n1', none, 0)).toBe(2);
+  });
+
+  it("raises a node's own limit with each of its chunks that arrives in time, up to the budget", () => {
+    const s = shares(10);
+    for (let i = 0; i < 3; i++) s.arrived('n1', 300, i);
+    expect(s.share('n1', none, 10)).toBe(7);
+    expect(s.share('n2', none, 10)).toBe(4);
+    for (let i = 0; i < 10; i++) s.arrived('n1', 300, 20 + i);
+    expect(s.share('n1', none, 40)).toBe(10);
+  });
+
+  it('cuts the limit by a third for a late chunk, once per target time, not below start', () => {
+    const s = shares();
+    for (let i = 0; i < 20; i++) s.arrived('n1', 300, i);
+    expect(s.share('n1', none, 100)).toBe(24);
+    s.arrived('n1', 9_000, 100);
+    s.arrived('n1', 9_000, 200);
+    expect(s.share('n1', none, 300)).toBe(16);
+    for (let t = 5_100; t < 40_000; t += 5_000) s.arrived('n1', 9_000, t);
+    expect(s.share('n1', none, 40_000)).toBe(4);
+    expect(s.size.limits).toBe(0);
+  });
+
+  it('shares the budget among the nodes holding origin leases and those told to wait for one', () => {
+    const s = shares(12);
+    for (let i = 0; i < 20; i++) s.arrived('n1', 300, i);
+    expect(s.share('n1', new Set(['n1']), 100)).toBe(12);
+    // Two holders and the asking node: 12 / 3.
+    expect(s.share('n1', new Set(['n1', 'n2', 'n3']), 100)).toBe(4);
+    // Waiting nodes count once, holders or not.
+    s.waited('n3', 100);
+    s.waited('n4', 100);
+    s.waited('n5', 100);
+    expect(s.share('n1', new Set(['n1', 'n2', 'n3']), 200)).toBe(3);
+    expect(s.contenders).toBe(5);
+    // The asking node counts even before it holds or waits for anything.
+    expect(s.share('n6', new Set(['n1', 'n2', 'n3']), 200)).toBe(2);
+    expect(s.contenders).toBe(6);
+    // Never below one lease, however many wait.
+    for (let i = 0; i < 40; i++) s.waited(`w${i}`, 300);
+    expect(s.share('n1', new Set(['n1']), 400)).toBe(1);
+  });
+
+  it('stops counting a node as waiting once it has not been told to for waitingMs', () => {
+    const s = shares(12);
+    for (let i = 0; i < 20; i++) s.arrived('n1', 300, i);
+    s.waited('n2', 1_000);
+    s.waited('n3', 3_000);
+    expect(s.share('n1', none, 3_000)).toBe(4);
+    expect(s.share('n1', none, 6_001)).toBe(6);
+    // Told again: counted again, from then.
+    s.waited('n2', 6_500);
+    expect(s.share('n1', none, 8_001)).toBe(6);
+    expect(s.share('n1', none, 11_501)).toBe(12);
+    expect(s.size.waiting).toBe(0);
+  });
+
+  it('forgets the limit of a node whose chunks stopped arriving', () => {
+    const s = shares();
+    for (let i = 0; i < 10; i++) s.arrived('n1', 300, i);
+    expect(s.share('n1', none, 10)).toBe(14);
+    s.arrived('n2', 300, 120_000);
+    expect(s.share('n1', none, 120_000)).toBe(4);
+    expect(s.size.limits).toBe(1);
   });
 });

@@ -344,6 +344,50 @@ describe('planRequest', () => {
     });
   }
 
+  for (const max of [undefined, 8]) {
+    it(`grants a node no more origin leases than its share, and queues the rest for the origin (max ${max ?? 'unset'})`, async () => {
+      const store = grants();
+      const asked: { node: string; holders: string[] }[] = [];
+      const shared: PlanOptions = {
+        ...options,
+        originBudget: () => 32,
+        originShare: (node, holders) => {
+          asked.push({ node, holders: [...holders].sort() });
+          return 3;
+        },
+      };
+      const ask = (node: string, need: number[]) =>
+        planRequest(
+          createIndexState(),
+          request(node, need, max ? { max } : {}),
+          store,
+          decayingLoad(1),
+          shared,
+          NOW,
+        );
+      const origins = (plan: Awaited<ReturnType<typeof ask>>) =>
+        plan.assignments.filter((a) => a.source.kind === 'origin').map((a) => a.index);
+      const first = await ask('n1', [0, 1, 2, 3, 4, 5, 6, 7]);
+      expect(origins(first)).toHaveLength(3);
+      // The share is asked with the mesh's holders, the asking node's leases counted as they are taken.
+      expect(asked.at(-1)).toEqual({ node: 'n1', holders: ['n1'] });
+      // Its share spent, n1 gets nothing more from the registry, and is told it is queued for it.
+      const spent = await ask('n1', [4, 5, 6, 7]);
+      expect(origins(spent)).toEqual([]);
+      expect(spent.assignments.length).toBe(max ? 1 : 4);
+      for (const a of spent.assignments)
+        expect(a.source).toEqual({ kind: 'wait', retryMs: 250, queue: 'origin' });
+      for (const e of spent.explanations) expect(e).toMatchObject({ reason: 'origin_share' });
+      // n2, with a share of its own, gets chunks from the registry.
+      expect(origins(await ask('n2', [4, 5, 6, 7]))).toHaveLength(3);
+      expect(asked.at(-1)).toEqual({ node: 'n2', holders: ['n1', 'n2'] });
+      // One of n1's leases given back: room for one more.
+      const freed = first.grants[0]!.index;
+      await store.release(first.grants[0]!);
+      expect(origins(await ask('n1', [freed]))).toEqual([freed]);
+    });
+  }
+
   it('takes no zone lease for a chunk queued for the origin, so the zone is not held up by it', async () => {
     const store = grants();
     const state = stateWith((s) => addNode(s, 'n1', 'z1', 'v1'));
@@ -373,7 +417,10 @@ describe('planRequest', () => {
       renew: (blobHex, index, node, now, zone) => inner.renew(blobHex, index, node, now, zone),
       release: (grant) => inner.release(grant),
       mayTake: (...args) => inner.mayTake(...args),
-      liveOrigin: (now) => inner.liveOrigin(now)! + asking,
+      liveOrigin: (now, node) => {
+        const live = inner.liveOrigin(now, node)!;
+        return { ...live, total: live.total + asking };
+      },
     };
     const budgeted: PlanOptions = { ...options, originBudget: () => 4 };
     const plans = await Promise.all(
@@ -389,7 +436,7 @@ describe('planRequest', () => {
       ),
     );
     expect(plans.reduce((sum, plan) => sum + plan.counts.origin, 0)).toBe(4);
-    expect(inner.liveOrigin(NOW)).toBe(4);
+    expect(inner.liveOrigin(NOW)?.total).toBe(4);
   });
 
   it('tells chunks to wait, and reports the error, when the grant store fails', async () => {
@@ -872,7 +919,7 @@ describe('planRequest when a holder appears while a lease is being taken', () =>
         await inner.release(grant);
       },
       mayTake: (...args) => inner.mayTake(...args),
-      liveOrigin: (now) => inner.liveOrigin(now),
+      liveOrigin: (now, node) => inner.liveOrigin(now, node),
     };
   }
 

@@ -70,6 +70,7 @@ const tierWord = (tier: number) => tierWords[tier] ?? `tier ${tier}`;
 
 const waitWords: Record<WaitReason, string> = {
   origin_budget: "the mesh's origin budget is spent; queued for the registry",
+  origin_share: "the node holds its share of the mesh's origin budget; queued for the registry",
   origin_lease_held: 'origin lease held by another node',
   zone_lease_held: "zone lease held by another node of the zone; waiting for the zone's copy",
   no_holder_yet: 'no live holder with a known hash yet',

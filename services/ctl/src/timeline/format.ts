@@ -11,6 +11,7 @@ const reasonWords: Record<string, string> = {
   only: 'only candidate',
   no_live_holder: 'no live holder',
   origin_budget: 'origin budget spent',
+  origin_share: 'origin share held',
   origin_lease_held: 'origin lease held',
   zone_lease_held: 'zone lease held',
   no_holder_yet: 'no holder yet',
