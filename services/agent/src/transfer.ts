@@ -461,11 +461,12 @@ export class Download {
           } else {
             waitingSince ??= Date.now();
             // Chunks queued for the origin wait their turn for a registry that is already as busy as the
-            // mesh keeps it: going to it anyway would only slow everyone's share. They get longer, but not
+            // mesh keeps it (its budget spent, or this node holding its share of it): going to it anyway
+            // would only slow everyone's share. They get longer, but not
             // for ever, in case the turn never comes.
             const limit = queued ? this.originWaitMs * QUEUED_WAIT_FACTOR : this.originWaitMs;
             // Once it has gone to the registry itself, a download goes again at once while the scheduler
-            // still has nothing for it, unless the registry is at the mesh's budget: then it waits its
+            // still has nothing for it, unless the chunks are queued for the origin: then it waits its
             // turn again first.
             if (unanswered || (fallbackWidth > 0 && !queued) || Date.now() - waitingSince >= limit) {
               // Nobody has served this node for too long, or the scheduler did not answer at all: take the

@@ -27,7 +27,14 @@ import type { KvWatchEntry } from '@nats-io/kv';
 import type { Msg, Subscription } from '@nats-io/transport-node';
 import type { Registry } from 'prom-client';
 import type { SchedulerSettings } from './config.js';
-import { kvGrantStore, LeaseView, readLease, type Grant, type GrantStore } from './grants.js';
+import {
+  kvGrantStore,
+  LeaseView,
+  readLease,
+  type Grant,
+  type GrantStore,
+  type OriginLeases,
+} from './grants.js';
 import { Suspects } from './suspects.js';
 import {
   applyIndexEvent,
@@ -139,8 +146,8 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
     ...(budget ? { originBudget: () => budget.limit } : {}),
     ...(shares
       ? {
-          originShare: (node: string, holders: ReadonlySet<string>, at: number) => {
-            const share = shares.share(node, holders, at);
+          originShare: (node: string, live: OriginLeases, at: number) => {
+            const share = shares.share(node, live, at);
             metrics.originContenders.set(shares.contenders);
             return share;
           },

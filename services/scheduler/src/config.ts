@@ -66,7 +66,7 @@ export const schedulerSpec = {
   originTarget: opt.duration(
     'origin.target',
     '5s',
-    "An origin chunk that takes longer than this from grant to announcement shrinks the origin budget; keep it well under the agents' origin.waitTimeout.",
+    "An origin chunk that takes longer than this from grant to announcement shrinks the origin budget (and its node's own limit, see origin.perNode); a node told to wait for the origin counts among those sharing the budget for this long. Keep it well under the agents' origin.waitTimeout.",
     { minMs: 10 },
   ),
   waitRetry: opt.duration(

@@ -63,6 +63,11 @@ export interface GrantStore {
    * them `node` holds; undefined when the store keeps no view to count from.
    */
   liveOrigin(now: number, node?: string): OriginLeases | undefined;
+  /**
+   * Whether `node` holds a live origin lease on the chunk, as far as the store has seen (false when it
+   * keeps no view).
+   */
+  holdsOrigin(blobHex: string, index: number, node: string, now: number): boolean;
 }
 
 /** The origin leases held at one moment. */
@@ -117,6 +122,11 @@ function heldAgainst(
   gone: ((node: string) => boolean) | undefined,
 ): boolean {
   return lease !== undefined && lease.expiresAt > now && lease.node !== node && gone?.(lease.node) !== true;
+}
+
+/** Whether `lease` is `node`'s and has not expired. */
+function holdsLive(lease: GrantRecord | undefined, node: string, now: number): boolean {
+  return lease !== undefined && lease.node === node && lease.expiresAt > now;
 }
 
 /**
@@ -282,6 +292,11 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
     },
     liveOrigin(now, node) {
       return countOrigin(leases, (lease) => lease, node, now, options.gone);
+    },
+    holdsOrigin(blobHex, index, node, now) {
+      for (let slot = 0; slot < options.perChunk; slot++)
+        if (holdsLive(leases.get(grantKey(blobHex, index, slot)), node, now)) return true;
+      return false;
     },
   };
 }
@@ -506,6 +521,13 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
           return;
         revision = seen.revision;
       }
+    },
+    holdsOrigin(blobHex, index, node, now) {
+      for (let slot = 0; slot < options.perChunk; slot++) {
+        const seen = view?.lookup(grantKey(blobHex, index, slot));
+        if (seen && seen !== 'absent' && holdsLive(seen.lease, node, now)) return true;
+      }
+      return false;
     },
     liveOrigin(now, node) {
       const seen = view?.liveOrigin(now, node, options.gone);

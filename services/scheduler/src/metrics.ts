@@ -87,7 +87,7 @@ export function createSchedulerMetrics(
     }),
     originContenders: new Gauge({
       name: 'shoal_scheduler_origin_contenders',
-      help: 'Nodes among which the origin budget is shared: those holding origin leases and those this replica told to wait for one within origin.target, as of its last origin decision.',
+      help: 'Nodes among which the origin budget is shared: those holding origin leases and those this replica told to wait for one within origin.target, as of the last time it weighed a node’s share.',
       registers: [registry],
     }),
     suspected: new Counter({

@@ -1,3 +1,5 @@
+import type { OriginLeases } from './grants.js';
+
 /**
  * How many origin leases the mesh may hold at once, following what the registry delivers. Every origin
  * lease is a chunk being fetched from the registry; when more are in flight than its link carries, each
@@ -72,16 +74,29 @@ export class OriginShares {
   /** The nodes the budget was last shared among, `node` included. */
   contenders = 0;
 
-  /** The most origin leases `node` may hold now, given the nodes that hold any (`holders`). */
-  share(node: string, holders: ReadonlySet<string>, now: number): number {
+  /**
+   * The most origin leases `node` may hold now, given the origin leases held (`live`: over the mesh, by
+   * `node`, and who holds any). The fair share is rounded up, so that the budget is used whole; but while
+   * nodes holding none wait for the origin and the budget has no room left for each of them, a node that
+   * holds some gets no more: freed room goes to the empty-handed first, who ask less often.
+   */
+  share(node: string, live: OriginLeases, now: number): number {
     this.forgetWaiting(now);
-    let contenders = holders.size + this.waiting.size;
-    for (const holder of holders) if (this.waiting.has(holder)) contenders--;
-    if (!holders.has(node) && !this.waiting.has(node)) contenders++;
+    this.forgetLimits(now);
+    const { holders } = live;
+    // Counted over the holders (at most the budget), not the waiting nodes (at most the whole mesh).
+    let emptyHanded = this.waiting.size;
+    for (const holder of holders) if (this.waiting.has(holder)) emptyHanded--;
+    if (this.waiting.has(node) && !holders.has(node)) emptyHanded--;
+    const contenders = holders.size + emptyHanded + (holders.has(node) ? 0 : 1);
     this.contenders = contenders;
-    const fair = Math.max(1, Math.ceil(this.options.budget() / contenders));
+    const budget = this.options.budget();
+    const fair = Math.max(1, Math.ceil(budget / contenders));
     const own = this.limits.get(node)?.limit ?? this.options.start;
-    return Math.min(fair, own);
+    const share = Math.min(fair, own);
+    return live.held > 0 && emptyHanded > 0 && live.total + emptyHanded >= budget
+      ? Math.min(share, live.held)
+      : share;
   }
 
   /** `node` was told to wait for the origin (the budget or its share was spent). */

@@ -31,7 +31,7 @@ import {
   compareCandidates,
   rankedLoad,
 } from '@shoal/mesh';
-import type { Grant, GrantStore } from './grants.js';
+import type { Grant, GrantStore, OriginLeases } from './grants.js';
 import { holderCount, holderLists, tieredGroups } from './holder-index.js';
 import type { IndexState } from './index-state.js';
 
@@ -52,10 +52,10 @@ export interface PlanOptions {
    */
   originBudget?: () => number;
   /**
-   * The most origin leases `node` may hold at once, given the nodes that hold any (see OriginShares).
+   * The most origin leases `node` may hold at once, given the origin leases held (see OriginShares).
    * Checked with the budget; a node at its share waits for the origin as it does when the budget is spent.
    */
-  originShare?: (node: string, holders: ReadonlySet<string>, now: number) => number;
+  originShare?: (node: string, live: OriginLeases, now: number) => number;
   /** How many leases (origin or zone) are requested at once. */
   grantConcurrency?: number;
   /**
@@ -340,15 +340,14 @@ export async function planRequest(
     // (and keep its zone from the chunk) while it waits; and again in one step with asking for the origin
     // lease, so that decisions running at once cannot each spend the same room: the store counts a lease
     // from the moment it is asked for.
+    // The requester's own live lease on the chunk (a fetch that failed, asked for again) is taken again
+    // without spending any room: it is counted already.
     const noRoom = (): WaitReason | undefined => {
       if (options.originBudget === undefined && options.originShare === undefined) return undefined;
       const live = grants.liveOrigin(now, request.node);
-      if (!live) return undefined;
+      if (!live || grants.holdsOrigin(blobHex, wanted.index, request.node, now)) return undefined;
       if (options.originBudget !== undefined && live.total >= options.originBudget()) return 'origin_budget';
-      if (
-        options.originShare !== undefined &&
-        live.held >= options.originShare(request.node, live.holders, now)
-      )
+      if (options.originShare !== undefined && live.held >= options.originShare(request.node, live, now))
         return 'origin_share';
       return undefined;
     };

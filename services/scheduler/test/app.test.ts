@@ -49,7 +49,11 @@ let nc: NatsConnection;
 let buckets: MeshBuckets;
 const replicas: { scheduler: Scheduler; mesh: MeshConnection; registry: Registry }[] = [];
 
-async function startReplica(instance: string, overrides: Partial<SchedulerSettings> = {}) {
+async function startReplica(
+  instance: string,
+  overrides: Partial<SchedulerSettings> = {},
+  now?: () => number,
+) {
   const mesh = connectMesh({ servers: [server.url], name: instance, log: createLogger('test', 'silent') });
   const registry = new Registry();
   const scheduler = createScheduler({
@@ -58,6 +62,7 @@ async function startReplica(instance: string, overrides: Partial<SchedulerSettin
     registry,
     config: { ...settings, ...overrides },
     instance,
+    ...(now ? { now } : {}),
   });
   const replica = { scheduler, mesh, registry };
   replicas.push(replica);
@@ -366,13 +371,14 @@ describe('scheduler', () => {
   it("shares the origin budget among the nodes waiting for it, and widens a node's share as its chunks arrive in time", async () => {
     for (const replica of [...replicas]) await stopReplica(replica);
     for (const key of await bucketKeys(buckets.grants)) await buckets.grants.purge(key);
-    const targetMs = 1_000;
-    const replica = await startReplica('sched-shares', {
-      originBudgetMax: 6,
-      originBudgetMin: 1,
-      originPerNode: 2,
-      originTarget: targetMs,
-    });
+    const targetMs = 5_000;
+    // The scheduler's clock, moved on past origin.target below rather than slept through.
+    let skew = 0;
+    const replica = await startReplica(
+      'sched-shares',
+      { originBudgetMax: 6, originBudgetMin: 1, originPerNode: 2, originTarget: targetMs },
+      () => Date.now() + skew,
+    );
     const blob = digestOf('5');
     const request = { blob, size: 12 * MiB, chunkSize: MiB };
     const kinds = (reply: ScheduleReply) => sourceKind(ok(reply));
@@ -402,11 +408,11 @@ describe('scheduler', () => {
       'origin',
       'wait',
     ]);
-    expect(await replica.registry.metrics()).toMatch(/shoal_scheduler_origin_contenders 2/);
+    expect(await replica.registry.metrics()).toMatch(/shoal_scheduler_origin_contenders 2\n/);
     await announce('s2', [6, 7]);
     await announce('s1', [0, 1, 2, 3, 4]);
     // Once no one else has waited for the origin for origin.target, s1 alone may take the whole budget.
-    await new Promise((r) => setTimeout(r, targetMs + 100));
+    skew += targetMs + 100;
     expect(kinds(await ask({ ...request, node: 's1', need: [5, 8, 9, 10, 11] }))).toEqual([
       'origin',
       'origin',
@@ -414,7 +420,7 @@ describe('scheduler', () => {
       'origin',
       'origin',
     ]);
-    expect(await replica.registry.metrics()).toMatch(/shoal_scheduler_origin_contenders 1/);
+    expect(await replica.registry.metrics()).toMatch(/shoal_scheduler_origin_contenders 1\n/);
     await stopReplica(replica);
     await startReplica('sched-after-shares');
   });

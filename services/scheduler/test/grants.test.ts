@@ -264,9 +264,17 @@ function conformance(
       expect(store.liveOrigin(t, c1)?.held).toBe(2);
       expect(store.liveOrigin(t, c3)?.held).toBe(0);
       expect(store.liveOrigin(t)?.holders).toEqual(new Set([...before!.holders, c1, c2]));
+      expect([store.holdsOrigin(blob, 0, c1, t), store.holdsOrigin(blob, 1, c2, t)]).toEqual([true, false]);
+      expect(store.holdsOrigin(blob, 0, c3, t)).toBe(false);
+      expect(store.holdsOrigin(blob, 0, c1, t + 60_000)).toBe(false);
+      // A lease asked for and not yet answered counts for its node at once.
+      const pending = store.take(blob, 2, c2, t);
+      expect(store.liveOrigin(t, c2)?.held).toBe(2);
+      await pending;
       await store.release(taken[0]!);
       await settle();
-      expect(store.liveOrigin(t)!.total - before!.total).toBe(2);
+      // c2's two and c1's other.
+      expect(store.liveOrigin(t)!.total - before!.total).toBe(3);
       // Expired leases are not held.
       expect(store.liveOrigin(t + 60_000)).toEqual({ total: 0, held: 0, holders: new Set() });
     });

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import type { OriginLeases } from '../src/grants.js';
 import { OriginBudget, OriginShares } from '../src/origin-budget.js';
 
 describe('OriginBudget', () => {
@@ -33,7 +34,13 @@ describe('OriginBudget', () => {
 describe('OriginShares', () => {
   const shares = (budget = 32) =>
     new OriginShares({ start: 4, budget: () => budget, targetMs: 5_000, waitingMs: 5_000 });
-  const none = new Set<string>();
+  /** Origin leases held: by `holders` (one each unless `total` says more), `held` of them by the asker. */
+  const live = (holders: string[] = [], held = 0, total = holders.length): OriginLeases => ({
+    total,
+    held,
+    holders: new Set(holders),
+  });
+  const none = live();
 
   it('lets a node hold `start` leases at first, however large the budget', () => {
     expect(shares().share('n1', none, 0)).toBe(4);
@@ -64,21 +71,37 @@ describe('OriginShares', () => {
   it('shares the budget among the nodes holding origin leases and those told to wait for one', () => {
     const s = shares(12);
     for (let i = 0; i < 20; i++) s.arrived('n1', 300, i);
-    expect(s.share('n1', new Set(['n1']), 100)).toBe(12);
-    // Two holders and the asking node: 12 / 3.
-    expect(s.share('n1', new Set(['n1', 'n2', 'n3']), 100)).toBe(4);
+    expect(s.share('n1', live(['n1']), 100)).toBe(12);
+    // Two other holders and the asking node: 12 / 3.
+    expect(s.share('n1', live(['n1', 'n2', 'n3']), 100)).toBe(4);
     // Waiting nodes count once, holders or not.
     s.waited('n3', 100);
     s.waited('n4', 100);
     s.waited('n5', 100);
-    expect(s.share('n1', new Set(['n1', 'n2', 'n3']), 200)).toBe(3);
+    expect(s.share('n1', live(['n1', 'n2', 'n3']), 200)).toBe(3);
     expect(s.contenders).toBe(5);
     // The asking node counts even before it holds or waits for anything.
-    expect(s.share('n6', new Set(['n1', 'n2', 'n3']), 200)).toBe(2);
+    expect(s.share('n6', live(['n1', 'n2', 'n3']), 200)).toBe(2);
     expect(s.contenders).toBe(6);
+    // A waiting node asking is counted once.
+    expect(s.share('n4', live(['n1', 'n2', 'n3']), 200)).toBe(3);
+    expect(s.contenders).toBe(5);
     // Never below one lease, however many wait.
     for (let i = 0; i < 40; i++) s.waited(`w${i}`, 300);
-    expect(s.share('n1', new Set(['n1']), 400)).toBe(1);
+    expect(s.share('n1', live(['n1']), 400)).toBe(1);
+  });
+
+  it('gives a node holding leases no more while nodes holding none wait and the budget has no room for them', () => {
+    const s = shares(12);
+    for (let i = 0; i < 20; i++) s.arrived('n1', 300, i);
+    s.waited('n2', 100);
+    s.waited('n3', 100);
+    // 3 contenders, a share of 4; n1 holds 2 of the 9 leases held: room for both waiters, n1 may widen.
+    expect(s.share('n1', live(['n1', 'h1', 'h2'], 2, 9), 200)).toBe(3);
+    // 11 held: room for one of the two, so n1 stays at what it holds.
+    expect(s.share('n1', live(['n1', 'h1', 'h2'], 2, 11), 200)).toBe(2);
+    // A node holding none is not held back by the rule.
+    expect(s.share('n2', live(['n1', 'h1', 'h2'], 0, 11), 200)).toBe(3);
   });
 
   it('stops counting a node as waiting once it has not been told to for waitingMs', () => {
@@ -95,12 +118,15 @@ describe('OriginShares', () => {
     expect(s.size.waiting).toBe(0);
   });
 
-  it('forgets the limit of a node whose chunks stopped arriving', () => {
+  it('forgets the limit of a node whose chunks stopped arriving, whether or not others arrive', () => {
     const s = shares();
     for (let i = 0; i < 10; i++) s.arrived('n1', 300, i);
     expect(s.share('n1', none, 10)).toBe(14);
-    s.arrived('n2', 300, 120_000);
+    // A rollout later, n1 is the first to ask: it starts over rather than take the budget.
     expect(s.share('n1', none, 120_000)).toBe(4);
+    expect(s.size.limits).toBe(0);
+    for (let i = 0; i < 10; i++) s.arrived('n1', 300, 130_000 + i);
+    s.arrived('n2', 300, 250_000);
     expect(s.size.limits).toBe(1);
   });
 });

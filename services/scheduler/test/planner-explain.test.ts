@@ -252,6 +252,7 @@ describe('chunks_assigned records', () => {
       release: () => Promise.resolve(),
       mayTake: () => true,
       liveOrigin: () => undefined,
+      holdsOrigin: () => false,
     };
     const state = mesh([['u1', '', '']], {});
     expect(await records(state, request('u1', [0]), failing)).toEqual([

@@ -351,8 +351,8 @@ describe('planRequest', () => {
       const shared: PlanOptions = {
         ...options,
         originBudget: () => 32,
-        originShare: (node, holders) => {
-          asked.push({ node, holders: [...holders].sort() });
+        originShare: (node, live) => {
+          asked.push({ node, holders: [...live.holders].sort() });
           return 3;
         },
       };
@@ -372,14 +372,18 @@ describe('planRequest', () => {
       // The share is asked with the mesh's holders, the asking node's leases counted as they are taken.
       expect(asked.at(-1)).toEqual({ node: 'n1', holders: ['n1'] });
       // Its share spent, n1 gets nothing more from the registry, and is told it is queued for it.
-      const spent = await ask('n1', [4, 5, 6, 7]);
+      const mine = first.grants.map((g) => g.index);
+      const others = [0, 1, 2, 3, 4, 5, 6, 7].filter((i) => !mine.includes(i));
+      const spent = await ask('n1', others.slice(0, 4));
       expect(origins(spent)).toEqual([]);
       expect(spent.assignments.length).toBe(max ? 1 : 4);
       for (const a of spent.assignments)
         expect(a.source).toEqual({ kind: 'wait', retryMs: 250, queue: 'origin' });
       for (const e of spent.explanations) expect(e).toMatchObject({ reason: 'origin_share' });
+      // A chunk whose lease n1 holds (a fetch that failed, asked for again) is its own to fetch again.
+      expect(origins(await ask('n1', [mine[1]!]))).toEqual([mine[1]]);
       // n2, with a share of its own, gets chunks from the registry.
-      expect(origins(await ask('n2', [4, 5, 6, 7]))).toHaveLength(3);
+      expect(origins(await ask('n2', others))).toHaveLength(3);
       expect(asked.at(-1)).toEqual({ node: 'n2', holders: ['n1', 'n2'] });
       // One of n1's leases given back: room for one more.
       const freed = first.grants[0]!.index;
@@ -421,6 +425,7 @@ describe('planRequest', () => {
         const live = inner.liveOrigin(now, node)!;
         return { ...live, total: live.total + asking };
       },
+      holdsOrigin: (...args) => inner.holdsOrigin(...args),
     };
     const budgeted: PlanOptions = { ...options, originBudget: () => 4 };
     const plans = await Promise.all(
@@ -447,6 +452,7 @@ describe('planRequest', () => {
       release: () => Promise.resolve(),
       mayTake: () => true,
       liveOrigin: () => undefined,
+      holdsOrigin: () => false,
     };
     const plan = await planRequest(
       createIndexState(),
@@ -920,6 +926,7 @@ describe('planRequest when a holder appears while a lease is being taken', () =>
       },
       mayTake: (...args) => inner.mayTake(...args),
       liveOrigin: (now, node) => inner.liveOrigin(now, node),
+      holdsOrigin: (...args) => inner.holdsOrigin(...args),
     };
   }
 
