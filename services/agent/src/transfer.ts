@@ -462,8 +462,8 @@ export class Download {
             waitingSince ??= Date.now();
             // Chunks queued for the origin wait their turn for a registry that is already as busy as the
             // mesh keeps it (its budget spent, or this node holding its share of it): going to it anyway
-            // would only slow everyone's share. They get longer, but not
-            // for ever, in case the turn never comes.
+            // would only slow everyone's share. They get longer, but not for ever, in case the turn never
+            // comes.
             const limit = queued ? this.originWaitMs * QUEUED_WAIT_FACTOR : this.originWaitMs;
             // Once it has gone to the registry itself, a download goes again at once while the scheduler
             // still has nothing for it, unless the chunks are queued for the origin: then it waits its

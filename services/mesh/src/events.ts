@@ -16,9 +16,10 @@ export type ChunkSourceKind = (typeof ChunkSourceKinds)[keyof typeof ChunkSource
  * order among equally loaded ones (`tie`), or the only candidate at all (`only`). The origin was chosen
  * because no live holder with a known hash existed (`no_live_holder`). A chunk waits because the mesh's
  * origin budget is spent (`origin_budget`) or the requester holds its share of it (`origin_share`), its
- * origin or zone lease is held by another node, no live holder with a known hash exists yet, every holder is busy, the per-request origin limit is reached, too many leases were
- * refused in this decision already, the lease store failed, or a holder appeared while its lease was
- * being taken (asking again gets that holder).
+ * origin or zone lease is held by another node, no live holder with a known hash exists yet, every holder
+ * is busy, the per-request origin limit is reached, too many leases were refused in this decision
+ * already, the lease store failed, or a holder appeared while its lease was being taken (asking again
+ * gets that holder).
  */
 export const AssignmentReasons = {
   tier: 'tier',

@@ -60,7 +60,7 @@ export const schedulerSpec = {
   originPerNode: opt.int(
     'origin.perNode',
     4,
-    "Origin leases one node may hold at once to begin with (with origin.budgetMax above 0). Each of the node's origin chunks that arrives within origin.target raises it by one, up to the budget; but a node never holds more than its fair share of the budget, divided among the nodes fetching from or waiting for the origin, so that first copies come from many nodes rather than a few.",
+    "Origin leases one node may hold at once to begin with (with origin.budgetMax above 0). Each of the node's origin chunks that arrives within origin.target raises it by one, up to the budget; but a node is never granted more than its fair share of the budget, divided among the nodes fetching from or waiting for the origin, so that first copies come from many nodes rather than a few.",
     { min: 1 },
   ),
   originTarget: opt.duration(
