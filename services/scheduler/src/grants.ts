@@ -124,9 +124,20 @@ function heldAgainst(
   return lease !== undefined && lease.expiresAt > now && lease.node !== node && gone?.(lease.node) !== true;
 }
 
-/** Whether `lease` is `node`'s and has not expired. */
-function holdsLive(lease: GrantRecord | undefined, node: string, now: number): boolean {
-  return lease !== undefined && lease.node === node && lease.expiresAt > now;
+/** Whether `node` holds an unexpired origin lease on the chunk, among the leases `leaseAt` knows by key. */
+function holdsOriginSlot(
+  perChunk: number,
+  leaseAt: (key: string) => GrantRecord | undefined,
+  blobHex: string,
+  index: number,
+  node: string,
+  now: number,
+): boolean {
+  for (let slot = 0; slot < perChunk; slot++) {
+    const lease = leaseAt(grantKey(blobHex, index, slot));
+    if (lease !== undefined && lease.node === node && lease.expiresAt > now) return true;
+  }
+  return false;
 }
 
 /**
@@ -294,9 +305,7 @@ export function memoryGrantStore(options: GrantStoreOptions): GrantStore & { rea
       return countOrigin(leases, (lease) => lease, node, now, options.gone);
     },
     holdsOrigin(blobHex, index, node, now) {
-      for (let slot = 0; slot < options.perChunk; slot++)
-        if (holdsLive(leases.get(grantKey(blobHex, index, slot)), node, now)) return true;
-      return false;
+      return holdsOriginSlot(options.perChunk, (key) => leases.get(key), blobHex, index, node, now);
     },
   };
 }
@@ -523,11 +532,11 @@ export function kvGrantStore(kv: KV, options: GrantStoreOptions, view?: LeaseVie
       }
     },
     holdsOrigin(blobHex, index, node, now) {
-      for (let slot = 0; slot < options.perChunk; slot++) {
-        const seen = view?.lookup(grantKey(blobHex, index, slot));
-        if (seen && seen !== 'absent' && holdsLive(seen.lease, node, now)) return true;
-      }
-      return false;
+      const leaseAt = (key: string) => {
+        const seen = view?.lookup(key);
+        return seen && seen !== 'absent' ? seen.lease : undefined;
+      };
+      return holdsOriginSlot(options.perChunk, leaseAt, blobHex, index, node, now);
     },
     liveOrigin(now, node) {
       const seen = view?.liveOrigin(now, node, options.gone);
