@@ -558,6 +558,11 @@ export class Download {
           endSlot();
           throw err;
         }
+        // Dropped by another fetch while this one waited: not asked again.
+        if (this.avoid.has(peer.node)) {
+          endSlot();
+          continue;
+        }
         const began = performance.now();
         let held = this.deps.buffers.take(length);
         try {
