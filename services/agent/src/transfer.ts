@@ -701,7 +701,7 @@ export class Download {
     const began = performance.now();
     const slow = new AbortController();
     const watch = setInterval(() => {
-      const limit = this.speeds.deadlineMs(peer.node, length);
+      const limit = this.speeds.deadlineMs(peer.node, length, this.chunkSize);
       const elapsed = performance.now() - began;
       if (limit !== undefined && elapsed > limit)
         slow.abort(
@@ -712,7 +712,7 @@ export class Download {
     }, SLOW_CHECK_MS);
     try {
       await this.deps.peers.fetchChunk(peer.url, this.hex, index, into, slow.signal);
-      this.speeds.record(peer.node, length, performance.now() - began);
+      this.speeds.record(peer.node, length, performance.now() - began, this.chunkSize);
     } finally {
       clearInterval(watch);
     }

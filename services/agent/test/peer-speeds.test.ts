@@ -29,6 +29,22 @@ describe('PeerSpeeds', () => {
     expect(speeds.medianOfOthers('d')).toBeCloseTo(MiB / 0.1, -3);
   });
 
+  it('gives a chunk much shorter than a whole one the time of a whole one, and takes no rate from it', () => {
+    const speeds = new PeerSpeeds({ factor: 4, minMs: 100 });
+    // Whole 1 MiB chunks in 500 ms: 2 MiB/s, so 2 s for a whole chunk at four times that.
+    for (const peer of ['a', 'b', 'c']) speeds.record(peer, MiB, 500, MiB);
+    // A blob's last chunk of 2 KiB would get the 100 ms floor by its size; a busy parent's round trip alone
+    // can take longer. It gets what a whole chunk gets.
+    expect(speeds.deadlineMs('d', 2048, MiB)).toBe(2000);
+    expect(speeds.deadlineMs('d', MiB / 2, MiB)).toBe(2000);
+    // Such a transfer is no rate sample either: 2 KiB in 400 ms would drag the median down.
+    for (let i = 0; i < 5; i++) speeds.record('e', 2048, 400, MiB);
+    expect(speeds.medianOfOthers('d')).toBeCloseTo(2 * MiB, -3);
+    // A quarter of a chunk and more counts: three samples of 0.25 MiB/s against three of 2 MiB/s.
+    for (let i = 0; i < 3; i++) speeds.record('e', MiB / 4, 1000, MiB);
+    expect(speeds.medianOfOthers('d')).toBeCloseTo(((0.25 + 2) / 2) * MiB, -3);
+  });
+
   it('forgets old transfers beyond its window', () => {
     const speeds = new PeerSpeeds({ factor: 2, minMs: 1, window: 3, minSamples: 3 });
     for (let i = 0; i < 3; i++) speeds.record('slow', MiB, 1000);
