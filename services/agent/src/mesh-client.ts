@@ -4,6 +4,7 @@
  * costs nothing but a fallback to the registry.
  */
 import { jetstream } from '@nats-io/jetstream';
+import type { Msg, NatsConnection } from '@nats-io/transport-node';
 import {
   type Assignment,
   decode,
@@ -18,6 +19,7 @@ import {
   subjects,
 } from '@shoal/mesh';
 import type { AgentMetrics } from './metrics.js';
+import { afterPendingReads } from './pending-reads.js';
 import type { ChunkStore } from './store.js';
 
 export interface Plan {
@@ -120,9 +122,12 @@ export class MeshClient {
     const timer = this.metrics.scheduleDuration.startTimer();
     let msg;
     try {
-      msg = await nc.request(subjects.schedule, encode({ v: 1, node: this.options.nodeId, ...request }), {
-        timeout: this.options.schedulerTimeoutMs,
-      });
+      msg = await requestWithin(
+        nc,
+        subjects.schedule,
+        encode({ v: 1, node: this.options.nodeId, ...request }),
+        this.options.schedulerTimeoutMs,
+      );
     } catch (cause) {
       const text = cause instanceof Error ? cause.message : String(cause);
       const [outcome, reason] = /no responders/i.test(text)
@@ -284,6 +289,47 @@ export class MeshClient {
 }
 
 /** Whether `plan` failed because no scheduler answered within scheduler.timeout (rather than none being there). */
+/**
+ * How much longer than the caller's timeout NATS keeps a request open. Its own timeout fires as early as
+ * ours after a hold-up and forgets the request before the reply is read, so it comes well after: it only
+ * ends the bookkeeping of a request nobody answered.
+ */
+const NATS_BACKSTOP_MS = 30_000;
+
+/**
+ * A NATS request that times out after `timeoutMs`, judged after this turn's reads (see
+ * afterPendingReads): a reply that came while this process was held up is taken, not counted as a
+ * scheduler that did not answer. A timeout rejects with an error whose message says TIMEOUT, as NATS's
+ * does.
+ */
+export function requestWithin(
+  nc: NatsConnection,
+  subject: string,
+  data: Uint8Array,
+  timeoutMs: number,
+): Promise<Msg> {
+  return new Promise<Msg>((resolve, reject) => {
+    let over = false;
+    const settle = (done: () => void) => {
+      if (over) return;
+      over = true;
+      clearTimeout(timer);
+      done();
+    };
+    const timer = setTimeout(
+      () =>
+        afterPendingReads(() =>
+          settle(() => reject(new Error(`TIMEOUT: no reply on ${subject} within ${timeoutMs} ms`))),
+        ),
+      timeoutMs,
+    );
+    nc.request(subject, data, { timeout: timeoutMs + NATS_BACKSTOP_MS }).then(
+      (msg) => settle(() => resolve(msg)),
+      (err: unknown) => settle(() => reject(err instanceof Error ? err : new Error(String(err)))),
+    );
+  });
+}
+
 export function isScheduleTimeout(err: unknown): boolean {
   return isShoalError(err) && err.details?.outcome === 'timeout';
 }

@@ -10,6 +10,7 @@
  * other Shoal agents, which answer with Content-Length; anything else is refused.
  */
 import { connect, type Socket } from 'node:net';
+import { afterPendingReads } from './pending-reads.js';
 
 /**
  * Errors opening a connection that say the peer is not there: nothing listens, no route to it, or no
@@ -73,6 +74,8 @@ class Connection {
   answered = false;
   /** Whether the connection was ever opened; a peer found absent before that is a `connect` failure. */
   private connected = false;
+  /** Bytes read on this connection, headers included. */
+  private bytesIn = 0;
   onIdle: (() => void) | undefined;
   onGone: (() => void) | undefined;
 
@@ -90,15 +93,7 @@ class Connection {
     this.socket.once('connect', () => {
       this.connected = true;
     });
-    this.socket.on('timeout', () =>
-      this.fail(
-        new PeerHttpError(
-          this.connected ? 'no answer in time' : 'no connection in time',
-          this.connected ? 'transport' : 'connect',
-          { cause: { timeout: true } },
-        ),
-      ),
-    );
+    this.socket.on('timeout', () => this.timedOut());
     this.socket.on('error', (err: NodeJS.ErrnoException) =>
       this.fail(
         new PeerHttpError(
@@ -130,6 +125,29 @@ class Connection {
     });
   }
 
+  /**
+   * Nothing was read for the timeout, or so it seems: the verdict waits for this turn's reads (see
+   * afterPendingReads). Anything read by then, which also re-arms the socket's timeout, or the connection
+   * opening, means the peer was answering all along.
+   */
+  private timedOut(): void {
+    const seen = this.activity();
+    afterPendingReads(() => {
+      if (this.socket.destroyed || this.activity() !== seen) return;
+      this.fail(
+        new PeerHttpError(
+          this.connected ? 'no answer in time' : 'no connection in time',
+          this.connected ? 'transport' : 'connect',
+          { cause: { timeout: true } },
+        ),
+      );
+    });
+  }
+
+  private activity(): number {
+    return this.bytesIn + (this.connected ? 1 : 0);
+  }
+
   /** Fails the request in progress, if any, and closes the connection. */
   fail(err: Error): void {
     const exchange = this.exchange;
@@ -148,6 +166,7 @@ class Connection {
 
   private received(count: number): boolean {
     this.answered = true;
+    this.bytesIn += count;
     const exchange = this.exchange;
     if (!exchange) {
       this.fail(new PeerHttpError('the peer sent bytes nobody asked for', 'transport'));

@@ -1,6 +1,7 @@
 /** Fetching chunks from other agents over HTTP, with keep-alive connections per peer. */
 import { ShoalError } from '@shoal/mesh';
 import { PeerHttp, PeerHttpError } from './peer-http.js';
+import { afterPendingReads } from './pending-reads.js';
 
 export const peerChunkPath = (hex: string, index: number) => `/peer/v1/blobs/sha256/${hex}/chunks/${index}`;
 
@@ -99,16 +100,21 @@ export class PeerClient {
     const began = performance.now();
     const expired = new AbortController();
     let timer: NodeJS.Timeout | undefined;
+    let over = false;
     const check = () => {
       const allowed = this.timeoutMs + ((length * share.most) / this.minRate) * 1000;
       const left = allowed - (performance.now() - began);
-      if (left <= 0) expired.abort(new Error(`chunk not in within ${Math.round(allowed)} ms`));
-      else timer = setTimeout(check, left);
+      if (left > 0) timer = setTimeout(check, left);
+      else
+        afterPendingReads(() => {
+          if (!over) expired.abort(new Error(`chunk not in within ${Math.round(allowed)} ms`));
+        });
     };
     check();
     try {
       return await this.fetchWithin(url, into, expired.signal, slow);
     } finally {
+      over = true;
       clearTimeout(timer);
       this.shares.delete(share);
     }

@@ -24,6 +24,7 @@ import type { MemoryTier } from './memory-tier.js';
 import { isScheduleTimeout, type MeshClient } from './mesh-client.js';
 import type { AgentMetrics } from './metrics.js';
 import { PeerSpeeds } from './peer-speeds.js';
+import { afterPendingReads } from './pending-reads.js';
 import type { PeerClient } from './peers.js';
 import type { ByteBudget, TokenBucket } from './rate-limit.js';
 import { type ChunkStore, isDiskFull } from './store.js';
@@ -700,20 +701,25 @@ export class Download {
     const length = into.length;
     const began = performance.now();
     const slow = new AbortController();
+    let over = false;
     const watch = setInterval(() => {
       const limit = this.speeds.deadlineMs(peer.node, length, this.chunkSize);
       const elapsed = performance.now() - began;
       if (limit !== undefined && elapsed > limit)
-        slow.abort(
-          new Error(
-            `chunk ${index} took over ${Math.round(elapsed)} ms, more than ${this.options.peerSlowFactor}× what the other parents need`,
-          ),
-        );
+        afterPendingReads(() => {
+          if (over) return;
+          slow.abort(
+            new Error(
+              `chunk ${index} took over ${Math.round(elapsed)} ms, more than ${this.options.peerSlowFactor}× what the other parents need`,
+            ),
+          );
+        });
     }, SLOW_CHECK_MS);
     try {
       await this.deps.peers.fetchChunk(peer.url, this.hex, index, into, slow.signal);
       this.speeds.record(peer.node, length, performance.now() - began, this.chunkSize);
     } finally {
+      over = true;
       clearInterval(watch);
     }
   }

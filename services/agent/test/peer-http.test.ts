@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PeerHttp, PeerHttpError } from '../src/peer-http.js';
+import { holdUp, startThreadedPeer } from './threaded-peer.js';
 
 const BODY = randomBytes(300_000);
 let vanished = 0;
@@ -198,6 +199,24 @@ describe('PeerHttp', () => {
     );
     expect(huge.message).toMatch(/headers over/);
     http.close();
+  });
+
+  it('does not time out a peer whose answer came while this thread was held up past the timeout', async () => {
+    const peer = await startThreadedPeer(1000);
+    const http = client(100);
+    const at = new URL(peer.url);
+    const signal = new AbortController().signal;
+    // The first request opens the connection; the second is written on it at once.
+    expect(await http.get(at, '/', {}, Buffer.alloc(1000), signal)).toBe(200);
+    const into = Buffer.alloc(1000);
+    const answered = http.get(at, '/', {}, into, signal);
+    // The answer arrives while this thread is held up for four times the timeout; when it runs again, the
+    // socket's timer is due before the answer is read.
+    holdUp(400);
+    expect(await answered).toBe(200);
+    expect(into.every((byte) => byte === 7)).toBe(true);
+    http.close();
+    await peer.close();
   });
 
   it('stops at once when aborted, with the abort reason', async () => {

@@ -3,6 +3,7 @@ import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { isShoalError } from '@shoal/mesh';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { PeerClient } from '../src/peers.js';
+import { holdUp, startThreadedPeer } from './threaded-peer.js';
 
 const KiB = 1024;
 const CHUNK = 128 * KiB;
@@ -52,6 +53,18 @@ describe('PeerClient', () => {
     );
     expect(chunks.map((c) => c.length)).toEqual([CHUNK, CHUNK, CHUNK, CHUNK]);
     await client.close();
+  });
+
+  it('does not give up on a chunk that came in while this thread was held up past its deadline', async () => {
+    const peer = await startThreadedPeer(CHUNK);
+    // A deadline of 100 ms and 128 KiB at 64 MiB/s: 102 ms.
+    const client = new PeerClient(100, undefined, 64 * 1024 * KiB);
+    expect((await client.fetchChunk(peer.url, 'a'.repeat(64), 0, Buffer.alloc(CHUNK))).length).toBe(CHUNK);
+    const fetched = client.fetchChunk(peer.url, 'a'.repeat(64), 1, Buffer.alloc(CHUNK));
+    holdUp(400);
+    expect((await fetched).length).toBe(CHUNK);
+    await client.close();
+    await peer.close();
   });
 
   it('waits for a slow peer that stays above peer.minRate', async () => {
