@@ -557,6 +557,62 @@ describe('a node told to wait while its chunks are still arriving', () => {
     expect(registryBytes).toBe(0);
   });
 
+  it('lets off a parent that goes silent once, and drops one that goes silent again', async () => {
+    const { chunk, hashes: hashesOf } = chunked(await layerBytes());
+    const hashes = hashesOf();
+    // The only holder of every chunk says nothing to its first request (held up by its node, as it were)
+    // and to those in `silentAt`, and answers the others after 100 ms. One chunk is fetched at a time.
+    let requestsSeen = 0;
+    let silentAt = new Set<number>();
+    parent = createServer((req, res) => {
+      requestsSeen++;
+      if (requestsSeen === 1 || silentAt.has(requestsSeen)) return;
+      const body = chunk(chunkIndexOf(req.url));
+      setTimeout(() => {
+        res.writeHead(200, { 'content-length': body.length });
+        res.end(body);
+      }, 100);
+    });
+    const url = await listenOnLoopback(parent);
+    const avoided: string[][] = [];
+    const args = [
+      '--peer-timeout=400ms',
+      '--peer-slow-factor=0',
+      '--chunk-size=1MiB',
+      '--download-concurrency=1',
+      '--origin-wait-timeout=1s',
+    ];
+    // A scheduler that knows no other holder: once the parent is avoided, the registry.
+    const fromParent = (need: number[], request: ScheduleRequest) => {
+      avoided.push(request.avoid ?? []);
+      if (request.avoid?.includes('parent')) return need.map((index) => fromOrigin(index, hashes[index]!));
+      return need.map((index) => ({
+        index,
+        sha256: hashes[index]!,
+        source: { kind: 'peer', node: 'parent', url },
+        alternates: [],
+      }));
+    };
+    const once = await pullScripted('silent-once', args, fromParent);
+    // Asked again, not dropped: the scheduler never heard it was to be avoided, and the registry sent
+    // nothing.
+    expect(avoided.flat()).not.toContain('parent');
+    expect(
+      metric(once.metrics, 'shoal_agent_chunk_failures_total', { source: 'peer', reason: 'unavailable' }),
+    ).toBe(1);
+    expect(fallbacks(once.metrics)).toEqual([]);
+    expect(once.registryBytes).toBe(0);
+
+    // Silent again a second after the first time (ten answers of 100 ms later): dropped, and the chunks
+    // it held alone come from the registry.
+    requestsSeen = 0;
+    silentAt = new Set([12]);
+    avoided.length = 0;
+    const twice = await pullScripted('silent-twice', args, fromParent);
+    expect(avoided.flat()).toContain('parent');
+    expect(twice.registryBytes).toBeGreaterThan(0);
+  });
+
   it('tells the scheduler what it is still fetching from a slow registry, so that its leases are kept', async () => {
     const layer = image.layers[0]!;
     // Eight chunks granted at once from a registry read at 3 MB/s: over two seconds before the first is

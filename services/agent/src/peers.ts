@@ -140,7 +140,10 @@ export class PeerClient {
             // every node (and frees the registry leases it holds), not only for this one.
             ...(cause instanceof PeerHttpError && cause.failure === 'connect'
               ? { details: { unreachable: true } }
-              : {}),
+              : // Connected, then nothing for peer.timeout: a peer held up by its own node looks the same.
+                isSilence(cause)
+                ? { details: { silent: true } }
+                : {}),
           });
     let status: number;
     try {
@@ -170,4 +173,13 @@ export class PeerClient {
     this.http.close();
     return Promise.resolve();
   }
+}
+
+/** Whether a peer fetch failed because the connected peer sent nothing for the idle timeout. */
+function isSilence(cause: unknown): boolean {
+  return (
+    cause instanceof PeerHttpError &&
+    cause.failure === 'transport' &&
+    (cause.cause as { timeout?: boolean } | undefined)?.timeout === true
+  );
 }

@@ -83,6 +83,11 @@ const MESH_BACKOFF_MS = 3_000;
 const SCHEDULER_GONE_AFTER_TIMEOUTS = 3;
 /** How often a peer transfer in flight is compared with the download's other parents. */
 const SLOW_CHECK_MS = 100;
+/**
+ * Fetches from one parent that go silent within this long of the first are one hold-up of that parent,
+ * which is let off (see fetchChunk).
+ */
+const SILENCE_EPISODE_MS = 1_000;
 /** How often an otherwise idle download loop looks again. */
 const IDLE_POLL_MS = 250;
 /**
@@ -117,6 +122,11 @@ export class Download {
   private readonly waiters = new Map<number, Waiter[]>();
   private failure: Error | undefined;
   private readonly avoid = new Set<string>();
+  /**
+   * Parents that went silent for this blob (connected, then nothing for peer.timeout) and were not
+   * dropped for it, with when that was first found: see fetchChunk.
+   */
+  private readonly silentAt = new Map<string, number>();
   /**
    * Of `avoid`, the peers no connection could even be opened to (down, or cut off from this node), with
    * when that was found: each is reported to the scheduler for UNREACHABLE_REPORT_MS, not for ever, so a
@@ -593,16 +603,25 @@ export class Download {
             this.deps.metrics.chunkFailures.inc({ source: 'peer', reason: 'busy' });
             continue;
           }
+          const silent = isShoalError(err) && err.details?.silent === true;
           const why = isShoalError(err, 'SHOAL_ERR_CHUNK_CORRUPT')
             ? 'corrupt'
             : isShoalError(err) && err.details?.slow === true
               ? 'slow'
               : 'failed';
           // A peer that fails (or is far slower than the others) once is not asked again for this blob;
-          // the scheduler is told via `avoid`, and the chunk goes to the next parent.
+          // the scheduler is told via `avoid`, and the chunk goes to the next parent. One that went silent
+          // (connected, then nothing for peer.timeout) is let off once: a parent held up by its node
+          // (descheduled on busy cores, a long garbage collection) is silent for a second or more, then
+          // serves on, and dropping it sent its chunks to the registry whenever it was their only holder.
+          // Its fetches in flight all go silent at about the same moment, which counts as once; silent
+          // again later, it is dropped.
           if (isShoalError(err) && err.details?.unreachable === true && !this.unreachable.has(peer.node))
             this.unreachable.set(peer.node, Date.now());
-          if (!this.avoid.has(peer.node)) {
+          const firstSilence = silent ? (this.silentAt.get(peer.node) ?? Date.now()) : undefined;
+          if (firstSilence !== undefined) this.silentAt.set(peer.node, firstSilence);
+          const letOff = firstSilence !== undefined && Date.now() - firstSilence < SILENCE_EPISODE_MS;
+          if (!letOff && !this.avoid.has(peer.node)) {
             this.avoid.add(peer.node);
             this.deps.events.publish({
               type: 'parent_dropped',
