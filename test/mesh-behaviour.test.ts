@@ -585,7 +585,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
     // A scheduler that knows no other holder: once the parent is avoided, the registry.
     const fromParent = (need: number[], request: ScheduleRequest) => {
       avoided.push(request.avoid ?? []);
-      if (request.avoid?.includes('parent')) return need.map((index) => fromOrigin(index, hashes[index]!));
+      if (request.avoid?.includes('parent')) return need.map((index) => fromOrigin(index, hashes[index]));
       return need.map((index) => ({
         index,
         sha256: hashes[index]!,
@@ -603,8 +603,8 @@ describe('a node told to wait while its chunks are still arriving', () => {
     expect(fallbacks(once.metrics)).toEqual([]);
     expect(once.registryBytes).toBe(0);
 
-    // Silent again a second after the first time (ten answers of 100 ms later): dropped, and the chunks
-    // it held alone come from the registry.
+    // Silent again, to a request begun after the first silence (the twelfth, ten answers of 100 ms
+    // later): dropped, and the chunks it held alone come from the registry.
     requestsSeen = 0;
     silentAt = new Set([12]);
     avoided.length = 0;

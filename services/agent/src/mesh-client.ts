@@ -288,7 +288,6 @@ export class MeshClient {
   }
 }
 
-/** Whether `plan` failed because no scheduler answered within scheduler.timeout (rather than none being there). */
 /**
  * How much longer than the caller's timeout NATS keeps a request open. Its own timeout fires as early as
  * ours after a hold-up and forgets the request before the reply is read, so it comes well after: it only
@@ -323,13 +322,21 @@ export function requestWithin(
         ),
       timeoutMs,
     );
-    nc.request(subject, data, { timeout: timeoutMs + NATS_BACKSTOP_MS }).then(
+    let reply: Promise<Msg>;
+    try {
+      reply = nc.request(subject, data, { timeout: timeoutMs + NATS_BACKSTOP_MS });
+    } catch (err) {
+      settle(() => reject(err instanceof Error ? err : new Error(String(err))));
+      return;
+    }
+    reply.then(
       (msg) => settle(() => resolve(msg)),
       (err: unknown) => settle(() => reject(err instanceof Error ? err : new Error(String(err)))),
     );
   });
 }
 
+/** Whether `plan` failed because no scheduler answered within scheduler.timeout (rather than none being there). */
 export function isScheduleTimeout(err: unknown): boolean {
   return isShoalError(err) && err.details?.outcome === 'timeout';
 }

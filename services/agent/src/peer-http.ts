@@ -126,14 +126,20 @@ class Connection {
   }
 
   /**
-   * Nothing was read for the timeout, or so it seems: the verdict waits for this turn's reads (see
-   * afterPendingReads). Anything read by then, which also re-arms the socket's timeout, or the connection
-   * opening, means the peer was answering all along.
+   * Nothing was read for the timeout, or so it seems: the verdict on a request waits for this turn's reads
+   * (see afterPendingReads). Anything read by then, which also re-arms the socket's timeout, or the
+   * connection opening, means the peer was answering all along. An idle kept connection that expires is
+   * closed at once, before anything can take it from the pool for a new request.
    */
   private timedOut(): void {
+    const exchange = this.exchange;
+    if (!exchange && this.connected) {
+      this.fail(new PeerHttpError('idle', 'transport'));
+      return;
+    }
     const seen = this.activity();
     afterPendingReads(() => {
-      if (this.socket.destroyed || this.activity() !== seen) return;
+      if (this.socket.destroyed || this.exchange !== exchange || this.activity() !== seen) return;
       this.fail(
         new PeerHttpError(
           this.connected ? 'no answer in time' : 'no connection in time',

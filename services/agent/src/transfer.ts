@@ -83,11 +83,6 @@ const MESH_BACKOFF_MS = 3_000;
 const SCHEDULER_GONE_AFTER_TIMEOUTS = 3;
 /** How often a peer transfer in flight is compared with the download's other parents. */
 const SLOW_CHECK_MS = 100;
-/**
- * Fetches from one parent that go silent within this long of the first are one hold-up of that parent,
- * which is let off (see fetchChunk).
- */
-const SILENCE_EPISODE_MS = 1_000;
 /** How often an otherwise idle download loop looks again. */
 const IDLE_POLL_MS = 250;
 /**
@@ -124,7 +119,7 @@ export class Download {
   private readonly avoid = new Set<string>();
   /**
    * Parents that went silent for this blob (connected, then nothing for peer.timeout) and were not
-   * dropped for it, with when that was first found: see fetchChunk.
+   * dropped for it, with when that was first found (performance.now()): see fetchChunk.
    */
   private readonly silentAt = new Map<string, number>();
   /**
@@ -614,13 +609,13 @@ export class Download {
           // (connected, then nothing for peer.timeout) is let off once: a parent held up by its node
           // (descheduled on busy cores, a long garbage collection) is silent for a second or more, then
           // serves on, and dropping it sent its chunks to the registry whenever it was their only holder.
-          // Its fetches in flight all go silent at about the same moment, which counts as once; silent
-          // again later, it is dropped.
+          // Every fetch from it begun before that first silence was found goes silent too and is let off
+          // with it; one begun after, silent again, drops it.
           if (isShoalError(err) && err.details?.unreachable === true && !this.unreachable.has(peer.node))
             this.unreachable.set(peer.node, Date.now());
-          const firstSilence = silent ? (this.silentAt.get(peer.node) ?? Date.now()) : undefined;
+          const firstSilence = silent ? (this.silentAt.get(peer.node) ?? performance.now()) : undefined;
           if (firstSilence !== undefined) this.silentAt.set(peer.node, firstSilence);
-          const letOff = firstSilence !== undefined && Date.now() - firstSilence < SILENCE_EPISODE_MS;
+          const letOff = firstSilence !== undefined && began < firstSilence;
           if (!letOff && !this.avoid.has(peer.node)) {
             this.avoid.add(peer.node);
             this.deps.events.publish({

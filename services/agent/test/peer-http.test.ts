@@ -210,9 +210,9 @@ describe('PeerHttp', () => {
     expect(await http.get(at, '/', {}, Buffer.alloc(1000), signal)).toBe(200);
     const into = Buffer.alloc(1000);
     const answered = http.get(at, '/', {}, into, signal);
-    // The answer arrives while this thread is held up for four times the timeout; when it runs again, the
-    // socket's timer is due before the answer is read.
-    holdUp(400);
+    // The answer arrives while this thread is held up for fifteen times the timeout; when it runs again,
+    // the socket's timer is due before the answer is read.
+    holdUp(1_500);
     expect(await answered).toBe(200);
     expect(into.every((byte) => byte === 7)).toBe(true);
     http.close();

@@ -56,13 +56,15 @@ describe('PeerClient', () => {
   });
 
   it('does not give up on a chunk that came in while this thread was held up past its deadline', async () => {
-    const peer = await startThreadedPeer(CHUNK);
-    // A deadline of 100 ms and 128 KiB at 64 MiB/s: 102 ms.
+    // Small enough to wait whole in the socket's receive buffer.
+    const size = 16 * KiB;
+    const peer = await startThreadedPeer(size);
+    // A deadline of 100 ms and 16 KiB at 64 MiB/s: 100.25 ms.
     const client = new PeerClient(100, undefined, 64 * 1024 * KiB);
-    expect((await client.fetchChunk(peer.url, 'a'.repeat(64), 0, Buffer.alloc(CHUNK))).length).toBe(CHUNK);
-    const fetched = client.fetchChunk(peer.url, 'a'.repeat(64), 1, Buffer.alloc(CHUNK));
-    holdUp(400);
-    expect((await fetched).length).toBe(CHUNK);
+    expect((await client.fetchChunk(peer.url, 'a'.repeat(64), 0, Buffer.alloc(size))).length).toBe(size);
+    const fetched = client.fetchChunk(peer.url, 'a'.repeat(64), 1, Buffer.alloc(size));
+    holdUp(1_500);
+    expect((await fetched).length).toBe(size);
     await client.close();
     await peer.close();
   });

@@ -46,9 +46,9 @@ describe('requestWithin', () => {
     const reply = requestWithin(nc, 'echo', data, 100);
     // NATS writes the request from a microtask, which runs first.
     await Promise.resolve();
-    // The reply arrives while this thread is held up for four times the timeout; when it runs again, the
-    // timer is due before the reply is read.
-    holdUp(400);
+    // The reply arrives while this thread is held up for fifteen times the timeout; when it runs again,
+    // the timer is due before the reply is read.
+    holdUp(1_500);
     expect(new TextDecoder().decode((await reply).data)).toBe('hello');
   });
 
