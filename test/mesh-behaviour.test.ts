@@ -504,6 +504,14 @@ describe('a node told to wait while its chunks are still arriving', () => {
     alternates: [],
   });
 
+  /** A grant of chunk `index` from the fake parent at `url`, as a scheduler answers it. */
+  const fromParentAt = (url: string, index: number, sha256: string | null) => ({
+    index,
+    sha256,
+    source: { kind: 'peer', node: 'parent', url },
+    alternates: [],
+  });
+
   it('does not give up on the mesh while chunks it was given keep arriving', async () => {
     const layer = image.layers[0]!;
     const { chunk, hashes: hashesOf } = chunked(await layerBytes());
@@ -529,12 +537,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
     // "wait" until those eight have all been sent, then the rest from the parent.
     let requests = 0;
     let given = false;
-    const peer = (index: number) => ({
-      index,
-      sha256: hashes[index]!,
-      source: { kind: 'peer', node: 'parent', url },
-      alternates: [],
-    });
+    const peer = (index: number) => fromParentAt(url, index, hashes[index]!);
     const { metrics, registryBytes } = await pullScripted(
       'b',
       ['--origin-wait-timeout=1200ms', '--peer-timeout=5s', '--peer-slow-factor=0', '--chunk-size=1MiB'],
@@ -586,12 +589,7 @@ describe('a node told to wait while its chunks are still arriving', () => {
     const fromParent = (need: number[], request: ScheduleRequest) => {
       avoided.push(request.avoid ?? []);
       if (request.avoid?.includes('parent')) return need.map((index) => fromOrigin(index, hashes[index]));
-      return need.map((index) => ({
-        index,
-        sha256: hashes[index]!,
-        source: { kind: 'peer', node: 'parent', url },
-        alternates: [],
-      }));
+      return need.map((index) => fromParentAt(url, index, hashes[index]!));
     };
     const once = await pullScripted('silent-once', args, fromParent);
     // Asked again, not dropped: the scheduler never heard it was to be avoided, and the registry sent

@@ -42,6 +42,11 @@ export class PeerHttpError extends Error {
     super(message, options);
     this.name = 'PeerHttpError';
   }
+
+  /** Whether nothing came for the timeout: no connection, no answer, or no more of the body. */
+  get timedOut(): boolean {
+    return (this.cause as { timeout?: boolean } | undefined)?.timeout === true;
+  }
 }
 
 export interface PeerHttpOptions {
@@ -304,7 +309,7 @@ export class PeerHttp {
           err instanceof PeerHttpError &&
           err.failure === 'transport' &&
           !connection.answered &&
-          !(err.cause as { timeout?: boolean } | undefined)?.timeout
+          !err.timedOut
         )
           continue;
         throw err;

@@ -177,9 +177,5 @@ export class PeerClient {
 
 /** Whether a peer fetch failed because the connected peer sent nothing for the idle timeout. */
 function isSilence(cause: unknown): boolean {
-  return (
-    cause instanceof PeerHttpError &&
-    cause.failure === 'transport' &&
-    (cause.cause as { timeout?: boolean } | undefined)?.timeout === true
-  );
+  return cause instanceof PeerHttpError && cause.failure === 'transport' && cause.timedOut;
 }
