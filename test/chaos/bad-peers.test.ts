@@ -216,8 +216,6 @@ describe('chaos: a bad peer during a rollout', () => {
     );
     expectAvoided(outcome);
     expect(outcome.liar.requests.every((r) => !r.served)).toBe(true);
-    // Let off its first silence by each node, it is offered again and dropped on the next.
-    expect(outcome.whys['failed']).toBeGreaterThan(0);
   });
 
   it('is very slow: pulls complete, and a node that gives up on it drops it', async () => {
