@@ -98,6 +98,32 @@ describe('emulated cluster network', () => {
     }
   });
 
+  it('counts what the shaping queues drop and what TCP sends again', async () => {
+    const [first, , third] = network.nodes;
+    const server = await listen(network, first!);
+    try {
+      const before = await network.loss();
+      // 4 MB over TCP from zone 1 into zone 0 while 2.8 MB of UDP floods the same 20 Mbit/s uplink at
+      // the sender's 40 Mbit/s: the uplink's queue overflows, so some of TCP's segments are lost too.
+      const script =
+        `const s = require('net').connect(7000, '${first!.ip}', () => {` +
+        "  const u = require('dgram').createSocket('udp4'); const b = Buffer.alloc(1400); let n = 0;" +
+        `  const next = () => (n++ < 2000 ? u.send(b, 7001, '${first!.ip}', next) : u.close()); next();` +
+        '  s.end(Buffer.alloc(4e6)); });' +
+        "let got = ''; s.on('data', (d) => (got += d)); s.on('end', () => process.stdout.write(got));" +
+        "s.on('error', (e) => { console.error(e.message); process.exit(1); });";
+      const [cmd, args] = network.exec(third!, process.execPath, ['-e', script]);
+      const sent = await runCommand(cmd, args, { timeoutMs: 30_000 });
+      expect(sent.stdout, sent.stderr).toBe('ok');
+      const after = await network.loss();
+      expect(after.queueDrops - before.queueDrops).toBeGreaterThan(0);
+      expect(after.retransmittedSegments - before.retransmittedSegments).toBeGreaterThan(0);
+      expect(after.retransmissionTimeouts).toBeGreaterThanOrEqual(before.retransmissionTimeouts);
+    } finally {
+      await server.stop();
+    }
+  });
+
   it('removes every namespace it made', async () => {
     const tag = network.registry.ns.replace(/-reg$/, '');
     expect(await namespaces()).toContain(tag);

@@ -38,6 +38,16 @@ export interface Host {
   vswitch: string;
 }
 
+/** What the emulated network lost, summed over every namespace; counters since the network was built. */
+export interface NetworkLoss {
+  /** Packets the shaping queues dropped because they were full. */
+  queueDrops: number;
+  /** TCP segments the hosts sent again. */
+  retransmittedSegments: number;
+  /** Times a host's TCP waited out its retransmission timeout (no acknowledgement, no fast recovery). */
+  retransmissionTimeouts: number;
+}
+
 export interface Network {
   readonly registry: Host;
   readonly nodes: Host[];
@@ -47,6 +57,8 @@ export interface Network {
   zoneEgressBytes(zone: number): Promise<number>;
   /** Bytes the registry host has sent so far. */
   registryEgressBytes(): Promise<number>;
+  /** Drops and TCP retransmissions so far: the loss that explains a silent peer or a slow transfer. */
+  loss(): Promise<NetworkLoss>;
   destroy(): Promise<void>;
   /** Removes every namespace at once and synchronously, for exit and signal handlers. */
   destroyNow(): void;
@@ -117,6 +129,42 @@ async function txBytes(ns: string, dev: string): Promise<number> {
   return parsed[0]?.stats64?.tx?.bytes ?? 0;
 }
 
+/** Packets dropped by every qdisc of a namespace. */
+async function queueDrops(ns: string): Promise<number> {
+  const result = await runCommand('tc', ['-n', ns, '-s', '-j', 'qdisc', 'show'], { timeoutMs: 30_000 });
+  if (!result.ok)
+    throw new Error(`tc -n ${ns} -s qdisc show: ${result.stderr.trim() || `exit ${result.code}`}`);
+  const qdiscs = JSON.parse(result.stdout) as { drops?: number }[];
+  return qdiscs.reduce((sum, q) => sum + (q.drops ?? 0), 0);
+}
+
+/**
+ * One counter of a namespace's /proc/net/snmp or /proc/net/netstat, whose lines come in pairs: a
+ * header (`Tcp: RtoAlgorithm … RetransSegs …`) and the values in the same order.
+ */
+function netCounter(text: string, group: string, name: string): number {
+  const lines = text.split('\n').filter((l) => l.startsWith(`${group}: `));
+  for (let i = 0; i + 1 < lines.length; i += 2) {
+    const column = lines[i]!.split(/\s+/).indexOf(name);
+    if (column > 0) return Number(lines[i + 1]!.split(/\s+/)[column]);
+  }
+  throw new Error(`no ${group} ${name} counter`);
+}
+
+async function tcpLoss(
+  ns: string,
+): Promise<{ retransmittedSegments: number; retransmissionTimeouts: number }> {
+  const result = await runCommand('ip', ['netns', 'exec', ns, 'cat', '/proc/net/snmp', '/proc/net/netstat'], {
+    timeoutMs: 30_000,
+  });
+  if (!result.ok)
+    throw new Error(`reading ${ns}'s TCP counters: ${result.stderr.trim() || `exit ${result.code}`}`);
+  return {
+    retransmittedSegments: netCounter(result.stdout, 'Tcp', 'RetransSegs'),
+    retransmissionTimeouts: netCounter(result.stdout, 'TcpExt', 'TCPTimeouts'),
+  };
+}
+
 export async function buildNetwork(shape_: NetworkShape): Promise<Network> {
   hookCleanup();
   const tag = randomBytes(2).toString('hex');
@@ -165,6 +213,18 @@ export async function buildNetwork(shape_: NetworkShape): Promise<Network> {
     },
     async registryEgressBytes() {
       return txBytes(network.registry.ns, 'eth0');
+    },
+    async loss() {
+      const hosts = [network.registry, ...network.nodes].map((h) => h.ns);
+      const [drops, tcp] = await Promise.all([
+        Promise.all([fabric, ...hosts].map(queueDrops)),
+        Promise.all(hosts.map(tcpLoss)),
+      ]);
+      return {
+        queueDrops: drops.reduce((a, b) => a + b, 0),
+        retransmittedSegments: tcp.reduce((a, t) => a + t.retransmittedSegments, 0),
+        retransmissionTimeouts: tcp.reduce((a, t) => a + t.retransmissionTimeouts, 0),
+      };
     },
     async destroy() {
       if (destroyed) return;

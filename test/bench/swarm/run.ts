@@ -50,7 +50,7 @@ import { histogramQuantile, quantile, rolloutColumns, table } from '../report.js
 import { pullEverywhereBittorrent, startBittorrentSwarm } from './bittorrent.js';
 import { type LimitCheck, type LimitsOptions, runLimits } from './limits.js';
 import { AGENT_PORT, NATS_PORT, SCHEDULER_METRICS_PORT, scrape, startMesh, waitServing } from './mesh.js';
-import { buildNetwork, type Host, type Network, type NetworkShape } from './network.js';
+import { buildNetwork, type Host, type Network, type NetworkLoss, type NetworkShape } from './network.js';
 import {
   endedChildrenCpuSeconds,
   machineSeconds,
@@ -134,6 +134,8 @@ export interface ScenarioResult {
   /** All the registry host sent, NATS's and the control plane's traffic to the agents included. */
   registryHostBytes: number;
   crossZoneBytesPerZone: number[];
+  /** What the emulated network dropped and TCP sent again while the nodes pulled. */
+  networkLoss: NetworkLoss;
   /** Fraction of the machine's CPU time that was busy while the nodes pulled. */
   machineBusy: number;
   /**
@@ -260,6 +262,7 @@ async function measurePulls(
   const originBytes = () => (torrent ? network.registryEgressBytes() : registryBodyBytes());
   const [registryBefore, hostBefore] = await Promise.all([originBytes(), network.registryEgressBytes()]);
   const zonesBefore = await zoneBytes();
+  const lossBefore = await network.loss();
   // BitTorrent's clients write no image into containerd.
   const daemon = torrent ? undefined : containerd?.process().pid;
   const [ticksBefore, clientsBefore, daemonBefore] = await Promise.all([
@@ -275,6 +278,7 @@ async function measurePulls(
   ]);
   const [registryAfter, hostAfter] = await Promise.all([originBytes(), network.registryEgressBytes()]);
   const zonesAfter = await zoneBytes();
+  const lossAfter = await network.loss();
   return {
     machineBusy: (ticksAfter.busy - ticksBefore.busy) / Math.max(1, ticksAfter.total - ticksBefore.total),
     cpu: {
@@ -290,6 +294,11 @@ async function measurePulls(
     registryBytes: registryAfter - registryBefore,
     registryHostBytes: hostAfter - hostBefore,
     crossZoneBytesPerZone: zonesAfter.map((after, z) => after - (zonesBefore[z] ?? 0)),
+    networkLoss: {
+      queueDrops: lossAfter.queueDrops - lossBefore.queueDrops,
+      retransmittedSegments: lossAfter.retransmittedSegments - lossBefore.retransmittedSegments,
+      retransmissionTimeouts: lossAfter.retransmissionTimeouts - lossBefore.retransmissionTimeouts,
+    },
   };
 }
 
@@ -571,6 +580,11 @@ function describeCosts(r: ScenarioResult, tMin: number, imageBytes: number): str
       `  machine floor: the pull clients${c.containerd === undefined ? '' : ', containerd'} and the network's ` +
         `interrupts alone need ${floor.toFixed(1)} s of this machine's ${cores} cores (${(floor / tMin).toFixed(2)} × T_min)`,
     );
+  const loss = r.networkLoss;
+  lines.push(
+    `  network: ${loss.queueDrops} packets dropped by the shaping queues, ${loss.retransmittedSegments} TCP ` +
+      `segments sent again, ${loss.retransmissionTimeouts} retransmission timeouts`,
+  );
   if (!r.cpu.clientsAreTheSystem)
     lines.push(
       `  registry host: ${(r.registryHostBytes / imageBytes).toFixed(2)} images sent in all, ` +
