@@ -220,7 +220,13 @@ describe('discovery with Kubernetes topology', () => {
         (r) => r === undefined,
       ),
     ).toBeUndefined();
-    expect(await topology('cn-a-10-0-0-2')).toBeUndefined();
+    // The topology record is deleted alongside the node record, not after it.
+    expect(
+      await until(
+        () => topology('cn-a-10-0-0-2'),
+        (t) => t === undefined,
+      ),
+    ).toBeUndefined();
   });
 
   it('makes good a topology write that was lost, and removes records of nodes it does not know', async () => {
