@@ -16,6 +16,11 @@ export interface StartContainerdOptions {
    * never downloaded again in another one.
    */
   contentSharing?: 'isolated' | 'shared';
+  /**
+   * Runs the daemon through this argv prefix, for example inside a network namespace with
+   * `ip netns exec NS`. The prefix must exec the daemon, so that the process started is containerd.
+   */
+  wrap?: (cmd: string, args: string[]) => [string, string[]];
 }
 
 export interface PullOptions {
@@ -117,7 +122,8 @@ export async function startContainerd(options: StartContainerdOptions = {}): Pro
 
   let proc: ManagedProcess;
   try {
-    proc = await startProcess({ name, cmd: 'containerd', args: ['--config', configFile], logFile });
+    const [cmd, args] = (options.wrap ?? ((c, a) => [c, a]))('containerd', ['--config', configFile]);
+    proc = await startProcess({ name, cmd, args, logFile });
   } catch (err) {
     await removeTempDir(dir);
     throw err;

@@ -6,6 +6,7 @@
  *   npm run bench:swarm -- [--zones 2] [--vswitches 2] [--nodes-per-vswitch 6] [--node-mbit 50]
  *                          [--registry-mbit 100] [--cross-zone-mbit 200] [--layers 4] [--layer-mib 16]
  *                          [--stagger-s 0] [--scenarios direct,shoal,bittorrent,limits] [--client ctr|http]
+ *                          [--containerd per-node|shared]
  *                          [--limit-download-mb 1] [--limit-registry-mb 2] [--limit-upload-mb 4]
  *                          [--limit-upload-clients 2]
  *                          [--out results/swarm] [--agent-args "--scheduler-timeout=5s"]
@@ -17,8 +18,8 @@
  * (WebTorrent and an HTTP tracker, see bittorrent.ts), fetched by every node; **limits** — the agents'
  * rate limits set at run time and measured under real pulls (see limits.ts; not run unless named). Nodes
  * pull with `ctr
- * content fetch` (one containerd, a containerd namespace and a hosts.toml per node) unless `--client
- * http`, which GETs the layers with a plain client.
+ * content fetch` (a containerd daemon in every node's namespace, or one shared with `--containerd shared`,
+ * and a hosts.toml per node) unless `--client http`, which GETs the layers with a plain client.
  *
  * The image is built and pushed to a registry on loopback with the test kit; a second docker-registry
  * in the registry host's namespace serves the same storage over the emulated network, so what leaves
@@ -95,6 +96,16 @@ if (client !== 'ctr' && client !== 'http') {
   process.stderr.write(`--client: expected ctr or http, got ${JSON.stringify(client)}\n`);
   process.exit(2);
 }
+/**
+ * With --client ctr: a containerd daemon in every node's namespace, as on real nodes (`per-node`), or one
+ * daemon with a containerd namespace per node (`shared`), which leaves more of a small machine's CPU to
+ * the systems compared.
+ */
+const daemonMode = flag('containerd') ?? 'per-node';
+if (daemonMode !== 'per-node' && daemonMode !== 'shared') {
+  process.stderr.write(`--containerd: expected per-node or shared, got ${JSON.stringify(daemonMode)}\n`);
+  process.exit(2);
+}
 /** Extra agent flags, space-separated, e.g. --agent-args "--scheduler-timeout=5s". */
 const agentArgs = (flag('agent-args') ?? '').split(' ').filter((a) => a !== '');
 /** Extra flags for the agents' node runtime, e.g. --agent-node-args "--cpu-prof --cpu-prof-dir=/tmp/prof". */
@@ -141,7 +152,7 @@ export interface ScenarioResult {
   /**
    * Where the machine's CPU went while the nodes pulled, in CPU seconds: busy in all, by kind (user
    * space, kernel for processes, interrupts), and what the pull clients (`ctr` or the HTTP client) and the
-   * containerd daemon spent. For shoal the agents' and control plane's shares are in `usage`.
+   * containerd daemons spent. For shoal the agents' and control plane's shares are in `usage`.
    */
   cpu: {
     busy: number;
@@ -252,6 +263,12 @@ async function serveRegistry(network: Network, storageDir: string, dir: string):
  * the pull clients are the system measured (BitTorrent's), not a runtime that receives from it, and
  * the origin is the seeder on the registry host rather than the registry.
  */
+/** CPU seconds the nodes' containerd daemons have spent so far, all together. */
+async function daemonsCpuSeconds(pids: readonly number[]): Promise<number> {
+  const usage = await Promise.all(pids.map(processUsage));
+  return usage.reduce((sum, u) => sum + (u?.cpuSeconds ?? 0), 0);
+}
+
 async function measurePulls(
   pull: () => Promise<number[]>,
   network: Network,
@@ -264,17 +281,17 @@ async function measurePulls(
   const zonesBefore = await zoneBytes();
   const lossBefore = await network.loss();
   // BitTorrent's clients write no image into containerd.
-  const daemon = torrent ? undefined : containerd?.process().pid;
-  const [ticksBefore, clientsBefore, daemonBefore] = await Promise.all([
+  const daemons = torrent || !containerds ? undefined : [...new Set(containerds.map((c) => c.process().pid))];
+  const [ticksBefore, clientsBefore, daemonsBefore] = await Promise.all([
     machineTicks(),
     endedChildrenCpuSeconds(),
-    daemon === undefined ? undefined : processUsage(daemon),
+    daemons && daemonsCpuSeconds(daemons),
   ]);
   const results = await pull();
-  const [ticksAfter, clientsAfter, daemonAfter] = await Promise.all([
+  const [ticksAfter, clientsAfter, daemonsAfter] = await Promise.all([
     machineTicks(),
     endedChildrenCpuSeconds(),
-    daemon === undefined ? undefined : processUsage(daemon),
+    daemons && daemonsCpuSeconds(daemons),
   ]);
   const [registryAfter, hostAfter] = await Promise.all([originBytes(), network.registryEgressBytes()]);
   const zonesAfter = await zoneBytes();
@@ -284,8 +301,8 @@ async function measurePulls(
     cpu: {
       ...machineSeconds(ticksBefore, ticksAfter),
       pullClients: clientsAfter - clientsBefore,
-      ...(daemonBefore && daemonAfter
-        ? { containerd: daemonAfter.cpuSeconds - daemonBefore.cpuSeconds }
+      ...(daemonsBefore !== undefined && daemonsAfter !== undefined
+        ? { containerd: daemonsAfter - daemonsBefore }
         : {}),
       clientsAreTheSystem: torrent,
     },
@@ -404,8 +421,12 @@ async function runDirect(network: Network, image: BuiltImage, dir: string): Prom
   return { scenario: 'direct', ...(await pullImage(network, image, 'registry', dir)) };
 }
 
-/** containerd for --client ctr: one daemon, one containerd namespace (its own content store) per node. */
-let containerd: Containerd | undefined;
+/**
+ * containerd for --client ctr, one per node in node order: a daemon in each node's namespace, or the same
+ * shared daemon for all (--containerd shared). Each scenario pulls into a fresh containerd namespace
+ * (its own content store).
+ */
+let containerds: Containerd[] | undefined;
 const TAG = 'v1';
 
 /**
@@ -421,7 +442,7 @@ async function pullImage(
   only: readonly number[] = network.nodes.map((_, i) => i),
 ): Promise<Omit<ScenarioResult, 'scenario'>> {
   const registryHost = `${network.registry.ip}:${REGISTRY_PORT}`;
-  if (!containerd)
+  if (!containerds)
     return pullEverywhere(
       network,
       (node) =>
@@ -432,13 +453,14 @@ async function pullImage(
         ),
       only,
     );
-  const daemon = containerd;
+  const daemons = containerds;
   const ref = `${registryHost}/${image.repo}:${TAG}`;
   return measurePulls(
     () =>
       Promise.all(
         only.map(async (i) => {
           const node = network.nodes[i]!;
+          const daemon = daemons[i]!;
           const hostsDir = join(dir, `hosts-${i}`);
           await writeHostsToml(
             hostsDir,
@@ -461,6 +483,22 @@ async function pullImage(
       ),
     network,
   );
+}
+
+/** Starts a containerd in every node's namespace; stops those that started if one does not. */
+async function startContainerds(network: Network): Promise<Containerd[]> {
+  const started = await Promise.allSettled(
+    network.nodes.map((node, i) =>
+      startContainerd({ name: `containerd-node-${i}`, wrap: (cmd, args) => network.exec(node, cmd, args) }),
+    ),
+  );
+  const daemons = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const failed = started.find((r) => r.status === 'rejected');
+  if (failed) {
+    await Promise.all(daemons.map((d) => d.stop()));
+    throw failed.reason;
+  }
+  return daemons;
 }
 
 /** The shoal scenario's event stream as JSON lines, written beside the results. */
@@ -674,8 +712,12 @@ async function main(): Promise<void> {
           layerSize,
         })
       : undefined;
-    if (client === 'ctr') containerd = await startContainerd({ name: 'swarm-containerd' });
     network = await buildNetwork(shape);
+    if (client === 'ctr')
+      containerds =
+        daemonMode === 'shared'
+          ? Array<Containerd>(network.nodes.length).fill(await startContainerd({ name: 'swarm-containerd' }))
+          : await startContainerds(network);
     registry = await serveRegistry(network, join(staging.dir, 'storage'), dir);
     const imageBytes = image.layersSize;
     const nodes = network.nodes.length;
@@ -736,7 +778,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await registry?.stop();
-    await containerd?.stop();
+    await Promise.all([...new Set(containerds)].map((c) => c.stop()));
     await network?.destroy();
     await staging.stop();
     await removeTempDir(dir);
