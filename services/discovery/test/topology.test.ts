@@ -220,7 +220,7 @@ describe('discovery with Kubernetes topology', () => {
         (r) => r === undefined,
       ),
     ).toBeUndefined();
-    // The topology record is deleted alongside the node record, not after it.
+    // The topology record is removed by a write of its own, which may land after the node record's.
     expect(
       await until(
         () => topology('cn-a-10-0-0-2'),

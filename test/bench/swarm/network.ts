@@ -142,7 +142,7 @@ async function queueDrops(ns: string): Promise<number> {
  * One counter of a namespace's /proc/net/snmp or /proc/net/netstat, whose lines come in pairs: a
  * header (`Tcp: RtoAlgorithm … RetransSegs …`) and the values in the same order.
  */
-function netCounter(text: string, group: string, name: string): number {
+export function netCounter(text: string, group: string, name: string): number {
   const lines = text.split('\n').filter((l) => l.startsWith(`${group}: `));
   for (let i = 0; i + 1 < lines.length; i += 2) {
     const column = lines[i]!.split(/\s+/).indexOf(name);

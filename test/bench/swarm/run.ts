@@ -145,8 +145,8 @@ export interface ScenarioResult {
   /** All the registry host sent, NATS's and the control plane's traffic to the agents included. */
   registryHostBytes: number;
   crossZoneBytesPerZone: number[];
-  /** What the emulated network dropped and TCP sent again while the nodes pulled. */
-  networkLoss: NetworkLoss;
+  /** What the emulated network dropped and TCP sent again while the nodes pulled; absent if unreadable. */
+  networkLoss?: NetworkLoss;
   /** Fraction of the machine's CPU time that was busy while the nodes pulled. */
   machineBusy: number;
   /**
@@ -258,17 +258,34 @@ async function serveRegistry(network: Network, storageDir: string, dir: string):
 }
 
 /**
+ * CPU seconds the nodes' containerd daemons have spent so far, all together; undefined if one is gone,
+ * whose CPU could no longer be told.
+ */
+async function daemonsCpuSeconds(pids: readonly number[]): Promise<number | undefined> {
+  const usage = await Promise.all(pids.map(processUsage));
+  if (usage.some((u) => u === undefined)) return undefined;
+  return usage.reduce((sum, u) => sum + (u?.cpuSeconds ?? 0), 0);
+}
+
+/**
+ * What the emulated network has lost so far; undefined, with a warning, if its counters cannot be read:
+ * they explain a run, and a run is not thrown away for them.
+ */
+async function networkLoss(network: Network): Promise<NetworkLoss | undefined> {
+  try {
+    return await network.loss();
+  } catch (err) {
+    process.stderr.write(`network loss counters unavailable: ${(err as Error).message}\n`);
+    return undefined;
+  }
+}
+
+/**
  * Runs `pull` (which resolves with each node's completion in seconds, NaN for a node that failed) and
  * counts what left the registry and each zone meanwhile, and how busy the machine was. With `torrent`
  * the pull clients are the system measured (BitTorrent's), not a runtime that receives from it, and
  * the origin is the seeder on the registry host rather than the registry.
  */
-/** CPU seconds the nodes' containerd daemons have spent so far, all together. */
-async function daemonsCpuSeconds(pids: readonly number[]): Promise<number> {
-  const usage = await Promise.all(pids.map(processUsage));
-  return usage.reduce((sum, u) => sum + (u?.cpuSeconds ?? 0), 0);
-}
-
 async function measurePulls(
   pull: () => Promise<number[]>,
   network: Network,
@@ -279,7 +296,7 @@ async function measurePulls(
   const originBytes = () => (torrent ? network.registryEgressBytes() : registryBodyBytes());
   const [registryBefore, hostBefore] = await Promise.all([originBytes(), network.registryEgressBytes()]);
   const zonesBefore = await zoneBytes();
-  const lossBefore = await network.loss();
+  const lossBefore = await networkLoss(network);
   // BitTorrent's clients write no image into containerd.
   const daemons = torrent || !containerds ? undefined : [...new Set(containerds.map((c) => c.process().pid))];
   const [ticksBefore, clientsBefore, daemonsBefore] = await Promise.all([
@@ -295,7 +312,7 @@ async function measurePulls(
   ]);
   const [registryAfter, hostAfter] = await Promise.all([originBytes(), network.registryEgressBytes()]);
   const zonesAfter = await zoneBytes();
-  const lossAfter = await network.loss();
+  const lossAfter = await networkLoss(network);
   return {
     machineBusy: (ticksAfter.busy - ticksBefore.busy) / Math.max(1, ticksAfter.total - ticksBefore.total),
     cpu: {
@@ -311,11 +328,15 @@ async function measurePulls(
     registryBytes: registryAfter - registryBefore,
     registryHostBytes: hostAfter - hostBefore,
     crossZoneBytesPerZone: zonesAfter.map((after, z) => after - (zonesBefore[z] ?? 0)),
-    networkLoss: {
-      queueDrops: lossAfter.queueDrops - lossBefore.queueDrops,
-      retransmittedSegments: lossAfter.retransmittedSegments - lossBefore.retransmittedSegments,
-      retransmissionTimeouts: lossAfter.retransmissionTimeouts - lossBefore.retransmissionTimeouts,
-    },
+    ...(lossBefore && lossAfter
+      ? {
+          networkLoss: {
+            queueDrops: lossAfter.queueDrops - lossBefore.queueDrops,
+            retransmittedSegments: lossAfter.retransmittedSegments - lossBefore.retransmittedSegments,
+            retransmissionTimeouts: lossAfter.retransmissionTimeouts - lossBefore.retransmissionTimeouts,
+          },
+        }
+      : {}),
   };
 }
 
@@ -477,7 +498,9 @@ async function pullImage(
           const began = performance.now();
           const result = await runCommand(cmd, args, { timeoutMs: 30 * 60_000 });
           if (result.ok) return (performance.now() - began) / 1000;
-          process.stderr.write(`${node.ns}: ctr content fetch failed: ${result.stderr.trim()}\n`);
+          // With --debug ctr logs every request; the end of it says what went wrong.
+          const tail = result.stderr.trim().split('\n').slice(-10).join('\n');
+          process.stderr.write(`${node.ns}: ctr content fetch failed: ${tail}\n`);
           return Number.NaN;
         }),
       ),
@@ -485,18 +508,27 @@ async function pullImage(
   );
 }
 
-/** Starts a containerd in every node's namespace; stops those that started if one does not. */
+/** How many containerd daemons start at once: two dozen booting together can starve each other. */
+const DAEMON_STARTS_AT_ONCE = 4;
+
+/** Starts a containerd in every node's namespace; stops those that started if any does not. */
 async function startContainerds(network: Network): Promise<Containerd[]> {
-  const started = await Promise.allSettled(
-    network.nodes.map((node, i) =>
-      startContainerd({ name: `containerd-node-${i}`, wrap: (cmd, args) => network.exec(node, cmd, args) }),
-    ),
-  );
-  const daemons = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
-  const failed = started.find((r) => r.status === 'rejected');
-  if (failed) {
+  const daemons: Containerd[] = [];
+  const failures: unknown[] = [];
+  for (let i = 0; i < network.nodes.length && failures.length === 0; i += DAEMON_STARTS_AT_ONCE) {
+    const batch = network.nodes.slice(i, i + DAEMON_STARTS_AT_ONCE).map((node, j) =>
+      startContainerd({
+        name: `containerd-node-${i + j}`,
+        wrap: (cmd, args) => network.exec(node, cmd, args),
+      }),
+    );
+    for (const r of await Promise.allSettled(batch))
+      if (r.status === 'fulfilled') daemons.push(r.value);
+      else failures.push(r.reason);
+  }
+  if (failures.length > 0) {
     await Promise.all(daemons.map((d) => d.stop()));
-    throw failed.reason;
+    throw new AggregateError(failures, `${failures.length} of the nodes' containerd daemons did not start`);
   }
   return daemons;
 }
@@ -620,8 +652,10 @@ function describeCosts(r: ScenarioResult, tMin: number, imageBytes: number): str
     );
   const loss = r.networkLoss;
   lines.push(
-    `  network: ${loss.queueDrops} packets dropped by the shaping queues, ${loss.retransmittedSegments} TCP ` +
-      `segments sent again, ${loss.retransmissionTimeouts} retransmission timeouts`,
+    loss
+      ? `  network: ${loss.queueDrops} packets dropped by the shaping queues, ${loss.retransmittedSegments} TCP ` +
+          `segments sent again, ${loss.retransmissionTimeouts} retransmission timeouts`
+      : '  network: loss counters unavailable',
   );
   if (!r.cpu.clientsAreTheSystem)
     lines.push(
