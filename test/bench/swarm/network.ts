@@ -57,7 +57,7 @@ export interface Network {
   zoneEgressBytes(zone: number): Promise<number>;
   /** Bytes the registry host has sent so far. */
   registryEgressBytes(): Promise<number>;
-  /** Drops and TCP retransmissions so far: the loss that explains a silent peer or a slow transfer. */
+  /** Drops and TCP retransmissions so far, to tell a lossy network from a slow or silent peer. */
   loss(): Promise<NetworkLoss>;
   destroy(): Promise<void>;
   /** Removes every namespace at once and synchronously, for exit and signal handlers. */

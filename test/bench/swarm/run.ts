@@ -722,10 +722,16 @@ function describeLimits(checks: readonly LimitCheck[]): string {
 async function main(): Promise<void> {
   const dir = await makeTempDir('swarm');
   // A run that dies on the way (an interrupt, or its output piped into a command that quit) still
-  // removes its files; its namespaces are removed the same way (see network.ts).
-  const removeDir = () => rmSync(dir, { recursive: true, force: true });
+  // removes its files, the staging registry's and the containerd daemons' included; its namespaces are
+  // removed the same way (see network.ts), and its processes by the test kit.
+  const dirs = [dir];
+  const removeDir = () => {
+    for (const d of [...dirs, ...(containerds ?? []).map((c) => c.dir)])
+      rmSync(d, { recursive: true, force: true, maxRetries: 5, retryDelay: 100 });
+  };
   process.once('exit', removeDir);
   const staging = await startRegistry({ name: 'swarm-staging' });
+  dirs.push(staging.dir);
   let network: Network | undefined;
   let registry: ManagedProcess | undefined;
   try {
