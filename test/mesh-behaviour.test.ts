@@ -458,15 +458,16 @@ describe('a node told to wait while its chunks are still arriving', () => {
   }
 
   /**
-   * Pulls the layer through a new agent `id` while `answer` plays the scheduler, and checks the bytes;
+   * Pulls the layer (or another blob of the image) through a new agent `id` while `answer` plays the
+   * scheduler, and checks the bytes;
    * resolves with the agent's metrics, the pull's duration and the blob bytes the registry sent.
    */
   async function pullScripted(
     id: string,
     extraArgs: string[],
     answer: (need: number[], request: ScheduleRequest) => unknown[] | undefined,
+    layer: { digest: string; size: number } = image.layers[0]!,
   ): Promise<{ metrics: Map<string, number>; ms: number; registryBytes: number }> {
-    const layer = image.layers[0]!;
     const before = bytesServed(registry, layer.digest);
     const nc = await scriptedScheduler(nats.url, answer);
     let agent: ShoalService | undefined;
@@ -718,6 +719,78 @@ describe('a node told to wait while its chunks are still arriving', () => {
     // before each step up (1, 2, 4, then the 5 left of 12): the registry stays at the mesh's budget.
     expect(ms).toBeGreaterThan(4 * 1_700);
     expect(metric(metrics, 'shoal_agent_fallbacks_total', { reason: 'peer_wait_timeout' })).toBe(1);
+  });
+
+  it('fetches a blob of at most origin.directMax from the registry itself, without a turn in the mesh', async () => {
+    const { config } = image;
+    expect(config.size).toBeLessThanOrEqual(16 * 1024);
+    // A scheduler that would keep every chunk waiting for a turn that never comes.
+    let asked = 0;
+    const { metrics, ms, registryBytes } = await pullScripted(
+      'd',
+      ['--origin-wait-timeout=5s'],
+      (need) => {
+        if (need.length > 0) asked++;
+        return need.map((index) => toWait(index, null, 'origin'));
+      },
+      config,
+    );
+    expect(asked).toBe(0);
+    expect(ms).toBeLessThan(4_000);
+    expect(fallbacks(metrics)).toEqual([]);
+    expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'origin' })).toBe(config.size);
+    expect(registryBytes).toBe(config.size);
+  });
+
+  it('takes its turn in the mesh for a small blob with origin.directMax 0', async () => {
+    const { config } = image;
+    let asked = 0;
+    const { metrics, registryBytes } = await pullScripted(
+      'z',
+      ['--origin-direct-max=0'],
+      (need) => {
+        if (need.length > 0) asked++;
+        return need.map((index) => fromOrigin(index));
+      },
+      config,
+    );
+    expect(asked).toBeGreaterThan(0);
+    expect(fallbacks(metrics)).toEqual([]);
+    expect(registryBytes).toBe(config.size);
+  });
+
+  it('asks the mesh for a small blob the registry fails', async () => {
+    const { config } = image;
+    const res = await fetch(`${registry.url}/v2/${image.repo}/blobs/${config.digest}`);
+    const bytes = Buffer.from(await res.arrayBuffer());
+    const sha256 = createHash('sha256').update(bytes).digest('hex');
+    const served: number[] = [];
+    parent = createServer((req, reply) => {
+      served.push(chunkIndexOf(req.url));
+      reply.writeHead(200, { 'content-length': bytes.length }).end(bytes);
+    });
+    const url = await listenOnLoopback(parent);
+    // Every GET of the blob fails, however often the agent asks the registry.
+    registry.setFault({ status5xxRatio: 1, methods: ['GET'], match: new RegExp(config.digest) });
+    let asked = 0;
+    try {
+      const { metrics } = await pullScripted(
+        'p',
+        ['--origin-retries=2'],
+        (need) => {
+          if (need.length > 0) asked++;
+          return need.map((index) => fromParentAt(url, index, sha256));
+        },
+        config,
+      );
+      expect(asked).toBeGreaterThan(0);
+      expect(served).toEqual([0]);
+      expect(metric(metrics, 'shoal_agent_fetch_bytes_total', { source: 'peer' })).toBe(config.size);
+    } finally {
+      registry.setFault();
+      parent.close();
+      parent = undefined;
+    }
   });
 
   it('tells the scheduler which parents it could not even connect to, apart from those that failed otherwise', async () => {

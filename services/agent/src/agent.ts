@@ -197,6 +197,7 @@ export async function createAgent(
       askWhenFree: Math.min(config.askWhenFree, config.downloadConcurrency),
       originWaitMs: config.originWaitMs,
       originRetries: config.originRetries,
+      originDirectMax: config.originDirectMax,
       peerSlowFactor: config.peerSlowFactor,
       peerSlowMinMs: config.peerSlowMinMs,
     },

@@ -147,6 +147,11 @@ export const agentSpec = {
     '15s',
     "How long a download may be told to wait, with none of its chunks in flight, before this agent fetches from the registry itself (±15% jitter): one chunk, then twice as many each time the scheduler still has nothing for it. Keep it above the scheduler's origin.lease.",
   ),
+  originDirectMax: opt.bytes(
+    'origin.directMax',
+    '16KiB',
+    "Blobs of at most this size (image configs, tiny layers) are fetched from the registry by every node itself, without waiting for the scheduler's leases: for so few bytes a turn in the mesh costs more time than it saves the registry. If the registry fails, the blob is asked of the mesh like any other. 0: every blob goes through the mesh.",
+  ),
   originRetries: opt.int(
     'origin.retries',
     5,

@@ -46,6 +46,8 @@ export interface TransferOptions {
   askWhenFree: number;
   originWaitMs: number;
   originRetries: number;
+  /** Blobs of at most this many bytes go to the registry directly, until it fails them (0: none). */
+  originDirectMax: number;
   /** A peer this many times slower than the download's median peer is dropped (0: never). */
   peerSlowFactor: number;
   /** The shortest relative deadline for a peer chunk. */
@@ -362,6 +364,10 @@ export class Download {
      */
     const plan = async (ready: number[], free: number): Promise<Assignment[]> => {
       const direct = () => ready.slice(0, free).map((index) => originAssignment(index));
+      // A blob this small costs the registry next to nothing per node, and waiting for the mesh's leases
+      // (the zone's, the origin's, this node's share) costs it seconds; once the registry fails it, the
+      // mesh is asked as for any blob.
+      if (this.request.size <= this.options.originDirectMax && originFailures.size === 0) return direct();
       const now = Date.now();
       if (now < meshDownUntil || !this.deps.mesh.usable) {
         if (now >= meshDownUntil) this.fallback('nats unavailable');
