@@ -1,8 +1,8 @@
 /**
  * `shoalctl preheat` against a real mesh: nats-server, docker-registry with htpasswd auth, the control
  * plane and three agents in two zones. The CLI reads the image from the registry with the user's
- * credentials and has the chosen agents fetch every blob through the mesh, so pulls through them
- * afterwards cost the registry nothing; the agents it did not choose stay cold.
+ * credentials and has the chosen agents fetch every blob through the mesh (the config, under
+ * origin.directMax, from the registry), so pulls through them afterwards cost the registry nothing; the agents it did not choose stay cold.
  */
 import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';

@@ -81,7 +81,8 @@ describe('chaos: faults of the registry during a rollout', () => {
     // containerd, which never had to go to the registry by itself.
     expect(originChunkFailures).toBe(faultedRanges);
     expect(requests.filter((x) => x.method === 'GET' && x.range === undefined)).toEqual([]);
-    // The first copy of each chunk still left the registry about once, not once per node.
+    // The first copy of each layer's chunks still left the registry about once, not once per node (the
+    // config blob, under origin.directMax, once per node).
     expect(r.registryEgressImages).toBeLessThan(1.5);
     return { result, report: r, requests };
   }

@@ -150,7 +150,8 @@ export const agentSpec = {
   originDirectMax: opt.bytes(
     'origin.directMax',
     '16KiB',
-    "Blobs of at most this size (image configs, tiny layers) are fetched from the registry by every node itself, without waiting for the scheduler's leases: for so few bytes a turn in the mesh costs more time than it saves the registry. If the registry fails, the blob is asked of the mesh like any other. 0: every blob goes through the mesh.",
+    'Blobs of at most this size (image configs, tiny layers) are fetched from the registry by every node itself, without asking the scheduler: for so few bytes a turn in the mesh costs more time than it saves the registry. If the registry fails one, it is asked of the mesh like any other blob (that first attempt is one more than origin.retries). At most 64KiB, so that such a blob is one chunk under any chunk size. 0: every blob goes through the mesh.',
+    { max: 64 * 1024 },
   ),
   originRetries: opt.int(
     'origin.retries',

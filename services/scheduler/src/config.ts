@@ -24,7 +24,7 @@ export const schedulerSpec = {
   originPerChunk: opt.int(
     'origin.perChunk',
     1,
-    'How many nodes may fetch the same chunk from the origin at once.',
+    "How many nodes may fetch the same chunk from the origin at once (blobs of at most the agents' origin.directMax are not asked for: every node fetches them itself).",
     {
       min: 1,
       max: 64,
