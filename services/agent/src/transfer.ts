@@ -164,8 +164,8 @@ export class Download {
     );
   }
 
-  /** Whether this blob is small enough to come from the registry directly (see origin.directMax). */
-  private get direct(): boolean {
+  /** Whether this blob is small enough to be asked of the registry before the mesh (see origin.directMax). */
+  private get registryFirst(): boolean {
     return this.request.size <= this.options.originDirectMax;
   }
 
@@ -229,7 +229,7 @@ export class Download {
       // The blob's manifest in the mesh fixes the chunk size; an empty request just asks for it. A blob
       // fetched from the registry directly does not wait for that round trip: origin.directMax is at most
       // the smallest chunk size, so it is one chunk whatever the mesh would say.
-      if (this.deps.mesh.usable && !this.direct) {
+      if (this.deps.mesh.usable && !this.registryFirst) {
         try {
           const plan = await this.deps.mesh.plan({
             blob: this.request.digest,
@@ -374,7 +374,7 @@ export class Download {
       // A blob this small costs the registry next to nothing per node, and waiting for the mesh's leases
       // (the zone's, the origin's, this node's share) costs it seconds; once the registry fails it, the
       // mesh is asked as for any blob.
-      if (this.direct && originFailures.size === 0) return direct();
+      if (this.registryFirst && originFailures.size === 0) return direct();
       const now = Date.now();
       if (now < meshDownUntil || !this.deps.mesh.usable) {
         if (now >= meshDownUntil) this.fallback('nats unavailable');
@@ -702,7 +702,7 @@ export class Download {
         reason,
       });
       // A blob fetched directly has one attempt more: the one before it asks the mesh.
-      if (failures >= this.options.originRetries + (this.direct ? 1 : 0)) {
+      if (failures >= this.options.originRetries + (this.registryFirst ? 1 : 0)) {
         throw err instanceof ShoalError ? err : new ShoalError('SHOAL_ERR_UPSTREAM', reason, { cause: err });
       }
       await sleep(100 * 2 ** failures * (0.5 + Math.random()));
