@@ -709,6 +709,34 @@ describe('a node told to wait while its chunks are still arriving', () => {
     expect(registryBytes).toBe(layer.size);
   });
 
+  it('gives a peer its origin.waitTimeout from the first reply that says to wait for one, after a turn in the queue', async () => {
+    const layer = image.layers[0]!;
+    // Queued for the origin for 3 s from the first request (more than origin.waitTimeout, less than four
+    // times it), then told to wait for a peer for 1 s from the first such reply (less than it), then
+    // granted: the wait for a peer starts its own clock, so nothing falls back.
+    let firstAt: number | undefined;
+    let peerWaitFrom: number | undefined;
+    let peerWaits = 0;
+    const { metrics, registryBytes } = await pullScripted(
+      'e2',
+      ['--origin-wait-timeout=2s', '--chunk-size=1MiB'],
+      (need) => {
+        const now = Date.now();
+        firstAt ??= now;
+        if (now - firstAt < 3_000) return need.map((index) => toWait(index, null, 'origin'));
+        peerWaitFrom ??= now;
+        if (now - peerWaitFrom < 1_000) {
+          peerWaits++;
+          return need.map((index) => toWait(index, null));
+        }
+        return need.map((index) => fromOrigin(index));
+      },
+    );
+    expect(peerWaits).toBeGreaterThan(0);
+    expect(fallbacks(metrics)).toEqual([]);
+    expect(registryBytes).toBe(layer.size);
+  });
+
   it('gives up its turn for the registry after four times origin.waitTimeout queued', async () => {
     const { metrics, ms } = await pullScripted(
       'f',

@@ -145,7 +145,7 @@ export const agentSpec = {
   originWaitMs: opt.duration(
     'origin.waitTimeout',
     '15s',
-    "How long a download may be told to wait, with none of its chunks in flight, before this agent fetches from the registry itself (±15% jitter): one chunk, then twice as many each time the scheduler still has nothing for it. Keep it above the scheduler's origin.lease.",
+    'How long a download may be told to wait, with none of its chunks in flight, before this agent fetches from the registry itself (±15% jitter; four times as long while the scheduler says its chunks are queued for the registry or for the node that holds their lease): one chunk, then twice as many each time the scheduler still has nothing for it.',
   ),
   originDirectMax: opt.bytes(
     'origin.directMax',

@@ -295,6 +295,11 @@ export class Download {
      * gets work.
      */
     let waitingSince: number | undefined;
+    /**
+     * Since when, within that, every reply has told it to wait for a peer rather than queued it for the
+     * origin; undefined while queued.
+     */
+    let peerWaitingSince: number | undefined;
     /** Replies in a row that told this download, with nothing in flight, to wait. */
     let idleWaits = 0;
     /**
@@ -327,7 +332,7 @@ export class Download {
           if (!ok) return;
           missing.delete(index);
           // A chunk arrived: the mesh is serving this node, however long it has been told to wait.
-          waitingSince = undefined;
+          waitingSince = peerWaitingSince = undefined;
           idleWaits = 0;
         })
         .finally(() => {
@@ -452,7 +457,10 @@ export class Download {
           const assignments = await plan(ready, free);
           let started = 0;
           let retryMs = 0;
-          /** Told that chunks no one holds wait their turn for a registry as busy as the mesh allows. */
+          /**
+           * Told that chunks no one holds wait their turn for a registry as busy as the mesh allows, or for
+           * the node that holds their lease.
+           */
           let queued = false;
           for (const assignment of assignments) {
             if (started >= free) break;
@@ -467,27 +475,36 @@ export class Download {
             started++;
           }
           if (started > 0) {
-            waitingSince = undefined;
+            waitingSince = peerWaitingSince = undefined;
             idleWaits = 0;
             fallbackWidth = 0;
           } else if (inflight.size > 0) {
             // Chunks are still arriving: the mesh is serving this node, and its link is busy with them;
             // fetching the rest from the registry as well would only load it. The clock starts once
             // nothing is in flight.
-            waitingSince = undefined;
+            waitingSince = peerWaitingSince = undefined;
             const until = Date.now() + Math.max(retryMs, 1);
             for (const index of ready) waitUntil.set(index, until);
           } else {
-            waitingSince ??= Date.now();
+            const now = Date.now();
+            waitingSince ??= now;
             // Chunks queued for the origin wait their turn for a registry that is already as busy as the
-            // mesh keeps it (its budget spent, or this node holding its share of it): going to it anyway
-            // would only slow everyone's share. They get longer, but not for ever, in case the turn never
-            // comes.
-            const limit = queued ? this.originWaitMs * QUEUED_WAIT_FACTOR : this.originWaitMs;
+            // mesh keeps it (its budget spent, or this node holding its share of it), or for another
+            // node's fetch of them under its lease: going to the registry anyway would only slow
+            // everyone's share, or copy them once more. They get longer, but not for ever, in case the turn
+            // never comes. Told to wait for a peer, a download gives it origin.waitTimeout from the first
+            // such reply, so that a holder that appears at the end of a long turn gets its time too; the
+            // whole wait never exceeds the queue's.
+            peerWaitingSince = queued ? undefined : (peerWaitingSince ?? now);
+            const patience = this.originWaitMs;
+            const deadline = Math.min(
+              waitingSince + patience * QUEUED_WAIT_FACTOR,
+              peerWaitingSince === undefined ? Infinity : peerWaitingSince + patience,
+            );
             // Once it has gone to the registry itself, a download goes again at once while the scheduler
             // still has nothing for it, unless the chunks are queued for the origin: then it waits its
             // turn again first.
-            if (unanswered || (fallbackWidth > 0 && !queued) || Date.now() - waitingSince >= limit) {
+            if (unanswered || (fallbackWidth > 0 && !queued) || now >= deadline) {
               // Nobody has served this node for too long, or the scheduler did not answer at all: take the
               // next chunks from the registry itself, one at first and twice as many each time the
               // scheduler still has nothing once they are in, so that a node kept waiting a little too
@@ -503,14 +520,14 @@ export class Download {
               fallbackWidth = Math.min(fallbackWidth * 2 || 1, capacity);
               for (const index of ready.slice(0, Math.min(fallbackWidth, free)))
                 start(originAssignment(index));
-              waitingSince = undefined;
+              waitingSince = peerWaitingSince = undefined;
             } else {
               const backoff = Math.min(2 ** idleWaits, IDLE_WAIT_BACKOFF_MAX);
               idleWaits++;
               // Never past the moment this download stops waiting for the mesh.
               const until = Math.min(
-                Date.now() + Math.max(retryMs, 1) * backoff * (0.9 + Math.random() * 0.2),
-                waitingSince + limit,
+                now + Math.max(retryMs, 1) * backoff * (0.9 + Math.random() * 0.2),
+                deadline,
               );
               for (const index of ready) waitUntil.set(index, until);
             }

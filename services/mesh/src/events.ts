@@ -68,7 +68,10 @@ export interface AssignmentRecord {
   busy?: number;
   /** Set when a zone lease admitted the chunk from outside the requester's zone. */
   zoneLease?: boolean;
-  /** `origin`: a chunk told to wait is in line for the registry (see ChunkSource). */
+  /**
+   * `origin`: a chunk told to wait is in line for the registry, or behind the node that holds its origin
+   * or zone lease (see ChunkSource).
+   */
   queue?: 'origin';
   reason: AssignmentReason;
 }

@@ -474,8 +474,11 @@ export function createScheduler(deps: SchedulerDeps): Scheduler {
         suspects.report(request.node, request.unreachable, request.avoid, now());
       const plan = await planRequest(state, request, grants, load, planOptions, now());
       if (budget) metrics.originLeases.set(grants.liveOrigin(now())?.total ?? 0);
-      if (shares && plan.assignments.some((a) => a.source.kind === 'wait' && a.source.queue === 'origin'))
-        shares.waited(request.node, now());
+      // Only a turn of its own counts: a chunk queued behind another node's lease needs no share.
+      const waitedForShare = plan.explanations.some(
+        (e) => e.source === 'wait' && (e.reason === 'origin_budget' || e.reason === 'origin_share'),
+      );
+      if (shares && waitedForShare) shares.waited(request.node, now());
       remember(plan.grants);
       rememberServing(blobHexOf(request.blob), request.node, plan.assignments);
       if (plan.grantErrors.length) {

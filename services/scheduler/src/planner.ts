@@ -699,10 +699,17 @@ export async function planRequest(
       if (chosenOnly && (anyAssigned || position > 0)) continue;
       const index = need[position] ?? 0;
       counts.wait++;
-      // A chosen-only reply that gives nothing names one chunk for all: it is queued if any chunk was.
+      // A chosen-only reply that gives nothing names one chunk for all: it is queued for the origin's budget
+      // if any chunk was, and behind a lease if that chunk's reason (or else the first one) says so.
       const queuedFor =
         originQueued.get(index) ?? (chosenOnly ? originQueued.values().next().value : undefined);
-      const queued = queuedFor !== undefined;
+      // The one chunk named for all says why it was held back, or else the first reason any chunk was.
+      const reason = heldBack.get(index) ?? heldBack.values().next().value ?? 'no_holder_yet';
+      // A chunk whose origin or zone lease another node holds is on its way: that node is fetching it or
+      // next in line to, and its lease runs out once it stops. The requester waits for that fetch as
+      // patiently as for a turn of its own, instead of fetching the chunk from the registry once more.
+      const queued =
+        queuedFor !== undefined || reason === 'origin_lease_held' || reason === 'zone_lease_held';
       assignments[position] = {
         index,
         sha256: manifest?.hashes[index] || null,
@@ -711,8 +718,6 @@ export async function planRequest(
           : { kind: 'wait', retryMs: options.retryMs },
         alternates: [],
       };
-      // The one chunk named for all says why it was held back, or else the first reason any chunk was.
-      const reason = heldBack.get(index) ?? heldBack.values().next().value ?? 'no_holder_yet';
       explanations[position] = { source: 'wait', reason: queuedFor ?? reason };
     }
 

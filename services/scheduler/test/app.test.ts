@@ -281,7 +281,8 @@ describe('scheduler', () => {
     expect(kinds.filter((k) => k === 'wait')).toHaveLength(4);
     expect(new Set(replies.map((r) => ok(r).scheduler)).size).toBeGreaterThanOrEqual(1);
     const waiting = replies.find((r) => sourceKind(r)[0] === 'wait');
-    expect(ok(waiting!).assignments[0]?.source).toEqual({ kind: 'wait', retryMs: 250 });
+    // Queued for the lease holder's fetch, not left waiting for a peer.
+    expect(ok(waiting!).assignments[0]?.source).toEqual({ kind: 'wait', retryMs: 250, queue: 'origin' });
   });
 
   it('releases the origin and zone leases once their holder announces the chunk', async () => {
@@ -399,6 +400,12 @@ describe('scheduler', () => {
     expect(sourceKind(first)).toEqual(['origin', 'origin', 'wait', 'wait', 'wait', 'wait']);
     expect(first.assignments[2]!.source).toMatchObject({ kind: 'wait', queue: 'origin' });
     expect(kinds(await ask({ ...request, node: 's2', need: [6, 7] }))).toEqual(['origin', 'origin']);
+    // s3 wants only what s2 is fetching: it is queued for s2's fetches, but needs no share of its own.
+    const behind = ok(await ask({ ...request, node: 's3', need: [6, 7] }));
+    expect(behind.assignments.map((a) => a.source)).toEqual([
+      { kind: 'wait', retryMs: 250, queue: 'origin' },
+      { kind: 'wait', retryMs: 250, queue: 'origin' },
+    ]);
     // s1's two chunks arrive in time: its own limit is now four, but s1 (waiting) and s2 (holding) share
     // the budget of six: three each.
     await announce('s1', [0, 1]);

@@ -190,16 +190,21 @@ describe('chunks_assigned records', () => {
     );
     const store = grants();
     expect((await records(state, request('a0', [0]), store))[0]?.source).toBe('origin');
-    // Zone A's lease is a0's: a1 waits for it. Zone B's is free, but the origin lease is a0's.
-    expect(await records(state, request('a1', [0]), store)).toEqual([
-      { index: 0, source: 'wait', reason: 'zone_lease_held' },
-    ]);
-    expect(await records(state, request('b0', [0]), store)).toEqual([
-      { index: 0, source: 'wait', reason: 'origin_lease_held' },
-    ]);
-    expect(await records(state, request('u1', [0]), store)).toEqual([
-      { index: 0, source: 'wait', reason: 'origin_lease_held' },
-    ]);
+    // Zone A's lease is a0's: a1 waits for it. Zone B's is free, but the origin lease is a0's. Either way
+    // a0 is fetching the chunk, so the others are queued for that fetch, as for a turn of their own.
+    for (const max of [undefined, 1]) {
+      const limit = max ? { max } : {};
+      // Choosing (`max`), the scheduler looks at the origin lease first.
+      expect(await records(state, request('a1', [0], limit), store)).toEqual([
+        { index: 0, source: 'wait', queue: 'origin', reason: max ? 'origin_lease_held' : 'zone_lease_held' },
+      ]);
+      expect(await records(state, request('b0', [0], limit), store)).toEqual([
+        { index: 0, source: 'wait', queue: 'origin', reason: 'origin_lease_held' },
+      ]);
+      expect(await records(state, request('u1', [0], limit), store)).toEqual([
+        { index: 0, source: 'wait', queue: 'origin', reason: 'origin_lease_held' },
+      ]);
+    }
 
     const spent: PlanOptions = { ...options, originBudget: () => 0 };
     for (const max of [undefined, 1]) {

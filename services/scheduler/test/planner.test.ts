@@ -238,10 +238,11 @@ describe('planRequest', () => {
     const load = decayingLoad(5_000);
     const first = await planRequest(state, request('n1', [0, 1]), store, load, options, NOW);
     expect(first.counts).toEqual({ peer: 0, origin: 2, wait: 0 });
+    // n1 is fetching both: n2 is queued for those fetches, not left waiting for a peer.
     const second = await planRequest(state, request('n2', [0, 1]), store, load, options, NOW + 1_000);
     expect(second.assignments.map(sourceOf)).toEqual([
-      { kind: 'wait', retryMs: 250 },
-      { kind: 'wait', retryMs: 250 },
+      { kind: 'wait', retryMs: 250, queue: 'origin' },
+      { kind: 'wait', retryMs: 250, queue: 'origin' },
     ]);
     // The lease holder asking again renews its lease rather than being told to wait.
     const renewed = await planRequest(state, request('n1', [0]), store, load, options, NOW + 2_000);
@@ -308,8 +309,11 @@ describe('planRequest', () => {
       'wait',
     ]);
     expect(second.grants.map((g) => g.index)).toEqual([3, 4, 5]);
-    // Held back by the per-request limit, not by the registry: the waits are not queued for the origin.
-    for (const a of second.assignments) if (a.source.kind === 'wait') expect(a.source.queue).toBeUndefined();
+    // Chunks 0–2 are being fetched by n1 under its leases: n2 is queued for those fetches. Chunks 6 and 7
+    // are held back by the per-request limit, not by the registry: they are not queued for the origin.
+    expect(
+      second.assignments.map((a) => (a.source.kind === 'wait' ? (a.source.queue ?? 'peer') : '-')),
+    ).toEqual(['origin', 'origin', 'origin', '-', '-', '-', 'peer', 'peer']);
   });
 
   for (const max of [undefined, 8]) {
