@@ -3,8 +3,7 @@
  * layers in the mesh. Each blob is first authorised by the registry with the caller's own credential, as
  * a pull would be, then fetched through the same single-flight download clients use (scheduler, peers
  * and the origin budget all apply; blobs of at most origin.directMax come from the registry, as for a
- * pull); nothing is streamed anywhere. The credential is held in memory only,
- * and only while the job runs.
+ * pull); nothing is streamed anywhere. The credential is held in memory only, and only while the job runs.
  */
 import { randomUUID } from 'node:crypto';
 import type { AgentMetrics } from './metrics.js';

@@ -140,8 +140,7 @@ export const chunkSource = z.discriminatedUnion('kind', [
     /**
      * `origin`: a chunk no one holds is waiting its turn for the registry, which is as busy as the mesh's
      * origin budget allows, or for the node that holds its origin or zone lease (fetching it, or next in
-     * line to);
-     * fetching it from the registry anyway would only slow the others, or copy it once more.
+     * line to); fetching it from the registry anyway would only slow the others, or copy it once more.
      */
     queue: z.literal('origin').optional(),
   }),

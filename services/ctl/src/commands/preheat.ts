@@ -1,9 +1,9 @@
 /**
  * `shoalctl preheat IMAGE`: reads the image's manifest from its registry and has the chosen agents
  * download every blob of it into their caches through the mesh (the smallest, such as the config, from the
- * registry: see the agents' origin.directMax), so a rollout afterwards pulls from
- * nearby peers instead of the registry. The agents authorise each blob with the registry using the same
- * credential shoalctl was given, so nobody warms what they could not pull.
+ * registry: see the agents' origin.directMax), so a rollout afterwards pulls from nearby peers instead of
+ * the registry. The agents authorise each blob with the registry using the same credential shoalctl was
+ * given, so nobody warms what they could not pull.
  */
 import { formatBytes, opt, ShoalError } from '@shoal/mesh';
 import { defineCommand } from '../command.js';
