@@ -13,20 +13,30 @@ function statField(stat: string, n: number): number {
 }
 
 export interface ProcessUsage {
+  /** User and kernel time together. */
   cpuSeconds: number;
+  /** The part of cpuSeconds spent in the kernel on the process's behalf (system calls, page faults). */
+  kernelSeconds: number;
   peakRssBytes: number;
 }
 
-/** CPU seconds (user + system, all threads) and peak RSS of a live process; undefined once it is gone. */
+/**
+ * CPU seconds (user + system, all threads), the kernel's part of them and peak RSS of a live process;
+ * undefined once it is gone.
+ */
 export async function processUsage(pid: number): Promise<ProcessUsage | undefined> {
   try {
     const [stat, status] = await Promise.all([
       readFile(`/proc/${pid}/stat`, 'utf8'),
       readFile(`/proc/${pid}/status`, 'utf8'),
     ]);
-    const ticks = statField(stat, 14) + statField(stat, 15);
+    const [user, kernel] = [statField(stat, 14), statField(stat, 15)];
     const hwm = /^VmHWM:\s+(\d+) kB/m.exec(status);
-    return { cpuSeconds: ticks / TICKS, peakRssBytes: Number(hwm?.[1] ?? 0) * 1024 };
+    return {
+      cpuSeconds: (user + kernel) / TICKS,
+      kernelSeconds: kernel / TICKS,
+      peakRssBytes: Number(hwm?.[1] ?? 0) * 1024,
+    };
   } catch {
     return undefined;
   }

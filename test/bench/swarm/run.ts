@@ -609,7 +609,13 @@ async function runShoal(network: Network, image: BuiltImage, dir: string): Promi
     const after = await Promise.all(everyone.map((p) => processUsage(p.pid)));
     const spent = everyone.map((_, i): ProcessUsage | undefined => {
       const [b, a] = [before[i], after[i]];
-      return a && b ? { cpuSeconds: a.cpuSeconds - b.cpuSeconds, peakRssBytes: a.peakRssBytes } : undefined;
+      return a && b
+        ? {
+            cpuSeconds: a.cpuSeconds - b.cpuSeconds,
+            kernelSeconds: a.kernelSeconds - b.kernelSeconds,
+            peakRssBytes: a.peakRssBytes,
+          }
+        : undefined;
     });
     const usage = {
       agents: spent.slice(0, agents.length),
@@ -666,9 +672,11 @@ function describeCosts(r: ScenarioResult, tMin: number, imageBytes: number): str
   if (r.usage) {
     const agents = r.usage.agents.filter((u) => u !== undefined);
     const cpu = agents.map((u) => u.cpuSeconds);
+    const kernel = agents.reduce((sum, u) => sum + u.kernelSeconds, 0);
     const rss = agents.map((u) => u.peakRssBytes / MiB);
     lines.push(
-      `  agents: CPU ${cpu.reduce((a, b) => a + b, 0).toFixed(1)} s in all, ${Math.max(...cpu).toFixed(1)} s the most; ` +
+      `  agents: CPU ${cpu.reduce((a, b) => a + b, 0).toFixed(1)} s in all (${kernel.toFixed(1)} of it in the kernel), ` +
+        `${Math.max(...cpu).toFixed(1)} s the most; ` +
         `peak RSS ${Math.max(...rss).toFixed(0)} MiB the most, ${quantile(rss, 0.5).toFixed(0)} MiB median ` +
         `(memory tier holding ${quantile(
           r.usage.memoryTierBytes.map((b) => b / MiB),
@@ -677,7 +685,11 @@ function describeCosts(r: ScenarioResult, tMin: number, imageBytes: number): str
       `  control plane: ${Object.entries(r.usage.controlPlane)
         .map(
           ([name, u]) =>
-            `${name} ${u ? `${u.cpuSeconds.toFixed(1)} s CPU, ${(u.peakRssBytes / MiB).toFixed(0)} MiB` : 'gone'}`,
+            `${name} ${
+              u
+                ? `${u.cpuSeconds.toFixed(1)} s CPU (kernel ${u.kernelSeconds.toFixed(1)}), ${(u.peakRssBytes / MiB).toFixed(0)} MiB`
+                : 'gone'
+            }`,
         )
         .join('; ')}`,
     );
