@@ -11,6 +11,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startProcess, type ManagedProcess } from '../../kit/index.js';
+import { OFF_NODE_NICE } from './mesh.js';
 import type { Network } from './network.js';
 
 const seedScript = join(import.meta.dirname, 'torrent-seed.mjs');
@@ -70,7 +71,14 @@ export async function startBittorrentSwarm(
     pieceLength: PIECE_LENGTH,
     announceIntervalMs: 10_000,
   };
-  const [cmd, args] = network.exec(network.registry, process.execPath, [seedScript, JSON.stringify(config)]);
+  // At the registry's priority: the seeder is the registry's stand-in.
+  const [cmd, args] = network.exec(network.registry, 'nice', [
+    '-n',
+    String(OFF_NODE_NICE),
+    process.execPath,
+    seedScript,
+    JSON.stringify(config),
+  ]);
   const proc = await startProcess({
     name: 'torrent-seed',
     cmd,

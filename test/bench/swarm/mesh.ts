@@ -86,11 +86,13 @@ export async function startIn(
 }
 
 /**
- * Scheduling priority of NATS and the control plane. In a cluster they run on their own nodes; here they
- * share two cores with every agent and client, and without priority a schedule request waits behind
- * dozens of runnable processes at each hop. Agents and clients keep the default priority.
+ * Scheduling priority of what a cluster runs off its nodes: the registry (and BitTorrent's seeder, which
+ * stands in for it), NATS and the control plane. Here they share two cores with every agent and client;
+ * without priority a schedule request waits behind dozens of runnable processes at each hop, and the
+ * registry, given a slice of the cores as one process among seventy, takes seconds to send a chunk its
+ * link would carry in a fraction of one. Agents, containerd and the pull clients keep the default.
  */
-export const CONTROL_PLANE_NICE = -10;
+export const OFF_NODE_NICE = -10;
 
 export interface SwarmMesh {
   /** One agent per node, in node order. */
@@ -135,7 +137,7 @@ export async function startMesh(network: Network, dir: string, options: MeshOpti
       ].join('\n'),
     );
     const nats = await startIn(network, network.registry, 'nats', 'nats-server', ['-c', natsConfig], dir, {
-      nice: CONTROL_PLANE_NICE,
+      nice: OFF_NODE_NICE,
     });
     started.push(nats);
     const controlPlane = [nats];
@@ -156,7 +158,7 @@ export async function startMesh(network: Network, dir: string, options: MeshOpti
           `--instance=${kind}`,
         ],
         dir,
-        { nice: CONTROL_PLANE_NICE },
+        { nice: OFF_NODE_NICE },
       );
       started.push(proc);
       controlPlane.push(proc);

@@ -50,7 +50,15 @@ import { cdfChart } from '../chart.js';
 import { histogramQuantile, quantile, rolloutColumns, table } from '../report.js';
 import { pullEverywhereBittorrent, startBittorrentSwarm } from './bittorrent.js';
 import { type LimitCheck, type LimitsOptions, runLimits } from './limits.js';
-import { AGENT_PORT, NATS_PORT, SCHEDULER_METRICS_PORT, scrape, startMesh, waitServing } from './mesh.js';
+import {
+  AGENT_PORT,
+  NATS_PORT,
+  OFF_NODE_NICE,
+  SCHEDULER_METRICS_PORT,
+  scrape,
+  startMesh,
+  waitServing,
+} from './mesh.js';
 import { buildNetwork, type Host, type Network, type NetworkLoss, type NetworkShape } from './network.js';
 import {
   endedChildrenCpuSeconds,
@@ -246,7 +254,13 @@ async function serveRegistry(network: Network, storageDir: string, dir: string):
       '',
     ].join('\n'),
   );
-  const [cmd, args] = network.exec(network.registry, 'docker-registry', ['serve', config]);
+  const [cmd, args] = network.exec(network.registry, 'nice', [
+    '-n',
+    String(OFF_NODE_NICE),
+    'docker-registry',
+    'serve',
+    config,
+  ]);
   const proc = await startProcess({
     name: 'swarm-registry',
     cmd,
