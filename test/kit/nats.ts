@@ -1,6 +1,6 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { freePorts } from './ports.js';
+import { onFreePorts } from './ports.js';
 import { startProcess, unlessExited, type ManagedProcess } from './process.js';
 import { makeTempDir, removeTempDir } from './tmp.js';
 import { waitForHttp, waitForTcp } from './wait.js';
@@ -47,24 +47,25 @@ export async function startNats(options: StartNatsOptions = {}): Promise<NatsSer
   const configFile = join(dir, 'nats.conf');
   const logFile = join(dir, 'nats.log');
   await mkdir(storeDir, { recursive: true });
-  const [port, monitorPort] = (await freePorts(2)) as [number, number];
+  // Chosen by the first start (see onFreePorts); a restart keeps them.
+  let port = 0;
+  let monitorPort = 0;
+  const writeConfig = () =>
+    // The default max_payload of 1 MiB rejects a 1 MiB message once headers are added, so allow 8 MB.
+    writeFile(
+      configFile,
+      [
+        `listen: 127.0.0.1:${port}`,
+        `http: 127.0.0.1:${monitorPort}`,
+        'max_payload: 8MB',
+        `jetstream {`,
+        `  store_dir: ${JSON.stringify(storeDir)}`,
+        `}`,
+        ...(options.extraConfig ?? []),
+        '',
+      ].join('\n'),
+    );
 
-  // The default max_payload of 1 MiB rejects a 1 MiB message once headers are added, so allow 8 MB.
-  await writeFile(
-    configFile,
-    [
-      `listen: 127.0.0.1:${port}`,
-      `http: 127.0.0.1:${monitorPort}`,
-      'max_payload: 8MB',
-      `jetstream {`,
-      `  store_dir: ${JSON.stringify(storeDir)}`,
-      `}`,
-      ...(options.extraConfig ?? []),
-      '',
-    ].join('\n'),
-  );
-
-  const monitorUrl = `http://127.0.0.1:${monitorPort}`;
   const launch = async (): Promise<ManagedProcess> => {
     const proc = await startProcess({ name, cmd: 'nats-server', args: ['-c', configFile], logFile });
     try {
@@ -73,7 +74,7 @@ export async function startNats(options: StartNatsOptions = {}): Promise<NatsSer
         (async () => {
           await waitForTcp(port, readyTimeoutMs);
           // The health check with js-enabled-only answers 200 only once JetStream is up.
-          await waitForHttp(`${monitorUrl}/healthz?js-enabled-only=true`, readyTimeoutMs, {
+          await waitForHttp(`http://127.0.0.1:${monitorPort}/healthz?js-enabled-only=true`, readyTimeoutMs, {
             accept: (status) => status === 200,
           });
         })(),
@@ -88,7 +89,11 @@ export async function startNats(options: StartNatsOptions = {}): Promise<NatsSer
 
   let current: ManagedProcess;
   try {
-    current = await launch();
+    current = await onFreePorts(2, async ([chosen = 0, monitor = 0]) => {
+      [port, monitorPort] = [chosen, monitor];
+      await writeConfig();
+      return launch();
+    });
   } catch (err) {
     if (ownsDir) await removeTempDir(dir);
     throw err;
@@ -99,7 +104,7 @@ export async function startNats(options: StartNatsOptions = {}): Promise<NatsSer
     url: `nats://127.0.0.1:${port}`,
     port,
     monitorPort,
-    monitorUrl,
+    monitorUrl: `http://127.0.0.1:${monitorPort}`,
     dir,
     storeDir,
     logFile,

@@ -3,7 +3,8 @@ import { createServer, type Server } from 'node:net';
 /**
  * Returns a TCP port on 127.0.0.1 that was free a moment ago. The kernel picks it, so parallel
  * callers do not collide the way counters or random numbers would; a small window remains between
- * closing the probe socket and the caller binding the port, which is acceptable on a test machine.
+ * closing the probe socket and the caller binding the port (another test's outgoing connection may take
+ * it as its local port meanwhile), which `onFreePorts` closes.
  */
 export async function freePort(): Promise<number> {
   return await new Promise<number>((resolve, reject) => {
@@ -50,5 +51,29 @@ export async function freePorts(count: number): Promise<number[]> {
     return ports;
   } finally {
     await Promise.all(servers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
+  }
+}
+
+/** Whether a server failed to start because its port was taken between choosing it and binding it. */
+export function isPortClash(err: unknown): boolean {
+  return err instanceof Error && /address already in use|EADDRINUSE/.test(err.message);
+}
+
+/**
+ * Starts something on `count` fresh free ports, choosing them again (up to `attempts` times in all)
+ * when it fails because one was taken meanwhile; any other failure is thrown at once. `start` must
+ * clean up after a failed attempt itself.
+ */
+export async function onFreePorts<T>(
+  count: number,
+  start: (ports: number[]) => Promise<T>,
+  attempts = 5,
+): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await start(await freePorts(count));
+    } catch (err) {
+      if (attempt >= attempts || !isPortClash(err)) throw err;
+    }
   }
 }

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { Transform, type TransformCallback } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import bcrypt from 'bcryptjs';
-import { freePort } from './ports.js';
+import { onFreePorts } from './ports.js';
 import { startProcess, unlessExited, type ManagedProcess } from './process.js';
 import { makeTempDir, removeTempDir } from './tmp.js';
 import { waitForHttp } from './wait.js';
@@ -150,8 +150,8 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
   const configFile = join(dir, 'config.yml');
   const storageDir = join(dir, 'storage');
   await mkdir(storageDir, { recursive: true });
-  const backendPort = await freePort();
-
+  // The listen address is written in for each attempt to start (see onFreePorts).
+  const listenAt = '  addr: LISTEN';
   const config = [
     'version: 0.1',
     'log:',
@@ -165,7 +165,7 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
     '    uploadpurging:',
     '      enabled: false',
     'http:',
-    `  addr: 127.0.0.1:${backendPort}`,
+    listenAt,
     // A fixed secret avoids the warning about a random one; uploads never outlive one instance anyway.
     `  secret: ${randomBytes(16).toString('hex')}`,
     'health:',
@@ -195,11 +195,32 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
       `    rootcertbundle: ${JSON.stringify(token.rootCertBundlePath)}`,
     );
   }
-  await writeFile(configFile, `${config.join('\n')}\n`);
 
   let proc: ManagedProcess;
+  let backendPort: number;
   try {
-    proc = await startProcess({ name, cmd: 'docker-registry', args: ['serve', configFile], logFile });
+    [proc, backendPort] = await onFreePorts(1, async ([port = 0]) => {
+      const lines = config.map((line) => (line === listenAt ? `  addr: 127.0.0.1:${port}` : line));
+      await writeFile(configFile, `${lines.join('\n')}\n`);
+      const started = await startProcess({
+        name,
+        cmd: 'docker-registry',
+        args: ['serve', configFile],
+        logFile,
+      });
+      try {
+        // /v2/ answers 401 when auth is on, which still proves the registry is serving.
+        await unlessExited(
+          started,
+          waitForHttp(`http://127.0.0.1:${port}/v2/`, 15_000, { accept: (s) => s === 200 || s === 401 }),
+          'starting',
+        );
+      } catch (err) {
+        await started.stop('SIGKILL');
+        throw err;
+      }
+      return [started, port] as const;
+    });
   } catch (err) {
     await removeTempDir(dir);
     throw err;
@@ -207,12 +228,6 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
   const backendUrl = `http://127.0.0.1:${backendPort}`;
   let proxy: CountingProxy | undefined;
   try {
-    // /v2/ answers 401 when auth is on, which still proves the registry is serving.
-    await unlessExited(
-      proc,
-      waitForHttp(`${backendUrl}/v2/`, 15_000, { accept: (s) => s === 200 || s === 401 }),
-      'starting',
-    );
     proxy = await CountingProxy.start(backendPort);
   } catch (err) {
     await proc.stop('SIGKILL');

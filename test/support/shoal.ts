@@ -9,10 +9,11 @@ import { fileURLToPath } from 'node:url';
 import { Kvm } from '@nats-io/kv';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import {
-  freePort,
   type ManagedProcess,
+  onFreePorts,
   type Registry,
   startProcess,
+  unlessExited,
   waitFor,
   waitForHttp,
 } from '../kit/index.js';
@@ -81,11 +82,17 @@ async function startShoal(
     env,
   });
   const url = `http://127.0.0.1:${port}`;
-  await waitForHttp(`${url}/healthz`, 20_000, { accept: (status) => status === 200 || status === 503 }).catch(
-    (err: unknown) => {
-      throw new Error(`${name} did not come up: ${String(err)}\n${proc.tail(30)}`);
-    },
-  );
+  try {
+    // A service that exits (its port taken, say) fails the start at once, with its last output.
+    await unlessExited(
+      proc,
+      waitForHttp(`${url}/healthz`, 20_000, { accept: (status) => status === 200 || status === 503 }),
+      'starting',
+    );
+  } catch (err) {
+    await proc.stop('SIGKILL');
+    throw new Error(`${name} did not come up: ${String(err)}\n${proc.tail(30)}`);
+  }
   return {
     kind,
     name,
@@ -100,7 +107,9 @@ async function startShoal(
 }
 
 export async function startAgent(options: AgentOptions): Promise<ShoalService> {
-  const port = options.port ?? (await freePort());
+  if (options.port === undefined)
+    return await onFreePorts(1, async ([port = 0]) => await startAgent({ ...options, port }));
+  const port = options.port;
   const args = [
     `--node-id=${options.id}`,
     '--host=127.0.0.1',
@@ -159,16 +168,17 @@ export async function startControlService(
   kind: 'scheduler' | 'announcer' | 'discovery',
   options: { natsUrl: string; dir: string; instance?: string; extraArgs?: string[] },
 ): Promise<ShoalService> {
-  const port = await freePort();
   const name = options.instance ?? kind;
-  const args = [
-    `--nats-servers=${options.natsUrl}`,
-    `--metrics-port=${port}`,
-    '--metrics-host=127.0.0.1',
-    `--instance=${name}`,
-    ...(options.extraArgs ?? []),
-  ];
-  return startShoal(kind, name, args, port, options.dir);
+  return await onFreePorts(1, async ([port = 0]) => {
+    const args = [
+      `--nats-servers=${options.natsUrl}`,
+      `--metrics-port=${port}`,
+      '--metrics-host=127.0.0.1',
+      `--instance=${name}`,
+      ...(options.extraArgs ?? []),
+    ];
+    return await startShoal(kind, name, args, port, options.dir);
+  });
 }
 
 export interface ControlPlane {
