@@ -404,7 +404,10 @@ describe.skipIf(cannotMount !== undefined)(
       const image = await h.pushImage('disk-filled');
       const before = await snapshotDisks(full);
       const imageBytes = image.layersSize + image.config.size;
-      const ballast: Record<string, { bytes: number; atFetchedBytes: number; freeAfter: number }> = {};
+      const ballast: Record<
+        string,
+        { bytes: number; atFetchedBytes: number; write: string; freeAfter: number }
+      > = {};
       const result = await h.rollout(image, {
         fault: {
           atFraction: 0,
@@ -421,16 +424,19 @@ describe.skipIf(cannotMount !== undefined)(
                   what: `${disk.node.id} to fetch its first chunk`,
                 });
                 const free = await freeBytes(disk.mount);
-                // Something else on the node fills the disk: the cache's own writes then fail. Chunk writes
-                // under way may take some of the room first; the ballast then gets what is left.
+                // Something else on the node fills the disk: the cache's own writes then fail. The ballast
+                // is larger than the room left, so its write ending in ENOSPC says the disk was full at that
+                // moment; chunk writes under way may take some of the room first. What is free afterwards
+                // is only reported: the agent frees room at once (the partial files of its failed writes,
+                // and evictions), however quickly it is looked at.
                 const path = join(disk.mount, 'ballast');
-                await writeFile(path, Buffer.alloc(free)).catch(() => undefined);
+                const write = await writeFile(path, Buffer.alloc(free + 8 * MiB)).then(
+                  () => 'written',
+                  (err: NodeJS.ErrnoException) => err.code ?? err.message,
+                );
+                const freeAfter = await freeBytes(disk.mount);
                 const atFetchedBytes = await fetchedNow();
-                ballast[disk.node.id] = {
-                  bytes: (await stat(path)).size,
-                  atFetchedBytes,
-                  freeAfter: await freeBytes(disk.mount),
-                };
+                ballast[disk.node.id] = { bytes: (await stat(path)).size, atFetchedBytes, write, freeAfter };
               }),
             );
           },
@@ -449,9 +455,9 @@ describe.skipIf(cannotMount !== undefined)(
       for (const disk of full) {
         const filled = ballast[disk.node.id];
         expect(filled, `${disk.node.id} got its ballast`).toBeDefined();
-        // Filled mid-download, and full: less than a chunk left.
+        // Filled mid-download, and full: the ballast ran out of room.
         expect(filled!.atFetchedBytes).toBeLessThan(imageBytes);
-        expect(filled!.freeAfter).toBeLessThan(MiB);
+        expect(filled!.write).toBe('ENOSPC');
       }
     });
 
