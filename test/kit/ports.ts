@@ -4,7 +4,8 @@ import { createServer, type Server } from 'node:net';
  * Returns a TCP port on 127.0.0.1 that was free a moment ago. The kernel picks it, so parallel
  * callers do not collide the way counters or random numbers would; a small window remains between
  * closing the probe socket and the caller binding the port (another test's outgoing connection may take
- * it as its local port meanwhile), which `onFreePorts` closes.
+ * it as its local port meanwhile); `onFreePorts` starts a server again on other ports when it lost one
+ * so. (A port taken by another listening server is not caught if the readiness check reaches that one.)
  */
 export async function freePort(): Promise<number> {
   return await new Promise<number>((resolve, reject) => {

@@ -83,7 +83,8 @@ async function startShoal(
   });
   const url = `http://127.0.0.1:${port}`;
   try {
-    // A service that exits (its port taken, say) fails the start at once, with its last output.
+    // A service that exits (its port taken, say) fails the start at once, with its last output; one
+    // that never answers fails it after 20 s, with its output added.
     await unlessExited(
       proc,
       waitForHttp(`${url}/healthz`, 20_000, { accept: (status) => status === 200 || status === 503 }),
@@ -91,7 +92,8 @@ async function startShoal(
     );
   } catch (err) {
     await proc.stop('SIGKILL');
-    throw new Error(`${name} did not come up: ${String(err)}\n${proc.tail(30)}`);
+    const exited = err instanceof Error && err.message.includes('last output');
+    throw new Error(`${name} did not come up: ${String(err)}${exited ? '' : `\n${proc.tail(30)}`}`);
   }
   return {
     kind,
