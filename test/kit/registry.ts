@@ -150,8 +150,6 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
   const configFile = join(dir, 'config.yml');
   const storageDir = join(dir, 'storage');
   await mkdir(storageDir, { recursive: true });
-  // The listen address is written in for each attempt to start (see onFreePorts).
-  const listenAt = '  addr: LISTEN';
   const config = [
     'version: 0.1',
     'log:',
@@ -164,8 +162,8 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
     '  maintenance:',
     '    uploadpurging:',
     '      enabled: false',
+    // The listen address is given to each attempt to start (see onFreePorts) as REGISTRY_HTTP_ADDR.
     'http:',
-    listenAt,
     // A fixed secret avoids the warning about a random one; uploads never outlive one instance anyway.
     `  secret: ${randomBytes(16).toString('hex')}`,
     'health:',
@@ -195,18 +193,18 @@ export async function startRegistry(options: StartRegistryOptions = {}): Promise
       `    rootcertbundle: ${JSON.stringify(token.rootCertBundlePath)}`,
     );
   }
+  await writeFile(configFile, `${config.join('\n')}\n`);
 
   let proc: ManagedProcess;
   let backendPort: number;
   try {
     [proc, backendPort] = await onFreePorts(1, async ([port = 0]) => {
-      const lines = config.map((line) => (line === listenAt ? `  addr: 127.0.0.1:${port}` : line));
-      await writeFile(configFile, `${lines.join('\n')}\n`);
       const started = await startProcess({
         name,
         cmd: 'docker-registry',
         args: ['serve', configFile],
         logFile,
+        env: { REGISTRY_HTTP_ADDR: `127.0.0.1:${port}` },
       });
       try {
         // /v2/ answers 401 when auth is on, which still proves the registry is serving.

@@ -91,8 +91,9 @@ async function startShoal(
       'starting',
     );
   } catch (err) {
+    // The error of a process that exited carries its output already.
+    const exited = proc.exit() !== undefined;
     await proc.stop('SIGKILL');
-    const exited = err instanceof Error && err.message.includes('last output');
     throw new Error(`${name} did not come up: ${String(err)}${exited ? '' : `\n${proc.tail(30)}`}`);
   }
   return {

@@ -11,7 +11,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startProcess, type ManagedProcess } from '../../kit/index.js';
-import { OFF_NODE_NICE } from './mesh.js';
+import { OFF_NODE_NICE, startIn } from './mesh.js';
 import type { Network } from './network.js';
 
 const seedScript = join(import.meta.dirname, 'torrent-seed.mjs');
@@ -72,19 +72,15 @@ export async function startBittorrentSwarm(
     announceIntervalMs: 10_000,
   };
   // At the registry's priority: the seeder is the registry's stand-in.
-  const [cmd, args] = network.exec(network.registry, 'nice', [
-    '-n',
-    String(OFF_NODE_NICE),
+  const proc = await startIn(
+    network,
+    network.registry,
+    'torrent-seed',
     process.execPath,
-    seedScript,
-    JSON.stringify(config),
-  ]);
-  const proc = await startProcess({
-    name: 'torrent-seed',
-    cmd,
-    args,
-    logFile: join(dir, 'torrent-seed.log'),
-  });
+    [seedScript, JSON.stringify(config)],
+    dir,
+    { nice: OFF_NODE_NICE },
+  );
   try {
     // Hashing is the slow part: about a second per 100 MiB when nothing else runs.
     const line = await proc.waitForLine(/^\{"ready":true/, 120_000);

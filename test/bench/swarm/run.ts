@@ -41,7 +41,6 @@ import {
   removeTempDir,
   runChecked,
   runCommand,
-  startProcess,
   startRegistry,
   type ManagedProcess,
 } from '../../kit/index.js';
@@ -56,6 +55,7 @@ import {
   OFF_NODE_NICE,
   SCHEDULER_METRICS_PORT,
   scrape,
+  startIn,
   startMesh,
   waitServing,
 } from './mesh.js';
@@ -254,19 +254,18 @@ async function serveRegistry(network: Network, storageDir: string, dir: string):
       '',
     ].join('\n'),
   );
-  const [cmd, args] = network.exec(network.registry, 'nice', [
-    '-n',
-    String(OFF_NODE_NICE),
+  // Its log is registryLog: startIn logs to <dir>/<name>.log.
+  const proc = await startIn(
+    network,
+    network.registry,
+    'registry',
     'docker-registry',
-    'serve',
-    config,
-  ]);
-  const proc = await startProcess({
-    name: 'swarm-registry',
-    cmd,
-    args,
-    logFile: registryLog,
-  });
+    ['serve', config],
+    dir,
+    {
+      nice: OFF_NODE_NICE,
+    },
+  );
   await waitServing(network, proc, `http://${network.registry.ip}:${REGISTRY_PORT}/v2/`);
   return proc;
 }
